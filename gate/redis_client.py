@@ -1,0 +1,57 @@
+"""Open an asyncio Redis client, single node or Redis Cluster, from a GATE_REDIS_URL."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+from urllib.parse import urlsplit
+
+import redis.asyncio
+
+__all__ = ["RedisClient", "connect"]
+
+RedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.RedisCluster
+
+_SINGLE_SCHEMES = ("redis", "rediss", "unix")
+# redis+cluster://[user:password@]host:port names one seed node; the rest are discovered.
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+async def connect(url: str, **kw: Any) -> RedisClient:
+    """Return a client for url; bytes in and out (decode_responses=False) unless kw says otherwise.
+
+    A single-node client connects lazily on its first command; a cluster client contacts the
+    seed node at once to learn the slot map, so an unreachable cluster fails here.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    options: dict[str, Any] = {"decode_responses": False, **kw}
+    if scheme in _SINGLE_SCHEMES:
+        return redis.asyncio.Redis.from_url(url, **options)
+    if scheme in _CLUSTER_SCHEMES:
+        # RedisCluster.from_url parses host, port, credentials and query options from a plain
+        # redis:// URL, so only the scheme is rewritten.
+        plain = _CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
+        client = redis.asyncio.RedisCluster.from_url(plain, **options)
+        try:
+            await client.initialize()
+        except BaseException:
+            await client.aclose()
+            raise
+        return client
+    known = ", ".join(f"{s}://" for s in (*_SINGLE_SCHEMES, *_CLUSTER_SCHEMES))
+    # The URL itself is not echoed: it may carry a password.
+    raise ValueError(
+        f"unsupported Redis URL scheme {scheme!r} in GATE_REDIS_URL; use one of {known}"
+    )
+
+
+StreamEntry: TypeAlias = tuple[bytes, dict[bytes, bytes]]
+
+
+def entries(raw: Any) -> list[StreamEntry]:
+    """XRANGE/XREVRANGE replies typed as they arrive with decode_responses=False."""
+    return list(raw or [])
+
+
+def text(value: bytes | str) -> str:
+    """A reply value as str, whichever way the client decodes."""
+    return value.decode() if isinstance(value, bytes) else value
