@@ -1,0 +1,37 @@
+# `make run` starts Gate (with a private redis-server when GATE_REDIS_URL is unset);
+# `make test` runs every check CI runs. Both install what they need on first use.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint install loadtest clean
+
+run: $(STAMP)
+	$(BIN)/gate serve
+
+test: $(STAMP)
+	$(BIN)/ruff check gate tests loadtest
+	$(BIN)/ruff format --check gate tests loadtest
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v redis-server >/dev/null || { \
+	  echo "redis-server is missing: installing it with apt-get"; \
+	  apt-get update -qq && apt-get install -y -qq redis-server; }
+	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || { \
+	  echo "no compose client: installing docker-compose to validate docker-compose.yml"; \
+	  (apt-get update -qq && apt-get install -y -qq docker-compose) || \
+	  echo "docker-compose could not be installed; the compose test will skip"; }
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,loadtest]'
+	touch $(STAMP)
+
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtest --duration 60
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,37 @@
+"""Operational endpoints: liveness, readiness, Prometheus metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gate import metrics
+from gate.http import CTX, json
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    try:
+        await ctx.client.ping()
+        loaded = await ctx.scripts.loaded()
+    except Exception as err:  # any Redis failure means "not ready", with the reason
+        return json({"status": "unavailable", "redis": f"unreachable: {err}"}, 503)
+    if not loaded:
+        return json({"status": "unavailable", "redis": "ok", "scripts": "not loaded"}, 503)
+    return json({"status": "ready", "redis": "ok", "scripts": len(ctx.scripts.scripts)})
+
+
+async def prometheus(request: web.Request) -> web.StreamResponse:
+    return web.Response(
+        body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    from gate.routes import openapi_document  # the route table imports this module
+
+    return json(openapi_document())

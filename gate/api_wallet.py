@@ -1,0 +1,173 @@
+"""HTTP handlers of the wallet: balance, top-up, settings and the transaction history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from aiohttp import web
+from msgspec import UNSET
+
+from gate import ledger
+from gate.errors import ValidationFailed
+from gate.http import CTX, WALLET, WORKSPACES, decode, json, principal, query_int
+from gate.money import parse_usd
+from gate.schemas import Topup, WalletSettings
+from gate.tenancy import Role
+
+
+async def get_wallet(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.agent)
+    view = await request.app[WALLET].view(who.workspace(request.query.get("workspace_id")))
+    if request.headers.get("If-None-Match") == view.etag:
+        return web.Response(status=304, headers={"ETag": view.etag})
+    return json(view.to_json(None), headers={"ETag": view.etag, "Cache-Control": "no-cache"})
+
+
+async def topup(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.admin)
+    body = await decode(request, Topup)
+    amount = parse_usd(body.amount_usd, "amount_usd")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise ValidationFailed("Idempotency-Key must be 1 to 255 characters")
+    row = await request.app[WALLET].topup(who.workspace(), amount, body.payment_method_id, key)
+    return json(row.to_json() | {"balance_usd": row.to_json()["balance_after_usd"]}, 201)
+
+
+async def patch_settings(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.admin)
+    workspace_id = who.workspace()
+    body = await decode(request, WalletSettings)
+    wallet = request.app[WALLET]
+    current = (await request.app[WORKSPACES].get(workspace_id)).raw
+    fields: dict[str, str | int | None] = {}
+    if body.payment_method_id is not UNSET:
+        await wallet.payments_check(workspace_id, body.payment_method_id)
+        fields["payment_method_id"] = body.payment_method_id
+    if (ar := body.auto_recharge) is not UNSET:
+        if ar.enabled is not UNSET:
+            fields["ar_enabled"] = "1" if ar.enabled else "0"
+        if ar.threshold_usd is not UNSET:
+            fields["ar_threshold_micros"] = parse_usd(
+                ar.threshold_usd, "auto_recharge.threshold_usd"
+            )
+        if ar.topup_usd is not UNSET:
+            micros = parse_usd(ar.topup_usd, "auto_recharge.topup_usd")
+            if not 1_000_000 <= micros <= 1_000_000_000:
+                raise ValidationFailed(
+                    "auto_recharge.topup_usd must be from 1 to 1000",
+                    field="auto_recharge.topup_usd",
+                )
+            fields["ar_topup_micros"] = micros
+    if (lb := body.low_balance_alert) is not UNSET:
+        if lb.enabled is not UNSET:
+            fields["lb_enabled"] = "1" if lb.enabled else "0"
+        if lb.threshold_usd is not UNSET:
+            fields["lb_threshold_micros"] = parse_usd(
+                lb.threshold_usd, "low_balance_alert.threshold_usd"
+            )
+        if lb.email is not UNSET:
+            fields["lb_email"] = lb.email
+    merged = current | {k: str(v) for k, v in fields.items() if v is not None}
+    if merged.get("ar_enabled") == "1":
+        if "payment_method_id" not in merged:
+            raise ValidationFailed(
+                "auto-recharge needs a payment method on file: top up once or send "
+                "payment_method_id",
+                field="auto_recharge.enabled",
+            )
+        if "ar_threshold_micros" not in merged or "ar_topup_micros" not in merged:
+            raise ValidationFailed(
+                "auto-recharge needs threshold_usd and topup_usd", field="auto_recharge"
+            )
+    if merged.get("lb_enabled") == "1" and "lb_threshold_micros" not in merged:
+        raise ValidationFailed(
+            "low-balance alerts need threshold_usd", field="low_balance_alert.threshold_usd"
+        )
+    await request.app[WORKSPACES].update(workspace_id, fields)
+    view = await wallet.view(workspace_id)
+    return json(view.to_json(None), headers={"ETag": view.etag})
+
+
+def _date_ms(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed(
+            f"{name} must be an ISO 8601 date or time, like 2026-11-01", field=name
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def _month_range(raw: str) -> tuple[int, int]:
+    try:
+        start = datetime.strptime(raw, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise ValidationFailed("month must look like 2026-11", field="month") from None
+    end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def filters_from(request: web.Request) -> ledger.Filters:
+    """The history filters of the query string (shared by the list and the CSV export)."""
+    q = request.query
+    start, end = _date_ms(request, "from"), _date_ms(request, "to")
+    if month := q.get("month"):
+        start, end = _month_range(month)
+    amount_min = q.get("min_amount_usd")
+    amount_max = q.get("max_amount_usd")
+    return ledger.Filters(
+        types=ledger.types_for(q.get("type"), q.get("service")),
+        user=q.get("user"),
+        group=q.get("group"),
+        source=q.get("source"),
+        start_ms=start,
+        end_ms=end,
+        min_micros=None if amount_min is None else parse_usd(amount_min, "min_amount_usd"),
+        max_micros=None if amount_max is None else parse_usd(amount_max, "max_amount_usd"),
+    )
+
+
+async def transactions(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.agent)
+    workspace_id = who.workspace(request.query.get("workspace_id"))
+    await request.app[WORKSPACES].get(workspace_id)
+    limit = query_int(request, "limit", 50, 1, 200)
+    cursor = request.query.get("cursor")
+    if cursor is not None:
+        cursor = ledger.check_cursor(cursor)
+    rows, next_cursor = await ledger.page(
+        request.app[CTX].client, workspace_id, filters_from(request), limit, cursor
+    )
+    return json({"data": [r.to_json() for r in rows], "next_cursor": next_cursor})
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.admin)
+    workspace_id = who.workspace(request.query.get("workspace_id"))
+    await request.app[WORKSPACES].get(workspace_id)
+    filters = filters_from(request)
+    today = datetime.fromtimestamp(request.app[CTX].clock.now_ms() / 1000, UTC).date()
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="usage-history-{today}.csv"',
+        }
+    )
+    await response.prepare(request)
+    await response.write(ledger.csv_header().encode())
+    chunk: list[str] = []
+    async for row in ledger.scan(request.app[CTX].client, workspace_id, filters):
+        chunk.extend(ledger.csv_lines([row]))
+        if len(chunk) >= 200:
+            await response.write("".join(chunk).encode())
+            chunk.clear()
+    if chunk:
+        await response.write("".join(chunk).encode())
+    await response.write_eof()
+    return response

@@ -1,0 +1,81 @@
+"""HTTP handlers of tenancy: workspaces, their keys and settings, operator adjustments."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from msgspec import UNSET
+
+from gate.errors import ValidationFailed
+from gate.http import WALLET, WORKSPACES, decode, json, principal
+from gate.money import parse_usd
+from gate.schemas import Adjustment, CreateKey, CreateWorkspace, WorkspacePatch
+from gate.tenancy import Role
+
+
+async def create_workspace(request: web.Request) -> web.StreamResponse:
+    await principal(request, Role.platform)
+    body = await decode(request, CreateWorkspace)
+    created = await request.app[WORKSPACES].create(body.name, body.organization_id)
+    return json(
+        {
+            "id": created.id,
+            "name": created.name,
+            "key": created.key,
+            "key_id": created.key_id,
+            "role": "admin",
+        },
+        201,
+    )
+
+
+async def create_key(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.admin)
+    workspace_id = who.workspace(request.match_info["workspace_id"])
+    body = await decode(request, CreateKey)
+    role = Role[body.role]
+    who.require(role)  # nobody mints a key stronger than their own
+    key, key_id = await request.app[WORKSPACES].create_key(workspace_id, role)
+    return json({"key": key, "role": role.name, "id": key_id}, 201)
+
+
+async def get_workspace(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.admin)
+    workspace = await request.app[WORKSPACES].get(who.workspace(request.query.get("id")))
+    return json(workspace.to_json())
+
+
+async def patch_workspace(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.admin)
+    workspace_id = who.workspace(request.query.get("id"))
+    body = await decode(request, WorkspacePatch)
+    fields: dict[str, str | int | None] = {}
+    if body.name is not UNSET:
+        fields["name"] = body.name
+    if body.switch_webhook_url is not UNSET:
+        fields["switch_webhook_url"] = body.switch_webhook_url
+    if body.inbound_limit_threshold_usd is not UNSET:
+        fields["inbound_limit_threshold_micros"] = (
+            None
+            if body.inbound_limit_threshold_usd is None
+            else parse_usd(body.inbound_limit_threshold_usd, "inbound_limit_threshold_usd")
+        )
+    if body.inbound_grace_s is not UNSET:
+        fields["inbound_grace_s"] = body.inbound_grace_s
+    if body.max_concurrent_calls is not UNSET:
+        fields["max_concurrent_calls"] = body.max_concurrent_calls
+    await request.app[WORKSPACES].update(workspace_id, fields)
+    return json((await request.app[WORKSPACES].get(workspace_id)).to_json())
+
+
+async def adjust(request: web.Request) -> web.StreamResponse:
+    await principal(request, Role.platform)  # a workspace's own keys can never credit it
+    workspace_id = request.match_info["workspace_id"]
+    body = await decode(request, Adjustment)
+    amount = parse_usd(body.amount_usd, "amount_usd", allow_negative=True)
+    if amount == 0:
+        raise ValidationFailed("amount_usd must not be zero", field="amount_usd")
+    await request.app[WORKSPACES].get(workspace_id)
+    row, created = await request.app[WALLET].adjust(
+        workspace_id, amount, body.type, body.description, body.reference
+    )
+    return json(row.to_json(), 201 if created else 200)

@@ -1,0 +1,57 @@
+"""The app factory: `create_app(settings)` wires Redis, scripts, services and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis.asyncio import Redis, RedisCluster
+
+from gate import redis_client, routes
+from gate.clock import Clock, SystemClock
+from gate.context import Context
+from gate.http import AUTH, CTX, MAX_BODY, WALLET, WORKSPACES, error_middleware
+from gate.payments import PaymentProvider, SandboxProvider
+from gate.scripts import Scripts
+from gate.settings import Settings
+from gate.tenancy import Authenticator
+from gate.wallet import Wallet
+from gate.workspaces import Workspaces
+
+log = logging.getLogger("gate")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    payments: PaymentProvider | None = None,
+    client: Redis | RedisCluster | None = None,
+) -> web.Application:
+    """A Gate application; Redis is connected and scripts loaded when the app starts."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
+    routes.add_routes(app)
+
+    async def services(app: web.Application) -> AsyncIterator[None]:
+        own = client is None
+        if client is None:
+            assert settings.redis_url, "the CLI starts a private redis-server when unset"
+            redis = await redis_client.connect(settings.redis_url)
+        else:
+            redis = client
+        scripts = Scripts(redis)
+        await scripts.load()
+        ctx = Context(redis, scripts, clock or SystemClock(), settings)
+        workspaces = Workspaces(ctx)
+        app[CTX] = ctx
+        app[AUTH] = Authenticator(redis, settings.platform_key, settings.auth_cache_s)
+        app[WORKSPACES] = workspaces
+        app[WALLET] = Wallet(ctx, workspaces, payments or SandboxProvider())
+        log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
+        yield
+        if own:
+            await redis.aclose()
+
+    app.cleanup_ctx.append(services)
+    return app

@@ -1,0 +1,63 @@
+"""Independent check of DESIGN §11's invariants, read straight from Redis (`gate check`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from redis.asyncio import Redis, RedisCluster
+
+from gate import keys
+from gate.ledger import Row
+from gate.redis_client import entries, text
+
+
+async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> list[str]:
+    """Every broken invariant of one workspace, as sentences; empty when all hold."""
+    k = keys.for_workspace(workspace_id)
+    problems: list[str] = []
+    balance_raw, reserved_raw = await client.hmget(k.wallet, "balance", "reserved")
+    if balance_raw is None or reserved_raw is None:
+        return [f"{workspace_id}: registered but has no wallet"]
+    balance, reserved = int(balance_raw), int(reserved_raw)
+    running = 0
+    last = "0-0"
+    while True:
+        batch = entries(await client.xrange(k.ledger, f"({last}", "+", count=1000))
+        for entry_id, raw in batch:
+            row = Row.parse(entry_id, raw)
+            running += row.amount_micros
+            if row.balance_after_micros != running:
+                problems.append(
+                    f"{workspace_id}: row {row.id} says balance after "
+                    f"{row.balance_after_micros}, running sum is {running}"
+                )
+            last = row.id
+        if len(batch) < 1000:
+            break
+    if running != balance:
+        problems.append(f"{workspace_id}: balance {balance} != ledger sum {running}")
+    held = 0
+    for call_id in await client.smembers(k.live):
+        value = await client.hget(k.call(text(call_id)), "held")
+        held += int(value or 0)
+    if reserved != held:
+        problems.append(f"{workspace_id}: reserved {reserved} != held by live calls {held}")
+    if reserved < 0:
+        problems.append(f"{workspace_id}: reserved {reserved} < 0")
+    return problems
+
+
+async def check_all(
+    client: Redis | RedisCluster, workspace_ids: Iterable[str] | None = None
+) -> tuple[list[str], int]:
+    """Problems across workspaces (all registered ones by default) and how many were read."""
+    if workspace_ids is None:
+        workspace_ids = sorted(text(m) for m in await client.smembers(keys.WORKSPACES))
+    problems: list[str] = []
+    count = 0
+    for workspace_id in workspace_ids:
+        if not await client.exists(keys.for_workspace(workspace_id).ws):
+            continue  # registered by a create that crashed before its script ran
+        count += 1
+        problems += await check_workspace(client, workspace_id)
+    return problems, count

@@ -1,0 +1,232 @@
+"""The `gate` command: serve, workspace and key admin, wallet view, invariant check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gate import settings as settings_mod
+from gate.settings import Settings, SettingsError
+
+log = logging.getLogger("gate")
+
+
+def _url_file(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "redis" / "url"
+
+
+def _redis_url(settings: Settings) -> str:
+    """The configured Redis, or the private one a running `gate serve` started."""
+    if settings.redis_url:
+        return settings.redis_url
+    path = _url_file(settings)
+    if path.exists():
+        return path.read_text().strip()
+    raise SystemExit(
+        "gate: no Redis to talk to: set GATE_REDIS_URL, or start `gate serve` first "
+        f"(it writes the URL of its private redis-server to {path})"
+    )
+
+
+async def _serve_process(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    from aiohttp import web
+
+    from gate.app import create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.workers > 1)
+    await site.start()
+    log.info("gate listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
+    done = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    log.info("gate stopping (pid %d)", os.getpid())
+    await runner.cleanup()
+
+
+def _worker(settings: Settings) -> None:
+    import uvloop
+
+    _setup_logging(settings)
+    uvloop.run(_serve_process(settings))
+
+
+def serve(settings: Settings) -> None:
+    """Run Gate; with no GATE_REDIS_URL, start and stop a private redis-server (AOF on)."""
+    import uvloop
+
+    from gate.redis_proc import RedisServer, RedisServerMissing
+
+    embedded = None
+    if not settings.redis_url:
+        data = Path(settings.data_dir) / "redis"
+        try:
+            embedded = RedisServer.start(data, appendonly=True)
+        except RedisServerMissing as err:
+            raise SystemExit(f"gate: {err}") from err
+        log.info(
+            "GATE_REDIS_URL is unset: started a private redis-server at %s (AOF in %s); "
+            "it stops with gate",
+            embedded.url,
+            data.resolve(),
+        )
+        _url_file(settings).write_text(embedded.url + "\n")
+        settings = Settings(**{**settings.__dict__, "redis_url": embedded.url})
+    children: list[Any] = []
+    try:
+        spawn = multiprocessing.get_context("spawn")
+        for _ in range(settings.workers - 1):
+            child = spawn.Process(target=_worker, args=(settings,), daemon=True)
+            child.start()
+            children.append(child)
+        uvloop.run(_serve_process(settings))
+    finally:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+        for child in children:
+            child.join(10)
+        if embedded is not None:
+            _url_file(settings).unlink(missing_ok=True)
+            embedded.stop()
+            log.info("private redis-server stopped")
+
+
+async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    from gate import redis_client
+    from gate.clock import SystemClock
+    from gate.context import Context
+    from gate.scripts import Scripts
+
+    client = await redis_client.connect(_redis_url(settings))
+    try:
+        scripts = Scripts(client)
+        await scripts.load()
+        return await work(Context(client, scripts, SystemClock(), settings))
+    finally:
+        await client.aclose()
+
+
+def _print(body: Any) -> None:
+    sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+async def _workspace_create(ctx: Any, name: str, org: str | None) -> int:
+    from gate.workspaces import Workspaces
+
+    created = await Workspaces(ctx).create(name, org)
+    _print({"id": created.id, "name": created.name, "key": created.key, "role": "admin"})
+    return 0
+
+
+async def _key_create(ctx: Any, workspace_id: str, role: str) -> int:
+    from gate.tenancy import Role
+    from gate.workspaces import Workspaces
+
+    key, key_id = await Workspaces(ctx).create_key(workspace_id, Role.parse(role))
+    _print({"key": key, "role": role, "id": key_id})
+    return 0
+
+
+async def _wallet_show(ctx: Any, workspace_id: str) -> int:
+    from gate.payments import SandboxProvider
+    from gate.wallet import Wallet
+    from gate.workspaces import Workspaces
+
+    workspaces = Workspaces(ctx)
+    view = await Wallet(ctx, workspaces, SandboxProvider()).view(workspace_id)
+    _print({"workspace_id": workspace_id, **view.to_json(None)})
+    return 0
+
+
+async def _check(ctx: Any, workspace_id: str | None) -> int:
+    from gate.check import check_all
+
+    problems, checked = await check_all(ctx.client, [workspace_id] if workspace_id else None)
+    for problem in problems:
+        sys.stdout.write(f"MISMATCH {problem}\n")
+    sys.stdout.write(
+        f"checked {checked} workspace(s): "
+        + ("all invariants hold\n" if not problems else f"{len(problems)} problem(s)\n")
+    )
+    return 1 if problems else 0
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gate", description="Real-time prepaid balance gate for live calls."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="run the HTTP service")
+    for name, var in settings_mod.ENV.items():
+        flag = "--" + name.replace("_", "-").replace("-micros", "-usd")
+        serve_p.add_argument(flag, dest=name, metavar=var, help=f"overrides ${var}")
+    ws = sub.add_parser("workspace", help="workspace admin").add_subparsers(
+        dest="verb", required=True
+    )
+    create = ws.add_parser("create", help="create a workspace; prints its id and admin key")
+    create.add_argument("name")
+    create.add_argument("--organization-id")
+    key = sub.add_parser("key", help="API keys").add_subparsers(dest="verb", required=True)
+    key_create = key.add_parser("create", help="create a key; prints it once")
+    key_create.add_argument("workspace")
+    key_create.add_argument("role", choices=["org_admin", "admin", "switch", "agent"])
+    wallet = sub.add_parser("wallet", help="wallet view").add_subparsers(dest="verb", required=True)
+    wallet.add_parser("show", help="balance, reserved, settings").add_argument("workspace")
+    check = sub.add_parser("check", help="verify the ledger/balance invariants straight from Redis")
+    check.add_argument("workspace", nargs="?", help="one workspace id (default: all)")
+    sub.add_parser(
+        "loadtest", help="run the load-test harness (see python -m loadtest --help)", add_help=False
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadtest"]:
+        from loadtest.__main__ import main as loadtest_main
+
+        return loadtest_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    overrides = {n: getattr(args, n, None) for n in settings_mod.ENV}
+    try:
+        settings = settings_mod.load(**overrides)
+    except SettingsError as err:
+        sys.stderr.write(f"gate: invalid setting: {err}\n")
+        return 2
+    _setup_logging(settings)
+    if args.command == "serve":
+        serve(settings)
+        return 0
+    work: Callable[[Any], Awaitable[int]]
+    if args.command == "workspace":
+        work = lambda ctx: _workspace_create(ctx, args.name, args.organization_id)  # noqa: E731
+    elif args.command == "key":
+        work = lambda ctx: _key_create(ctx, args.workspace, args.role)  # noqa: E731
+    elif args.command == "wallet":
+        work = lambda ctx: _wallet_show(ctx, args.workspace)  # noqa: E731
+    else:
+        work = lambda ctx: _check(ctx, args.workspace)  # noqa: E731
+    return asyncio.run(_with_services(settings, work))

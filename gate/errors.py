@@ -1,0 +1,127 @@
+"""Gate's typed exceptions; each knows its HTTP status and the error code the API promises.
+
+GateError
+├── BadRequest (400)
+│   ├── ValidationFailed (400 validation_error)
+│   ├── InvalidJSON (400 invalid_json)
+│   └── InvalidCursor (400 invalid_cursor)
+├── Unauthorized (401 unauthorized)
+├── PaymentRequired (402)
+│   ├── InsufficientBalance (402 insufficient_balance)
+│   ├── PaymentDeclined (402 payment_declined)
+│   └── WorkspaceSuspended (402 workspace_suspended)
+├── Forbidden (403 forbidden)
+├── NotFound (404 not_found)
+├── Conflict (409)
+│   ├── IdempotencyKeyReused (409 idempotency_key_reused)
+│   ├── IdempotencyKeyInProgress (409 idempotency_key_in_progress)
+│   └── InvalidState (409 invalid_state)
+├── PayloadTooLarge (413 payload_too_large)
+├── TooManyRequests (429 concurrency_limit)
+└── Unavailable (503 unavailable)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GateError(Exception):
+    """Base of every error Gate reports to a client."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+class BadRequest(GateError):
+    status = 400
+    code = "bad_request"
+
+
+class ValidationFailed(BadRequest):
+    code = "validation_error"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class InvalidCursor(BadRequest):
+    code = "invalid_cursor"
+
+
+class Unauthorized(GateError):
+    status = 401
+    code = "unauthorized"
+
+
+class PaymentRequired(GateError):
+    status = 402
+    code = "payment_required"
+
+
+class InsufficientBalance(PaymentRequired):
+    code = "insufficient_balance"
+
+
+class PaymentDeclined(PaymentRequired):
+    code = "payment_declined"
+
+
+class WorkspaceSuspended(PaymentRequired):
+    code = "workspace_suspended"
+
+
+class Forbidden(GateError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(GateError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(GateError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(GateError):
+    status = 409
+    code = "conflict"
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInProgress(Conflict):
+    code = "idempotency_key_in_progress"
+
+
+class InvalidState(Conflict):
+    code = "invalid_state"
+
+
+class PayloadTooLarge(GateError):
+    status = 413
+    code = "payload_too_large"
+
+
+class TooManyRequests(GateError):
+    status = 429
+    code = "concurrency_limit"
+
+
+class Unavailable(GateError):
+    status = 503
+    code = "unavailable"

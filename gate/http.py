@@ -1,0 +1,118 @@
+"""HTTP plumbing shared by the handlers: JSON in and out, auth, and the error middleware."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import orjson
+from aiohttp import web
+
+from gate import metrics
+from gate.context import Context
+from gate.errors import (
+    GateError,
+    InvalidJSON,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ValidationFailed,
+)
+from gate.tenancy import Authenticator, Principal, Role
+from gate.wallet import Wallet
+from gate.workspaces import Workspaces
+
+log = logging.getLogger("gate.http")
+T = TypeVar("T")
+MAX_BODY = 64 * 1024
+# Shared state of the app, in one place.
+AUTH = web.AppKey("auth", Authenticator)
+CTX = web.AppKey("ctx", Context)
+WORKSPACES = web.AppKey("workspaces", Workspaces)
+WALLET = web.AppKey("wallet", Wallet)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+async def decode(request: web.Request, schema: type[T]) -> T:
+    """The request body validated against `schema`; 400 with a clear message otherwise."""
+    raw = await request.read()
+    if not raw:
+        raise InvalidJSON("send a JSON object as the request body")
+    try:
+        return msgspec.json.decode(raw, type=schema)
+    except msgspec.ValidationError as err:
+        raise ValidationFailed(f"{err}; see GET /openapi.json for the schema") from err
+    except msgspec.DecodeError as err:
+        raise InvalidJSON(f"the body is not valid JSON: {err}") from err
+
+
+async def principal(request: web.Request, role: Role) -> Principal:
+    who = await request.app[AUTH].authenticate(request.headers.get("Authorization"))
+    who.require(role)
+    return who
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be a whole number", field=name) from None
+    if not low <= value <= high:
+        raise ValidationFailed(f"{name} must be from {low} to {high}", field=name)
+    return value
+
+
+_HTTP_ERRORS: dict[int, type[GateError]] = {
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error becomes {"error": {"code", "message", ...}}; metrics for every request."""
+    started = time.perf_counter()
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    try:
+        response = await handler(request)
+    except GateError as err:
+        response = json(err.body(), err.status)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        cls = _HTTP_ERRORS.get(err.status)
+        if cls is NotFound:
+            gate_err: GateError = NotFound(f"no route {request.method} {request.path}")
+        elif cls is MethodNotAllowed:
+            gate_err = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        elif cls is PayloadTooLarge:
+            gate_err = PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
+        else:
+            gate_err = GateError(err.reason)
+            gate_err.status = err.status
+            gate_err.code = err.reason.lower().replace(" ", "_")
+        response = json(gate_err.body(), gate_err.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = json(
+            {"error": {"code": "internal_error", "message": "internal error; see the gate log"}},
+            500,
+        )
+    metrics.REQUESTS.labels(name, request.method, str(response.status)).inc()
+    metrics.LATENCY.labels(name, request.method).observe(time.perf_counter() - started)
+    return response

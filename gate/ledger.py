@@ -1,0 +1,242 @@
+"""Reading the ledger: rows, filters, cursor pages and the full CSV export.
+
+Rows live in a per-workspace Redis stream whose entry id is `<at ms>-<n>`, so the id is the
+cursor, rows come newest first with XREVRANGE, and a date range is an id range.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+
+from gate import keys
+from gate.errors import InvalidCursor, ValidationFailed
+from gate.money import usd, usd_str
+from gate.redis_client import entries, text
+
+ROW_TYPES = (
+    "recharge",
+    "call",
+    "ai_agent",
+    "sms",
+    "mms",
+    "fax",
+    "chat",
+    "number_rental",
+    "adjustment",
+    "refund",
+)
+SERVICES = {  # service filter -> row types (the seeds' Usage History services)
+    "calling": {"call"},
+    "voice": {"call"},
+    "ai_agent": {"ai_agent"},
+    "messaging": {"sms", "mms", "chat"},
+    "fax": {"fax"},
+    "numbers": {"number_rental"},
+    "credits": {"recharge", "adjustment", "refund"},
+}
+_STREAM_ID = re.compile(r"^\d{1,16}-\d{1,16}$")
+_CORE = {"type", "desc", "amount", "balance", "ref"}
+_INT_EXTRAS = {"duration_s", "billable_s", "segments", "pages", "quantity", "rate_micros"}
+_BATCH = 500
+
+
+def iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: str
+    at_ms: int
+    type: str
+    description: str
+    amount_micros: int
+    balance_after_micros: int
+    reference: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, entry_id: bytes | str, raw: dict[bytes, bytes]) -> Row:
+        rid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            id=rid,
+            at_ms=int(rid.split("-", 1)[0]),
+            type=f["type"],
+            description=f["desc"],
+            amount_micros=int(f["amount"]),
+            balance_after_micros=int(f["balance"]),
+            reference=f["ref"],
+            extra={k: v for k, v in f.items() if k not in _CORE},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "at": iso_ms(self.at_ms),
+            "type": self.type,
+            "description": self.description,
+            "amount_usd": usd(self.amount_micros),
+            "amount_micros": self.amount_micros,
+            "balance_after_usd": usd(self.balance_after_micros),
+            "balance_after_micros": self.balance_after_micros,
+            "reference": self.reference,
+        }
+        for name, value in self.extra.items():
+            body[name] = int(value) if name in _INT_EXTRAS else value
+            if name == "rate_micros":
+                body["rate_per_min_usd"] = usd(int(value))
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What a history query keeps; every field is optional."""
+
+    types: frozenset[str] = frozenset()
+    user: str | None = None
+    group: str | None = None
+    source: str | None = None
+    start_ms: int | None = None  # inclusive
+    end_ms: int | None = None  # exclusive
+    min_micros: int | None = None  # on the absolute amount
+    max_micros: int | None = None
+
+    def keep(self, row: Row) -> bool:
+        if self.types and row.type not in self.types:
+            return False
+        if self.user is not None and row.extra.get("user") != self.user:
+            return False
+        if self.group is not None and row.extra.get("group") != self.group:
+            return False
+        if self.source is not None and self.source not in row.extra.get("source", "").split("+"):
+            return False
+        size = abs(row.amount_micros)
+        if self.min_micros is not None and size < self.min_micros:
+            return False
+        return not (self.max_micros is not None and size > self.max_micros)
+
+
+def check_cursor(cursor: str) -> str:
+    if not _STREAM_ID.match(cursor):
+        raise InvalidCursor("cursor is not one this API gave out; start again without it")
+    return cursor
+
+
+def types_for(type_param: str | None, service: str | None) -> frozenset[str]:
+    types: set[str] = set()
+    if type_param:
+        for t in type_param.split(","):
+            if t not in ROW_TYPES:
+                raise ValidationFailed(f"type must be among {', '.join(ROW_TYPES)}", field="type")
+            types.add(t)
+    if service:
+        if service not in SERVICES:
+            raise ValidationFailed(f"service must be one of {', '.join(SERVICES)}", field="service")
+        types = types & SERVICES[service] if types else set(SERVICES[service])
+        if not types:
+            types = {"-"}  # type and service exclude each other: nothing matches
+    return frozenset(types)
+
+
+async def scan(
+    client: Redis | RedisCluster,
+    workspace_id: str,
+    filters: Filters,
+    cursor: str | None = None,
+) -> AsyncIterator[Row]:
+    """Every matching row, newest first, starting after `cursor`."""
+    stream = keys.for_workspace(workspace_id).ledger
+    high = f"({cursor}" if cursor else "+"
+    if filters.end_ms is not None and (
+        cursor is None or filters.end_ms <= int(cursor.split("-", 1)[0])
+    ):
+        high = f"({filters.end_ms}-0"
+    low = "-" if filters.start_ms is None else f"{filters.start_ms}-0"
+    while True:
+        batch = entries(await client.xrevrange(stream, high, low, count=_BATCH))
+        for entry_id, raw in batch:
+            row = Row.parse(entry_id, raw)
+            if filters.keep(row):
+                yield row
+        if len(batch) < _BATCH:
+            return
+        high = f"({text(batch[-1][0])}"
+
+
+async def page(
+    client: Redis | RedisCluster,
+    workspace_id: str,
+    filters: Filters,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Row], str | None]:
+    """One page of rows newest first and the cursor of the next page (None at the end)."""
+    rows: list[Row] = []
+    async for row in scan(client, workspace_id, filters, cursor):
+        if len(rows) == limit:
+            return rows, rows[-1].id
+        rows.append(row)
+    return rows, None
+
+
+CSV_COLUMNS = (
+    "id",
+    "date",
+    "type",
+    "description",
+    "amount_usd",
+    "balance_after_usd",
+    "reference",
+    "user",
+    "group",
+    "from",
+    "to",
+    "direction",
+    "duration_s",
+    "segments",
+    "pages",
+    "rate_per_min_usd",
+    "increment",
+    "source",
+)
+
+
+def csv_lines(rows: Iterable[Row], workspace_column: str | None = None) -> Iterable[str]:
+    """CSV text for rows; the header first when called on the start of an export."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for row in rows:
+        rate = row.extra.get("rate_micros")
+        values = [
+            row.id,
+            iso_ms(row.at_ms),
+            row.type,
+            row.description,
+            usd_str(row.amount_micros),
+            usd_str(row.balance_after_micros),
+            row.reference,
+            *(row.extra.get(c, "") for c in CSV_COLUMNS[7:15]),
+            usd_str(int(rate)) if rate else "",
+            row.extra.get("increment", ""),
+            row.extra.get("source", ""),
+        ]
+        if workspace_column is not None:
+            values.insert(0, workspace_column)
+        writer.writerow(values)
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+
+
+def csv_header(with_workspace: bool = False) -> str:
+    cols = ("workspace", *CSV_COLUMNS) if with_workspace else CSV_COLUMNS
+    return ",".join(cols) + "\n"

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the gate, in one registry per process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry()
+
+REQUESTS = Counter(
+    "gate_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=REGISTRY
+)
+LATENCY = Histogram(
+    "gate_http_request_seconds",
+    "HTTP request latency",
+    ["route", "method"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
+LUA_CALLS = Counter(
+    "gate_lua_calls_total", "Lua script calls by reply code", ["script", "code"], registry=REGISTRY
+)
+TICKER_LAG = Histogram(
+    "gate_ticker_lag_seconds",
+    "now - due time of ticked calls",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "gate_webhook_deliveries_total", "Webhook delivery attempts", ["outcome"], registry=REGISTRY
+)
+DELIVERY_DELAY = Histogram(
+    "gate_webhook_delivery_delay_seconds",
+    "send time - event time of delivered webhooks",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0),
+    registry=REGISTRY,
+)

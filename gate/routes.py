@@ -1,0 +1,106 @@
+"""The whole API on one screen: every route, its handler, body schema and minimum role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from gate import __version__, api_ops, api_wallet, api_workspaces, schemas
+from gate.http import Handler
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    role: str | None = None
+    body: type[msgspec.Struct] | None = None
+
+
+ROUTES = [
+    Route("GET", "/healthz", api_ops.healthz, "Process alive"),
+    Route("GET", "/readyz", api_ops.readyz, "Redis reachable and scripts loaded"),
+    Route("GET", "/metrics", api_ops.prometheus, "Prometheus metrics"),
+    Route("GET", "/openapi.json", api_ops.openapi, "This document"),
+    Route("POST", "/v1/workspaces", api_workspaces.create_workspace, "Create a workspace",
+          "platform", schemas.CreateWorkspace),
+    Route("POST", "/v1/workspaces/{workspace_id}/keys", api_workspaces.create_key,
+          "Create an API key", "admin", schemas.CreateKey),
+    Route("POST", "/v1/workspaces/{workspace_id}/adjustments", api_workspaces.adjust,
+          "Credit or debit a wallet by hand", "platform", schemas.Adjustment),
+    Route("GET", "/v1/workspace", api_workspaces.get_workspace, "Workspace settings", "admin"),
+    Route("PATCH", "/v1/workspace", api_workspaces.patch_workspace,
+          "Change workspace settings", "admin", schemas.WorkspacePatch),
+    Route("GET", "/v1/wallet", api_wallet.get_wallet, "Balance and wallet settings", "agent"),
+    Route("POST", "/v1/wallet/topup", api_wallet.topup, "Add funds", "admin", schemas.Topup),
+    Route("PATCH", "/v1/wallet/settings", api_wallet.patch_settings,
+          "Auto-recharge and low-balance alert", "admin", schemas.WalletSettings),
+    Route("GET", "/v1/wallet/transactions", api_wallet.transactions,
+          "Ledger rows, newest first", "agent"),
+    Route("GET", "/v1/usage/export", api_wallet.export, "CSV of all matching rows", "admin"),
+]  # fmt: skip
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_routes([web.route(r.method, r.path, r.handler) for r in ROUTES])
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 generated from the route table and the same Structs that validate bodies."""
+    bodies = [r.body for r in ROUTES if r.body is not None]
+    refs, components = msgspec.json.schema_components(
+        bodies, ref_template="#/components/schemas/{name}"
+    )
+    ref_of = dict(zip(bodies, refs, strict=True))
+    paths: dict[str, dict[str, Any]] = {}
+    error = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    for r in ROUTES:
+        op: dict[str, Any] = {
+            "summary": r.summary,
+            "operationId": r.handler.__name__,
+            "responses": {"200": {"description": "OK"}, "4XX": error},
+        }
+        if r.role:
+            op["security"] = [{"bearer": []}]
+            op["description"] = f"Needs a key of role `{r.role}` or higher."
+        if r.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref_of[r.body]}},
+            }
+        params = [p[1:-1] for p in r.path.split("/") if p.startswith("{")]
+        if params:
+            op["parameters"] = [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in params
+            ]
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    components["Error"] = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["code", "message"],
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Gate", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,72 @@
+"""Request bodies as msgspec Structs: they validate input and generate the OpenAPI schemas.
+
+msgspec was chosen over pydantic because it decodes and validates JSON in one pass at several
+times the speed (this is on the call-setup hot path), decodes JSON numbers into Decimal
+exactly (no float ever touches money), rejects unknown fields, and emits JSON Schema.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+Usd = Decimal  # JSON number or decimal string; gate.money.parse_usd checks places and range
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@+-]+$")]
+Url = Annotated[str, Meta(max_length=2048, pattern=r"^https?://[^\s]+$")]
+Email = Annotated[str, Meta(max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Seconds = Annotated[int, Meta(ge=0, le=86400)]
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of request bodies: unknown fields are an error, so typos never pass silently."""
+
+
+class CreateWorkspace(Body):
+    name: Name
+    organization_id: Id | None = None
+
+
+class CreateKey(Body):
+    role: Literal["org_admin", "admin", "switch", "agent"]
+
+
+class Topup(Body):
+    amount_usd: Usd
+    payment_method_id: Id
+
+
+class Adjustment(Body):
+    amount_usd: Usd
+    type: Literal["adjustment", "refund"]
+    description: Annotated[str, Meta(min_length=1, max_length=500)]
+    reference: Id | None = None
+
+
+class AutoRecharge(Body):
+    enabled: bool | UnsetType = UNSET
+    threshold_usd: Usd | UnsetType = UNSET
+    topup_usd: Usd | UnsetType = UNSET
+
+
+class LowBalanceAlert(Body):
+    enabled: bool | UnsetType = UNSET
+    threshold_usd: Usd | UnsetType = UNSET
+    email: Email | UnsetType | None = UNSET
+
+
+class WalletSettings(Body):
+    auto_recharge: AutoRecharge | UnsetType = UNSET
+    low_balance_alert: LowBalanceAlert | UnsetType = UNSET
+    payment_method_id: Id | UnsetType = UNSET
+
+
+class WorkspacePatch(Body):
+    name: Name | UnsetType = UNSET
+    switch_webhook_url: Url | UnsetType | None = UNSET
+    inbound_limit_threshold_usd: Usd | UnsetType | None = UNSET
+    inbound_grace_s: Annotated[int, Meta(ge=0, le=3600)] | UnsetType | None = UNSET
+    max_concurrent_calls: Annotated[int, Meta(ge=1, le=1000000)] | UnsetType | None = UNSET

@@ -1,0 +1,115 @@
+"""Service settings from GATE_* environment variables or command-line flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
+from typing import Any
+
+from gate.errors import ValidationFailed
+from gate.money import parse_usd
+
+
+class SettingsError(ValueError):
+    """One invalid setting; the message names the variable and what is expected."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    platform_key: str | None = None
+    rates: str | None = None
+    workers: int = 1
+    tick_s: int = 10
+    buffer_s: int = 60
+    inbound_grace_s: int = 30
+    stale_after_s: int = 90
+    max_call_s: int = 14400
+    signup_credit_micros: int = 10_000_000
+    switch_webhook_url: str | None = None
+    data_dir: str = "var"
+    log_level: str = "INFO"
+    # Tunables that tests shrink; not part of the documented contract.
+    cut_poll_ms: int = 50
+    auth_cache_s: float = 5.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+# name -> (env var, parser, help)
+_INT_FIELDS = {
+    "port": (1, 65535),
+    "workers": (1, 64),
+    "tick_s": (1, 3600),
+    "buffer_s": (1, 3600),
+    "inbound_grace_s": (0, 3600),
+    "stale_after_s": (1, 86400),
+    "max_call_s": (1, 7 * 86400),
+}
+ENV = {
+    "redis_url": "GATE_REDIS_URL",
+    "host": "GATE_HOST",
+    "port": "GATE_PORT",
+    "platform_key": "GATE_PLATFORM_KEY",
+    "rates": "GATE_RATES",
+    "workers": "GATE_WORKERS",
+    "tick_s": "GATE_TICK_S",
+    "buffer_s": "GATE_BUFFER_S",
+    "inbound_grace_s": "GATE_INBOUND_GRACE_S",
+    "stale_after_s": "GATE_STALE_AFTER_S",
+    "max_call_s": "GATE_MAX_CALL_S",
+    "signup_credit_micros": "GATE_SIGNUP_CREDIT_USD",
+    "switch_webhook_url": "GATE_SWITCH_WEBHOOK_URL",
+    "data_dir": "GATE_DATA_DIR",
+    "log_level": "GATE_LOG_LEVEL",
+}
+
+
+def _parse(name: str, raw: str) -> Any:
+    var = ENV[name]
+    if name in _INT_FIELDS:
+        low, high = _INT_FIELDS[name]
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r}: expected a whole number") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{var}={raw!r}: expected a number from {low} to {high}")
+        return value
+    if name == "signup_credit_micros":
+        try:
+            return parse_usd(Decimal(raw) if raw.strip() else raw, var)
+        except (ValidationFailed, ArithmeticError) as err:
+            raise SettingsError(f"{var}={raw!r}: expected an amount of USD like 10.00") from err
+    if name == "redis_url" and not raw.startswith(
+        ("redis://", "rediss://", "unix://", "redis+cluster://")
+    ):
+        raise SettingsError(
+            f"{var}={raw!r}: expected a redis://, rediss://, unix:// or redis+cluster:// URL"
+        )
+    if name == "switch_webhook_url" and not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"{var}={raw!r}: expected an http:// or https:// URL")
+    if name == "log_level" and raw.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise SettingsError(f"{var}={raw!r}: expected DEBUG, INFO, WARNING or ERROR")
+    return raw
+
+
+def load(env: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
+    """Settings from the environment, then flags (overrides); raise SettingsError if invalid."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name, var in ENV.items():
+        raw = overrides.get(name)
+        if raw is None:
+            raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        values[name] = _parse(name, str(raw))
+    return Settings(**values)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Settings)]

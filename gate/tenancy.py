@@ -1,0 +1,129 @@
+"""Workspaces, API keys and who may do what.
+
+A workspace key reads `gk_<workspace id>_<secret>`: the workspace id in the key lets the gate
+find the key's record in that workspace's own hash (one slot, one lookup), and only the
+SHA-256 of the whole key is stored. Lookups are cached in-process for a few seconds so a call
+decision costs one Redis round trip, not two.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+
+from redis.asyncio import Redis, RedisCluster
+
+from gate import keys
+from gate.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from gate.redis_client import text
+
+WORKSPACE_ID = re.compile(r"^ws_[0-9a-f]{16}$")
+
+
+class Role(IntEnum):
+    """Roles, weakest first: a key may do everything every role below its own may."""
+
+    agent = 1
+    switch = 2
+    admin = 3
+    org_admin = 4
+    platform = 5
+
+    @classmethod
+    def parse(cls, value: str) -> Role:
+        try:
+            return cls[value]
+        except KeyError:
+            names = ", ".join(r.name for r in cls)
+            raise ValidationFailed(f"role must be one of {names}", field="role") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a platform key (workspace None) or a key of one workspace."""
+
+    role: Role
+    workspace_id: str | None
+    key_id: str
+
+    def require(self, role: Role) -> None:
+        if self.role < role:
+            raise Forbidden(f"this needs a key of role {role.name} or higher")
+
+    def workspace(self, workspace_id: str | None = None) -> str:
+        """The workspace this call acts on; another tenant's workspace is simply not found."""
+        if workspace_id is None:
+            if self.workspace_id is None:
+                raise ValidationFailed(
+                    "a platform key must name the workspace: use a workspace's own key"
+                )
+            return self.workspace_id
+        if self.role is Role.platform or workspace_id == self.workspace_id:
+            return workspace_id
+        raise NotFound("no such workspace")
+
+
+def new_workspace_id() -> str:
+    return f"ws_{secrets.token_hex(8)}"
+
+
+def new_key(workspace_id: str) -> tuple[str, str, str]:
+    """A fresh key: (key shown once, its sha256 hex, its public id)."""
+    key = f"gk_{workspace_id}_{secrets.token_urlsafe(24)}"
+    return key, hash_key(key), f"key_{secrets.token_hex(6)}"
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Authenticator:
+    """Turns an Authorization header into a Principal, with a short in-process cache."""
+
+    def __init__(
+        self, client: Redis | RedisCluster, platform_key: str | None, cache_s: float = 5.0
+    ) -> None:
+        self.client = client
+        self.platform_key = platform_key
+        self.cache_s = cache_s
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    async def authenticate(self, header: str | None) -> Principal:
+        if not header or not header.startswith("Bearer "):
+            raise Unauthorized("send your API key as 'Authorization: Bearer <key>'")
+        key = header[7:].strip()
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = await self._lookup(key)
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[key] = (now + self.cache_s, principal)
+        return principal
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+    async def _lookup(self, key: str) -> Principal:
+        if self.platform_key and hmac.compare_digest(key.encode(), self.platform_key.encode()):
+            return Principal(Role.platform, None, "platform")
+        # gk_ + the 19-character workspace id + _ + secret (the secret may contain "_")
+        workspace_id = key[3:22]
+        if not (key.startswith("gk_") and key[22:23] == "_" and WORKSPACE_ID.match(workspace_id)):
+            raise Unauthorized("unknown API key; create one with POST /v1/workspaces/{id}/keys")
+        record = await self.client.hget(keys.for_workspace(workspace_id).keys, hash_key(key))
+        if record is None:
+            raise Unauthorized("unknown API key; create one with POST /v1/workspaces/{id}/keys")
+        role, key_id = text(record).split(" ", 1)
+        return Principal(Role[role], workspace_id, key_id)

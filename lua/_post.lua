@@ -1,0 +1,46 @@
+-- Include: post one balance change with its ledger row and its events.
+-- Every script that moves money includes this file and calls post(); nothing else may touch
+-- the wallet's balance, so the ledger and the balance cannot drift apart.
+--
+-- Wallet hash fields used here: balance, version, ledger_ms, event_seq, status, zero_since.
+-- Ledger stream entries: id "<at ms>-<n>" (at never goes backwards), fields
+--   type, desc, amount, balance, ref, then any extra (name, value) pairs of the caller.
+-- Event stream entries: type, at, seq, then "d:<name>" data fields (strings; the gate
+--   renders them; cjson would print large integers in exponent form).
+
+local EVENTS_MAXLEN = 100000
+
+local function emit(events, wallet, now_ms, etype, data)
+  local seq = rcall('HINCRBY', wallet, 'event_seq', 1)
+  local entry = {'type', etype, 'at', now_ms, 'seq', seq}
+  for i = 1, #data, 2 do
+    entry[#entry + 1] = 'd:' .. data[i]
+    entry[#entry + 1] = data[i + 1]
+  end
+  return rcall('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', unpack(entry))
+end
+
+-- Returns the ledger row id and the balance after the change.
+local function post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, extra)
+  local balance = rcall('HINCRBY', wallet, 'balance', amount)
+  rcall('HINCRBY', wallet, 'version', 1)
+  local last = tonumber(rcall('HGET', wallet, 'ledger_ms')) or 0
+  local at = now_ms
+  if at < last then at = last end
+  rcall('HSET', wallet, 'ledger_ms', at)
+  local row = {'type', rtype, 'desc', desc, 'amount', amount, 'balance', balance, 'ref', ref}
+  for i = 1, #extra do row[#row + 1] = extra[i] end
+  local id = rcall('XADD', ledger, at .. '-*', unpack(row))
+  emit(events, wallet, now_ms, 'transaction.created',
+    {'id', id, 'type', rtype, 'amount_micros', amount, 'balance_after_micros', balance,
+     'reference', ref})
+  if balance > 0 then
+    rcall('HDEL', wallet, 'zero_since')
+    if rcall('HGET', wallet, 'status') == 'suspended' then
+      rcall('HSET', wallet, 'status', 'active')
+    end
+  elseif not rcall('HGET', wallet, 'zero_since') then
+    rcall('HSET', wallet, 'zero_since', now_ms)
+  end
+  return id, balance
+end

@@ -1,0 +1,53 @@
+-- post: one balance change outside calls (top-up, adjustment, refund, one-off charge),
+-- deduplicated by its external reference, with its ledger row.
+--
+-- KEYS[1] ws      hash    workspace record (must exist)
+-- KEYS[2] wallet  hash    balance, reserved, version, status
+-- KEYS[3] ledger  stream  ledger rows
+-- KEYS[4] events  stream  event outbox
+-- KEYS[5] refs    hash    reference -> ledger row id (dedupe)
+-- KEYS[6] idem    hash    Idempotency-Key record to mark done; any unused key name when none
+-- ARGV[1] now_ms     integer
+-- ARGV[2] amount     integer  signed micros: credits > 0, debits < 0
+-- ARGV[3] type       string   recharge|adjustment|refund|sms|mms|fax|chat|number_rental|...
+-- ARGV[4] desc       string   description shown in the history
+-- ARGV[5] reference  string   payment/charge id; a second post with it changes nothing
+-- ARGV[6] floor      string   "available": a debit may not exceed available money;
+--                             "none": it may take the balance below zero
+-- ARGV[7..n]         extra (name, value) pairs stored on the ledger row
+-- Replies:
+--   {0, row_id, balance, reserved}   posted
+--   {1, row_id}                      the reference was posted before (nothing changed)
+--   {-1}                             no such workspace
+--   {-4, balance, reserved}          insufficient available money (nothing changed)
+-- Side effects: ledger row, transaction.created event, wallet.recharged event for recharges.
+local rcall = redis.call
+local ws, wallet, ledger, events, refs, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local now_ms = tonumber(ARGV[1])
+local amount = tonumber(ARGV[2])
+local rtype, desc, ref, floor = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local extra = {}
+for i = 7, #ARGV do extra[#extra + 1] = ARGV[i] end
+
+--!include _post.lua
+
+if rcall('EXISTS', ws) == 0 then return {-1} end
+local seen = rcall('HGET', refs, ref)
+if seen then return {1, seen} end
+local w = rcall('HMGET', wallet, 'balance', 'reserved')
+local balance, reserved = tonumber(w[1]), tonumber(w[2])
+if amount < 0 and floor == 'available' and balance - reserved + amount < 0 then
+  return {-4, balance, reserved}
+end
+
+local id
+id, balance = post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, extra)
+rcall('HSET', refs, ref, id)
+if rcall('HGET', idem, 'state') == 'pending' then
+  rcall('HSET', idem, 'state', 'done', 'result', id)
+end
+if rtype == 'recharge' then
+  emit(events, wallet, now_ms, 'wallet.recharged',
+    {'amount_micros', amount, 'balance_micros', balance, 'reference', ref})
+end
+return {0, id, balance, reserved}

@@ -1,0 +1,70 @@
+"""Shared fixtures: a private redis-server per session and a Gate app per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from gate.app import create_app
+from gate.check import check_all
+from gate.clock import ManualClock
+from gate.redis_proc import RedisServer
+from gate.settings import Settings
+from tests.redis_fixtures import redis_cluster, redis_server
+
+__all__ = ["redis_cluster", "redis_server"]
+
+PLATFORM_KEY = "test-platform-key-0123456789"
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    return Settings(redis_url=redis_server.url, platform_key=PLATFORM_KEY, auth_cache_s=0.0)
+
+
+Client = TestClient  # type: ignore[type-arg]
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    settings: Settings,
+    clock: ManualClock,
+    redis: Redis,
+) -> AsyncIterator[Client]:
+    app = create_app(settings, clock=clock)
+    test_client = await aiohttp_client(app)
+    yield test_client
+    problems, _ = await check_all(redis)
+    assert not problems, problems
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+PLATFORM = auth(PLATFORM_KEY)
+
+
+async def new_workspace(client: Client, name: str = "Acme") -> dict[str, Any]:
+    """Create a workspace through the API; returns its JSON (id, key...)."""
+    resp = await client.post("/v1/workspaces", json={"name": name}, headers=PLATFORM)
+    assert resp.status == 201, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
