@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import msgspec
 from redis.asyncio import Redis, RedisCluster
 
 from gate import keys
 from gate.ledger import Row
-from gate.redis_client import entries, text
+from gate.redis_client import as_bytes, entries, text
 
 
 async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> list[str]:
@@ -37,9 +38,8 @@ async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> li
     if running != balance:
         problems.append(f"{workspace_id}: balance {balance} != ledger sum {running}")
     held = 0
-    for call_id in await client.smembers(k.live):
-        value = await client.hget(k.call(text(call_id)), "held")
-        held += int(value or 0)
+    for record in (await client.hgetall(k.live)).values():
+        held += int(msgspec.msgpack.decode(as_bytes(record))["held"])
     if reserved != held:
         problems.append(f"{workspace_id}: reserved {reserved} != held by live calls {held}")
     if reserved < 0:

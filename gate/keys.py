@@ -25,16 +25,45 @@ class WsKeys:
     ledger: str  # stream: one entry per balance change, id = "<at ms>-<n>"
     events: str  # stream: outbox of events (webhooks, SSE)
     refs: str  # hash: external reference (payment id, charge id) -> ledger row id
-    live: str  # set: ids of the live calls (started, not yet ended)
+    live: str  # hash: call id -> MessagePack record of each live call (see lua/_call.lua)
     due: str  # zset: call id -> next due ms (tick or cut)
+    cuts: str  # set: ids of live calls that are limited (woken when money arrives)
+    ended: str  # hash: call id -> MessagePack result of call_end (kept 24 h)
+    ended_at: str  # zset: call id -> end ms, to trim `ended`
+    outbox: str  # hash: delivery state of the events stream (cursor, attempts)
+    deadletter: str  # stream: events whose delivery gave up
+
+    @property
+    def call_keys(self) -> list[str]:
+        """The nine keys every call script takes, in header order."""
+        return [
+            self.ws,
+            self.wallet,
+            self.live,
+            self.due,
+            self.cuts,
+            self.ledger,
+            self.events,
+            self.ended,
+            self.ended_at,
+        ]
+
+    def post_keys(self, idem: str) -> list[str]:
+        """The eight keys of post.lua, in header order."""
+        return [
+            self.ws,
+            self.wallet,
+            self.ledger,
+            self.events,
+            self.refs,
+            idem,
+            self.cuts,
+            self.due,
+        ]
 
     def idem(self, key: str) -> str:
         """Idempotency record of one Idempotency-Key."""
         return f"{self.ws}:idem:{key}"
-
-    def call(self, call_id: str) -> str:
-        """Hash of one call's state."""
-        return f"{self.ws}:call:{call_id}"
 
 
 def for_workspace(workspace_id: str) -> WsKeys:
@@ -48,4 +77,9 @@ def for_workspace(workspace_id: str) -> WsKeys:
         refs=f"{base}:refs",
         live=f"{base}:live",
         due=f"{base}:due",
+        cuts=f"{base}:cuts",
+        ended=f"{base}:ended",
+        ended_at=f"{base}:ended_at",
+        outbox=f"{base}:outbox",
+        deadletter=f"{base}:deadletter",
     )

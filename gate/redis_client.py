@@ -55,3 +55,8 @@ def entries(raw: Any) -> list[StreamEntry]:
 def text(value: bytes | str) -> str:
     """A reply value as str, whichever way the client decodes."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    """A reply value as bytes, whichever way the client decodes."""
+    return value.encode() if isinstance(value, str) else value

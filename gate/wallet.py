@@ -187,7 +187,7 @@ class Wallet:
             ) from err
         reply = await self.ctx.scripts.call(
             "post",
-            [k.ws, k.wallet, k.ledger, k.events, k.refs, idem],
+            k.post_keys(idem),
             [
                 self.ctx.clock.now_ms(),
                 amount_micros,
@@ -216,7 +216,7 @@ class Wallet:
         k = keys.for_workspace(workspace_id)
         reply = await self.ctx.scripts.call(
             "post",
-            [k.ws, k.wallet, k.ledger, k.events, k.refs, k.idem("-")],
+            k.post_keys(k.idem("-")),
             [
                 self.ctx.clock.now_ms(),
                 amount_micros,

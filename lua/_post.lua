@@ -44,3 +44,12 @@ local function post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, ex
   end
   return id, balance
 end
+
+-- Money arrived or was released: make every limited call due now, so the ticker re-extends
+-- its horizon and lifts the limit. Returns how many calls were woken.
+local function wake_limited(cuts, due, wallet, now_ms)
+  rcall('HDEL', wallet, 'depleted')
+  local ids = rcall('SMEMBERS', cuts)
+  for i = 1, #ids do rcall('ZADD', due, now_ms, ids[i]) end
+  return #ids
+end

@@ -7,6 +7,8 @@
 -- KEYS[4] events  stream  event outbox
 -- KEYS[5] refs    hash    reference -> ledger row id (dedupe)
 -- KEYS[6] idem    hash    Idempotency-Key record to mark done; any unused key name when none
+-- KEYS[7] cuts    set     ids of limited live calls, woken when money arrives
+-- KEYS[8] due     zset    call id -> due ms (the ticker's schedule)
 -- ARGV[1] now_ms     integer
 -- ARGV[2] amount     integer  signed micros: credits > 0, debits < 0
 -- ARGV[3] type       string   recharge|adjustment|refund|sms|mms|fax|chat|number_rental|...
@@ -16,13 +18,15 @@
 --                             "none": it may take the balance below zero
 -- ARGV[7..n]         extra (name, value) pairs stored on the ledger row
 -- Replies:
---   {0, row_id, balance, reserved}   posted
+--   {0, row_id, balance, reserved, woken}  posted; woken = limited calls made due now
 --   {1, row_id}                      the reference was posted before (nothing changed)
 --   {-1}                             no such workspace
 --   {-4, balance, reserved}          insufficient available money (nothing changed)
--- Side effects: ledger row, transaction.created event, wallet.recharged event for recharges.
+-- Side effects: ledger row, transaction.created event, wallet.recharged event for recharges;
+-- a credit makes the limited live calls due now (their limit is lifted at the next tick).
 local rcall = redis.call
 local ws, wallet, ledger, events, refs, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local cuts, due = KEYS[7], KEYS[8]
 local now_ms = tonumber(ARGV[1])
 local amount = tonumber(ARGV[2])
 local rtype, desc, ref, floor = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -50,4 +54,6 @@ if rtype == 'recharge' then
   emit(events, wallet, now_ms, 'wallet.recharged',
     {'amount_micros', amount, 'balance_micros', balance, 'reference', ref})
 end
-return {0, id, balance, reserved}
+local woken = 0
+if amount > 0 then woken = wake_limited(cuts, due, wallet, now_ms) end
+return {0, id, balance, reserved, woken}

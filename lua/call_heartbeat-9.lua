@@ -1,0 +1,44 @@
+-- call_heartbeat: the switch reports talk time; bill up to it and extend the horizon.
+--
+-- KEYS[1..9] ws, wallet, calls, due, cuts, ledger, events, ended, ended_at (as call_start)
+-- ARGV[1] now_ms     integer
+-- ARGV[2] call_id    string
+-- ARGV[3] elapsed_s  integer  talk time so far by the switch's clock
+-- ARGV[4] seq        integer  monotonic per call; a stale or repeated seq changes nothing
+-- Replies:
+--   {0, record, balance, hangup}  billed and extended; hangup = 1 when the call must end now
+--   {1, record, balance, hangup}  stale or repeated seq (nothing changed)
+--   {2, result}                   the call ended already
+--   {-5}                          no such call
+-- Side effects: as a tick (hold grows, call.limit when limited); an unanswered call counts
+-- as answered elapsed_s ago.
+local rcall = redis.call
+local ws, wallet, calls, due, cuts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ledger, events, ended, ended_at = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local now_ms = tonumber(ARGV[1])
+local call_id = ARGV[2]
+local elapsed, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
+
+--!include _post.lua
+--!include _rating.lua
+--!include _call.lua
+
+local c = load_call(call_id)
+if not c then
+  local result = rcall('HGET', ended, call_id)
+  if result then return {2, result} end
+  return {-5}
+end
+local code = 1
+if seq > c.hseq then
+  code = 0
+  if c.ans == 0 then c.ans = math.max(now_ms - elapsed * 1000, c.t0) end
+  c.hseq, c.hms = seq, now_ms
+  extend(c, elapsed, now_ms)
+  save_call(c)
+  schedule(c, now_ms)
+end
+local hangup = 0
+local md = max_duration(c)
+if c.cut ~= 0 and (now_ms >= c.cut or (md >= 0 and elapsed >= md)) then hangup = 1 end
+return {code, cmsgpack.pack(c), tonumber(rcall('HGET', wallet, 'balance')), hangup}

@@ -1,0 +1,107 @@
+-- call_start: decide whether a call may start and hold its one-minute buffer, in one step.
+--
+-- KEYS[1] ws        hash    workspace record: max_concurrent_calls,
+--                           inbound_limit_threshold_micros, inbound_grace_s
+-- KEYS[2] wallet    hash    balance, reserved, status, zero_since
+-- KEYS[3] calls     hash    call id -> MessagePack call record (see _call.lua)
+-- KEYS[4] due       zset    call id -> due ms for the ticker
+-- KEYS[5] cuts      set     ids of limited calls
+-- KEYS[6] ledger    stream  (not written here; shared key list of the call scripts)
+-- KEYS[7] events    stream  event outbox
+-- KEYS[8] ended     hash    call id -> MessagePack result of finished calls
+-- KEYS[9] ended_at  zset    call id -> end ms (trims `ended`)
+-- ARGV[1]  now_ms        integer
+-- ARGV[2]  call_id       string
+-- ARGV[3]  direction     outbound|inbound
+-- ARGV[4]  service       voice|ai_agent
+-- ARGV[5]  from          E.164
+-- ARGV[6]  to            E.164
+-- ARGV[7]  user          string, "" when none
+-- ARGV[8]  group         string, "" when none
+-- ARGV[9]  number_type   string
+-- ARGV[10] rate          micros per minute
+-- ARGV[11] fee           connect fee micros
+-- ARGV[12] first         billing increment, seconds
+-- ARGV[13] next          billing increment, seconds
+-- ARGV[14] buffer_s      seconds held ahead
+-- ARGV[15] tick_s        seconds between ticks
+-- ARGV[16] grace_s       service default inbound grace (the workspace may override it)
+-- ARGV[17] max_call_s    longest call
+-- ARGV[18] answered      1: billing starts now; 0: at call_answer
+-- Replies:
+--   {0, record, balance, reserved}   allowed; record is the new call (MessagePack)
+--   {1, record, balance, reserved}   the call started before: the first answer, nothing held
+--   {2}                              the call ended already
+--   {-1}                             no such workspace
+--   {-4, balance, reserved, needed}  outbound and available < buffer cost
+--   {-6, live, max}                  max_concurrent_calls reached, nothing held
+--   {-7, balance, reserved}          workspace suspended (balance <= 0 past the grace)
+-- Side effects: wallet.reserved grows by the hold; call.limit for a limited inbound call;
+-- wallet.suspended when the suspension is first seen.
+local rcall = redis.call
+local ws, wallet, calls, due, cuts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ledger, events, ended, ended_at = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local now_ms = tonumber(ARGV[1])
+local call_id, dir, svc = ARGV[2], ARGV[3], ARGV[4]
+local rate, fee = tonumber(ARGV[10]), tonumber(ARGV[11])
+local first, nxt = tonumber(ARGV[12]), tonumber(ARGV[13])
+local buffer_s, tick_s = tonumber(ARGV[14]), tonumber(ARGV[15])
+local default_grace, max_call_s = tonumber(ARGV[16]), tonumber(ARGV[17])
+local answered = ARGV[18] == '1'
+
+--!include _post.lua
+--!include _rating.lua
+--!include _call.lua
+
+local existing = rcall('HGET', calls, call_id)
+if existing then
+  local w = rcall('HMGET', wallet, 'balance', 'reserved')
+  return {1, existing, tonumber(w[1]), tonumber(w[2])}
+end
+if rcall('HEXISTS', ended, call_id) == 1 then return {2} end
+local s = rcall('HMGET', ws, 'id', 'max_concurrent_calls', 'inbound_limit_threshold_micros',
+  'inbound_grace_s')
+if not s[1] then return {-1} end
+local max_live = tonumber(s[2])
+if max_live and rcall('HLEN', calls) >= max_live then
+  return {-6, rcall('HLEN', calls), max_live}
+end
+local grace = tonumber(s[4]) or default_grace
+
+local c = {id = call_id, dir = dir, svc = svc, from = ARGV[5], to = ARGV[6], user = ARGV[7],
+  grp = ARGV[8], nt = ARGV[9], rate = rate, fee = fee, f = first, n = nxt, buf = buffer_s,
+  tk = tick_s, grace = grace, max = max_call_s, t0 = now_ms, ans = 0, bs = 0, hz = 0,
+  held = 0, cut = 0, lim = 0, cs = 0, hseq = 0, hms = 0}
+if answered then c.ans = now_ms end
+local target = math.min(buffer_s, max_call_s)
+local needed = cost(c, target)
+
+local avail, balance, reserved = available()
+if needed > 0 then
+  if dir == 'outbound' and avail < needed then return {-4, balance, reserved, needed} end
+  local w = rcall('HMGET', wallet, 'status', 'zero_since')
+  local status = w[1]
+  if status ~= 'suspended' and w[2] and balance <= 0
+      and now_ms - tonumber(w[2]) > grace * 1000 then
+    status = 'suspended'
+    rcall('HSET', wallet, 'status', status)
+    emit(events, wallet, now_ms, 'wallet.suspended', {'balance_micros', balance})
+  end
+  if status == 'suspended' then return {-7, balance, reserved} end
+end
+
+local threshold = tonumber(s[3]) or needed
+if avail >= needed and (dir == 'outbound' or avail >= threshold) then
+  c.hz = target
+  hold(c, needed)
+else
+  -- inbound below the threshold: hold what there is, limit the call to it plus the grace
+  c.hz = paid_seconds(c, math.max(avail, 0), target)
+  hold(c, cost(c, c.hz))
+  set_cut(c, now_ms, true)
+end
+c.r0, c.g0, c.m0, c.b0 = c.held, c.hz, max_duration(c), balance
+c.a0 = avail - c.held
+save_call(c)
+schedule(c, now_ms)
+return {0, cmsgpack.pack(c), balance, reserved + c.held}

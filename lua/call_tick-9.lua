@@ -1,0 +1,57 @@
+-- call_tick: bill a batch of due calls of one workspace, extend their horizons, send cuts
+-- at their cut time, and finalize calls that went silent or ran past max_call_s.
+--
+-- KEYS[1..9] ws, wallet, calls, due, cuts, ledger, events, ended, ended_at (as call_start)
+-- ARGV[1] now_ms         integer
+-- ARGV[2] batch          integer  most calls handled in one run
+-- ARGV[3] stale_after_s  integer  heartbeat silence after which a call is finalized
+-- Replies:
+--   {0, handled, next_due_ms, cuts_sent, lag_ms...}  next_due_ms = -1 when nothing is due
+--     any more; one lag (now - due) per handled call
+-- Side effects: holds grow (wallet.reserved); call.limit, call.cut and wallet.depleted
+-- events; stale calls get call.cut (reason stale) and one ledger row each.
+local rcall = redis.call
+local ws, wallet, calls, due, cuts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ledger, events, ended, ended_at = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local now_ms = tonumber(ARGV[1])
+local batch, stale_ms = tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
+
+--!include _post.lua
+--!include _rating.lua
+--!include _call.lua
+
+local items = rcall('ZRANGEBYSCORE', due, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
+local reply = {0, 0, -1, 0}
+for i = 1, #items, 2 do
+  local id, due_ms = items[i], tonumber(items[i + 1])
+  local c = load_call(id)
+  if not c then
+    rcall('ZREM', due, id)
+  else
+    reply[2] = reply[2] + 1
+    reply[#reply + 1] = now_ms - due_ms
+    if c.ans == 0 then
+      send_cut(c, now_ms, 'stale')
+      finish(c, 0, now_ms, 'stale', 'stale')
+    else
+      local e = math.max(math.floor((now_ms - c.ans) / 1000), 0)
+      if (c.hms > 0 and now_ms - c.hms > stale_ms) or e >= c.max then
+        local md = max_duration(c)
+        local duration = math.min(e, md >= 0 and md or c.hz, c.max)
+        send_cut(c, now_ms, 'stale')
+        finish(c, duration, now_ms, 'stale', 'stale')
+      else
+        extend(c, e, now_ms)
+        if c.cut ~= 0 and c.cs == 0 and now_ms >= c.cut then
+          send_cut(c, now_ms, c.dir == 'inbound' and 'limit' or 'balance')
+          reply[4] = reply[4] + 1
+        end
+        save_call(c)
+        schedule(c, now_ms)
+      end
+    end
+  end
+end
+local head = rcall('ZRANGE', due, 0, 0, 'WITHSCORES')
+if #head > 0 then reply[3] = tonumber(head[2]) end
+return reply
