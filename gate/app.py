@@ -11,7 +11,8 @@ from redis.asyncio import Redis, RedisCluster
 from gate import redis_client, routes
 from gate.clock import Clock, SystemClock
 from gate.context import Context
-from gate.http import AUTH, CTX, MAX_BODY, WALLET, WORKSPACES, error_middleware
+from gate.delivery import Outbox
+from gate.http import AUTH, CTX, MAX_BODY, OUTBOX, WALLET, WORKSPACES, error_middleware
 from gate.payments import PaymentProvider, SandboxProvider
 from gate.scripts import Scripts
 from gate.settings import Settings
@@ -48,8 +49,13 @@ def create_app(
         app[AUTH] = Authenticator(redis, settings.platform_key, settings.auth_cache_s)
         app[WORKSPACES] = workspaces
         app[WALLET] = Wallet(ctx, workspaces, payments or SandboxProvider())
+        outbox = Outbox(ctx)
+        ctx.notifier.on_events = outbox.notify
+        app[OUTBOX] = outbox
+        await outbox.start()
         log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
         yield
+        await outbox.stop()
         if own:
             await redis.aclose()
 

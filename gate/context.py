@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis, RedisCluster
 
@@ -11,9 +12,32 @@ from gate.scripts import Scripts
 from gate.settings import Settings
 
 
+class Notifier:
+    """Tells background workers of this process that a workspace has new work.
+
+    Domain code calls these after a script that wrote events or scheduled calls; the outbox
+    and the ticker subscribe when they start. Both methods return at once.
+    """
+
+    def events(self, workspace_id: str) -> None:
+        """The workspace's event stream has new entries."""
+        if self.on_events is not None:
+            self.on_events(workspace_id)
+
+    def ticks(self, workspace_id: str, due_ms: int) -> None:
+        """A call of the workspace is due at `due_ms` (or earlier than scheduled before)."""
+        if self.on_ticks is not None:
+            self.on_ticks(workspace_id, due_ms)
+
+    def __init__(self) -> None:
+        self.on_events: Callable[[str], None] | None = None
+        self.on_ticks: Callable[[str, int], None] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     client: Redis | RedisCluster
     scripts: Scripts
     clock: Clock
     settings: Settings
+    notifier: Notifier = field(default_factory=Notifier)

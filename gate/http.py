@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gate import metrics
 from gate.context import Context
+from gate.delivery import Outbox
 from gate.errors import (
     GateError,
     InvalidJSON,
@@ -33,6 +34,7 @@ AUTH = web.AppKey("auth", Authenticator)
 CTX = web.AppKey("ctx", Context)
 WORKSPACES = web.AppKey("workspaces", Workspaces)
 WALLET = web.AppKey("wallet", Wallet)
+OUTBOX = web.AppKey("outbox", Outbox)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

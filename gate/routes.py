@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gate import __version__, api_ops, api_wallet, api_workspaces, schemas
+from gate import __version__, api_events, api_ops, api_wallet, api_workspaces, schemas
 from gate.http import Handler
 
 
@@ -44,6 +44,7 @@ ROUTES = [
     Route("GET", "/v1/wallet/transactions", api_wallet.transactions,
           "Ledger rows, newest first", "agent"),
     Route("GET", "/v1/usage/export", api_wallet.export, "CSV of all matching rows", "admin"),
+    Route("GET", "/v1/events", api_events.stream, "Server-Sent Events, resumable", "agent"),
 ]  # fmt: skip
 
 

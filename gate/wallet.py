@@ -201,6 +201,7 @@ class Wallet:
                 payment_method_id,
             ],
         )
+        self._posted(workspace_id, reply)
         await self.workspaces.update(workspace_id, {"payment_method_id": payment_method_id})
         return await self.row(workspace_id, reply[1].decode())
 
@@ -239,4 +240,13 @@ class Wallet:
                 required_usd=usd(-amount_micros),
                 available_usd=usd(balance - reserved),
             )
+        self._posted(workspace_id, reply)
         return await self.row(workspace_id, reply[1].decode()), code == Code.OK
+
+    def _posted(self, workspace_id: str, reply: list[Any]) -> None:
+        """Wake the workers: a new ledger row means new events, and credits wake limited calls."""
+        if reply[0] != Code.OK:
+            return
+        self.ctx.notifier.events(workspace_id)
+        if int(reply[4]):
+            self.ctx.notifier.ticks(workspace_id, self.ctx.clock.now_ms())
