@@ -9,14 +9,27 @@ from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 
 from gate import redis_client, routes
+from gate.calls import Calls, RateBook
 from gate.clock import Clock, SystemClock
 from gate.context import Context
 from gate.delivery import Outbox
-from gate.http import AUTH, CTX, MAX_BODY, OUTBOX, WALLET, WORKSPACES, error_middleware
+from gate.http import (
+    AUTH,
+    CALLS,
+    CTX,
+    MAX_BODY,
+    OUTBOX,
+    RATES,
+    TICKER,
+    WALLET,
+    WORKSPACES,
+    error_middleware,
+)
 from gate.payments import PaymentProvider, SandboxProvider
 from gate.scripts import Scripts
 from gate.settings import Settings
 from gate.tenancy import Authenticator
+from gate.ticker import Ticker
 from gate.wallet import Wallet
 from gate.workspaces import Workspaces
 
@@ -33,6 +46,8 @@ def create_app(
     """A Gate application; Redis is connected and scripts loaded when the app starts."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
     routes.add_routes(app)
+    rates = RateBook(settings.rates)  # a bad card fails the boot, naming the file and entry
+    app[RATES] = rates
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         own = client is None
@@ -49,12 +64,18 @@ def create_app(
         app[AUTH] = Authenticator(redis, settings.platform_key, settings.auth_cache_s)
         app[WORKSPACES] = workspaces
         app[WALLET] = Wallet(ctx, workspaces, payments or SandboxProvider())
+        app[CALLS] = Calls(ctx, rates)
         outbox = Outbox(ctx)
+        ticker = Ticker(ctx)
         ctx.notifier.on_events = outbox.notify
+        ctx.notifier.on_ticks = ticker.notify
         app[OUTBOX] = outbox
+        app[TICKER] = ticker
         await outbox.start()
+        await ticker.start()
         log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
         yield
+        await ticker.stop()
         await outbox.stop()
         if own:
             await redis.aclose()

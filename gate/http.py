@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from gate import metrics
+from gate.calls import Calls, RateBook
 from gate.context import Context
 from gate.delivery import Outbox
 from gate.errors import (
@@ -23,6 +24,7 @@ from gate.errors import (
     ValidationFailed,
 )
 from gate.tenancy import Authenticator, Principal, Role
+from gate.ticker import Ticker
 from gate.wallet import Wallet
 from gate.workspaces import Workspaces
 
@@ -35,6 +37,9 @@ CTX = web.AppKey("ctx", Context)
 WORKSPACES = web.AppKey("workspaces", Workspaces)
 WALLET = web.AppKey("wallet", Wallet)
 OUTBOX = web.AppKey("outbox", Outbox)
+RATES = web.AppKey("rates", RateBook)
+CALLS = web.AppKey("calls", Calls)
+TICKER = web.AppKey("ticker", Ticker)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gate import __version__, api_events, api_ops, api_wallet, api_workspaces, schemas
+from gate import __version__, api_calls, api_events, api_ops, api_wallet, api_workspaces, schemas
+from gate.call_schemas import EndCall, Heartbeat, StartCall
 from gate.http import Handler
 
 
@@ -45,6 +46,18 @@ ROUTES = [
           "Ledger rows, newest first", "agent"),
     Route("GET", "/v1/usage/export", api_wallet.export, "CSV of all matching rows", "admin"),
     Route("GET", "/v1/events", api_events.stream, "Server-Sent Events, resumable", "agent"),
+    Route("POST", "/v1/calls", api_calls.start, "A call wants to start: allow or refuse",
+          "switch", StartCall),
+    Route("POST", "/v1/calls/{call_id}/answer", api_calls.answer, "Billing starts now",
+          "switch"),
+    Route("POST", "/v1/calls/{call_id}/heartbeat", api_calls.heartbeat,
+          "Interim update from the switch", "switch", Heartbeat),
+    Route("POST", "/v1/calls/{call_id}/end", api_calls.end, "Bill the whole call", "switch",
+          EndCall),
+    Route("GET", "/v1/calls/{call_id}", api_calls.get_call, "One call, live or ended", "agent"),
+    Route("GET", "/v1/calls", api_calls.list_calls, "Live calls (?state=live)", "agent"),
+    Route("POST", "/v1/admin/rates/reload", api_calls.reload_rates,
+          "Reload the rate card; live calls keep their rate", "platform"),
 ]  # fmt: skip
 
 

@@ -33,6 +33,7 @@ class Code(IntEnum):
 
     OK = 0
     REPEAT = 1
+    ENDED = 2
     NO_WORKSPACE = -1
     IDEMPOTENCY_KEY_REUSED = -2
     IN_PROGRESS = -3

@@ -99,8 +99,9 @@ class Wallet:
         k = keys.for_workspace(workspace_id)
         async with self.ctx.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.ws)
-            pipe.hmget(k.wallet, "balance", "reserved", "status", "live", "version")
-            ws_raw, w = await pipe.execute()
+            pipe.hmget(k.wallet, "balance", "reserved", "status", "version")
+            pipe.hlen(k.live)
+            ws_raw, w, live = await pipe.execute()
         if not ws_raw:
             raise NotFound("no such workspace")
         return WalletView(
@@ -108,8 +109,8 @@ class Wallet:
             balance_micros=int(w[0]),
             reserved_micros=int(w[1]),
             status=w[2].decode(),
-            live_calls=int(w[3] or 0),
-            version=int(w[4]),
+            live_calls=int(live),
+            version=int(w[3]),
         )
 
     async def payments_check(self, workspace_id: str, payment_method_id: str) -> None:

@@ -74,7 +74,14 @@ local function set_cut(c, now_ms, limited)
   end
 end
 
+-- What available money must reach before an inbound call's limit is lifted.
+local function threshold(c)
+  return tonumber(rcall('HGET', ws, 'inbound_limit_threshold_micros')) or cost(c, c.buf)
+end
+
 -- Bill up to `e` seconds and keep the horizon `buf` seconds ahead as far as money goes.
+-- A limited call keeps its limit until money is back: for inbound calls, above the
+-- threshold a new inbound call would need to start unlimited.
 local function extend(c, e, now_ms)
   if e > c.bs then c.bs = e end
   local target = c.bs + c.buf
@@ -82,7 +89,9 @@ local function extend(c, e, now_ms)
   if target <= c.hz and c.cut == 0 then return end
   local avail = available()
   local want = cost(c, target) - c.held
-  if want <= avail then
+  local need = want
+  if c.cut ~= 0 and c.dir == 'inbound' then need = math.max(want, threshold(c)) end
+  if need <= avail then
     if target > c.hz then
       hold(c, c.held + math.max(want, 0))
       c.hz = target
@@ -90,7 +99,10 @@ local function extend(c, e, now_ms)
     set_cut(c, now_ms, false)
     return
   end
-  local hz = paid_seconds(c, c.held + math.max(avail, 0), target)
+  -- A limited call may use all the money there is, as it did at start.
+  local cap = target
+  if c.cut ~= 0 or c.dir == 'inbound' then cap = c.max end
+  local hz = paid_seconds(c, c.held + math.max(avail, 0), cap)
   if hz > c.hz then
     c.hz = hz
     hold(c, math.max(cost(c, hz), c.held))

@@ -22,6 +22,7 @@ end
 
 -- Returns the ledger row id and the balance after the change.
 local function post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, extra)
+  if amount == 0 then amount = 0 end  -- -0 would reach HINCRBY as "-0", not an integer
   local balance = rcall('HINCRBY', wallet, 'balance', amount)
   rcall('HINCRBY', wallet, 'version', 1)
   local last = tonumber(rcall('HGET', wallet, 'ledger_ms')) or 0

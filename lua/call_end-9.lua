@@ -9,7 +9,8 @@
 -- ARGV[5..15] for a call the gate never saw (billed as unauthorized_call): direction,
 --   service, from, to, user, group, rate, fee, first, next, number_type
 -- Replies:
---   {0, result}   billed now; result = MessagePack {cost, row, balance, duration, leak, flag}
+--   {0, result, woken}  billed now; result = MessagePack {cost, row, balance, duration, leak,
+--                       flag}; woken = limited calls made due now by the released hold
 --   {1, result}   ended before: the same result, nothing billed again
 --   {-1}          no such workspace
 -- Side effects: one ledger row (call or ai_agent, flag unauthorized_call for unknown calls;
@@ -39,5 +40,6 @@ if not c then
 end
 local had_hold = c.held > 0
 result = finish(c, duration, now_ms, cause, flag)
-if had_hold then wake_limited(cuts, due, wallet, now_ms) end
-return {0, result}
+local woken = 0
+if had_hold then woken = wake_limited(cuts, due, wallet, now_ms) end
+return {0, result, woken}

@@ -96,7 +96,7 @@ if avail >= needed and (dir == 'outbound' or avail >= threshold) then
   hold(c, needed)
 else
   -- inbound below the threshold: hold what there is, limit the call to it plus the grace
-  c.hz = paid_seconds(c, math.max(avail, 0), target)
+  c.hz = paid_seconds(c, math.max(avail, 0), max_call_s)
   hold(c, cost(c, c.hz))
   set_cut(c, now_ms, true)
 end

@@ -6,8 +6,9 @@
 -- ARGV[2] batch          integer  most calls handled in one run
 -- ARGV[3] stale_after_s  integer  heartbeat silence after which a call is finalized
 -- Replies:
---   {0, handled, next_due_ms, cuts_sent, lag_ms...}  next_due_ms = -1 when nothing is due
---     any more; one lag (now - due) per handled call
+--   {0, handled, next_due_ms, cuts_sent, events, lag_ms...}  next_due_ms = -1 when no call
+--     is scheduled any more; events = how many events were written; one lag (now - due)
+--     per handled call
 -- Side effects: holds grow (wallet.reserved); call.limit, call.cut and wallet.depleted
 -- events; stale calls get call.cut (reason stale) and one ledger row each.
 local rcall = redis.call
@@ -21,7 +22,8 @@ local batch, stale_ms = tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
 --!include _call.lua
 
 local items = rcall('ZRANGEBYSCORE', due, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
-local reply = {0, 0, -1, 0}
+local reply = {0, 0, -1, 0, 0}
+local seq0 = tonumber(rcall('HGET', wallet, 'event_seq')) or 0
 for i = 1, #items, 2 do
   local id, due_ms = items[i], tonumber(items[i + 1])
   local c = load_call(id)
@@ -54,4 +56,5 @@ for i = 1, #items, 2 do
 end
 local head = rcall('ZRANGE', due, 0, 0, 'WITHSCORES')
 if #head > 0 then reply[3] = tonumber(head[2]) end
+reply[5] = (tonumber(rcall('HGET', wallet, 'event_seq')) or 0) - seq0
 return reply

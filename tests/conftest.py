@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from gate import keys
 from gate.app import create_app
 from gate.check import check_all
 from gate.clock import ManualClock
@@ -48,10 +50,38 @@ async def client(
     clock: ManualClock,
     redis: Redis,
 ) -> AsyncIterator[Client]:
+    before = await redis.smembers(keys.WORKSPACES)
     app = create_app(settings, clock=clock)
     test_client = await aiohttp_client(app)
     yield test_client
-    problems, _ = await check_all(redis)
+    await assert_invariants(redis, before)
+
+
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def make_client(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    settings: Settings,
+    clock: ManualClock,
+    redis: Redis,
+) -> AsyncIterator[MakeClient]:
+    """A factory of test clients whose app runs with some settings changed."""
+
+    before = await redis.smembers(keys.WORKSPACES)
+
+    async def make(**overrides: Any) -> Client:
+        return await aiohttp_client(create_app(replace(settings, **overrides), clock=clock))
+
+    yield make
+    await assert_invariants(redis, before)
+
+
+async def assert_invariants(redis: Redis, before: set[bytes]) -> None:
+    """DESIGN §11 holds for every workspace this test created (`gate check` logic)."""
+    created = [m.decode() for m in await redis.smembers(keys.WORKSPACES) - before]
+    problems, _ = await check_all(redis, created)
     assert not problems, problems
 
 

@@ -1,0 +1,43 @@
+"""Request bodies of the switch's call webhooks (DESIGN §3), validated by msgspec."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, field
+
+from gate.schemas import Body, Id
+
+CallId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@+-]+$")]
+E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{1,14}$", description="E.164 number")]
+Duration = Annotated[int, Meta(ge=0, le=7 * 86400, description="whole seconds")]
+
+
+class StartCall(Body):
+    call_id: CallId
+    direction: Literal["outbound", "inbound"]
+    from_: E164 = field(name="from")
+    to: E164
+    service: Literal["voice", "ai_agent"] = "voice"
+    user: Id | None = None
+    group: Id | None = None
+    number_type: Literal["local", "toll_free", "international"] | None = None
+    answered: bool = True
+
+
+class Heartbeat(Body):
+    elapsed_s: Duration
+    seq: Annotated[int, Meta(ge=1, le=2**53)]
+
+
+class EndCall(Body):
+    duration_s: Duration
+    hangup_cause: Annotated[str, Meta(max_length=64)] | None = None
+    # For an end the gate never saw a start for (it failed open): how to rate it.
+    direction: Literal["outbound", "inbound"] = "outbound"
+    from_: E164 | None = field(default=None, name="from")
+    to: E164 | None = None
+    service: Literal["voice", "ai_agent"] = "voice"
+    user: Id | None = None
+    group: Id | None = None
+    number_type: Literal["local", "toll_free", "international"] | None = None

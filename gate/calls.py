@@ -1,0 +1,424 @@
+"""Live calls: the start decision, answer, heartbeats, end, and the live view.
+
+Each operation is one Lua script run (one Redis round trip); this module rates the call,
+shapes the script's arguments and turns its reply into the answer the switch reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gate import keys
+from gate.context import Context
+from gate.errors import (
+    InsufficientBalance,
+    InvalidState,
+    NotFound,
+    TooManyRequests,
+    ValidationFailed,
+    WorkspaceSuspended,
+)
+from gate.money import usd
+from gate.rating import (
+    Increment,
+    NoRate,
+    Rate,
+    RateCard,
+    RateCardError,
+    classify_number,
+    cost_micros,
+    load_rate_card,
+)
+from gate.redis_client import as_bytes
+from gate.scripts import Code
+
+log = logging.getLogger("gate.calls")
+
+
+class Record(msgspec.Struct, frozen=True):
+    """A live call as lua/_call.lua keeps it (short names: it is stored per call)."""
+
+    id: str
+    dir: str
+    svc: str
+    from_: str = msgspec.field(name="from")
+    to: str = ""
+    user: str = ""
+    grp: str = ""
+    nt: str = ""
+    rate: int = 0
+    fee: int = 0
+    f: int = 60
+    n: int = 1
+    buf: int = 60
+    tk: int = 10
+    grace: int = 0
+    max: int = 14400
+    t0: int = 0
+    ans: int = 0
+    bs: int = 0
+    hz: int = 0
+    held: int = 0
+    cut: int = 0
+    lim: int = 0
+    cs: int = 0
+    hseq: int = 0
+    hms: int = 0
+    r0: int = 0
+    g0: int = 0
+    m0: int = -1
+    b0: int = 0
+    a0: int = 0
+
+    @property
+    def max_duration_s(self) -> int | None:
+        if self.cut == 0:
+            return None
+        return self.hz + (self.grace if self.dir == "inbound" else 0)
+
+    @property
+    def hangup_at_ms(self) -> int:
+        """The latest moment the money granted so far lasts."""
+        if self.cut:
+            return self.cut
+        return (self.ans or self.t0) + self.hz * 1000
+
+    def cost(self, elapsed_s: int) -> int:
+        return cost_micros(self.rate, self.fee, Increment(self.f, self.n), elapsed_s)
+
+
+class Ended(msgspec.Struct, frozen=True):
+    """What call_end recorded for a finished call."""
+
+    cost: int
+    row: str
+    balance: int
+    duration: int
+    leak: int = 0
+    flag: str = ""
+
+
+_record = msgspec.msgpack.Decoder(Record)
+_ended = msgspec.msgpack.Decoder(Ended)
+
+
+def _seconds(ms: int) -> int:
+    return ms // 1000
+
+
+class RateBook:
+    """The current rate card; reloaded in place (SIGHUP, admin API), live calls keep theirs."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.card: RateCard = load_rate_card(path)
+
+    def reload(self) -> RateCard:
+        """Load the card again; on error keep the old one and raise RateCardError."""
+        card = load_rate_card(self.path)
+        self.card = card
+        log.info("rate card reloaded from %s: %d rates", self.path or "defaults", len(card.rates))
+        return card
+
+    @property
+    def source(self) -> str:
+        return str(Path(self.path).resolve()) if self.path else "built-in default card"
+
+
+@dataclass(frozen=True, slots=True)
+class StartParams:
+    call_id: str
+    direction: str
+    from_: str
+    to: str
+    service: str
+    user: str | None
+    group: str | None
+    number_type: str | None
+    answered: bool
+
+
+class Calls:
+    def __init__(self, ctx: Context, rates: RateBook) -> None:
+        self.ctx = ctx
+        self.rates = rates
+
+    def _rate_args(
+        self, service: str, direction: str, from_: str, to: str, nt: str | None
+    ) -> tuple[Rate, str]:
+        far_end = to if direction == "outbound" else from_
+        if nt is None:
+            # An inbound toll-free call is one to our toll-free number; outbound, the dialled one.
+            nt = classify_number(to)
+        try:
+            rate = self.rates.card.match(service, direction, far_end, nt)
+        except NoRate as err:
+            raise ValidationFailed(
+                f"no rate in the rate card for {service} {direction} calls to {far_end}; "
+                'add one (a prefix "" rate matches every number)'
+            ) from err
+        return rate, nt or rate.number_type
+
+    async def start(self, workspace_id: str, p: StartParams) -> tuple[bool, dict[str, Any]]:
+        """Decide and hold; returns (new?, answer). Raises the refusals as GateErrors."""
+        s = self.ctx.settings
+        rate, nt = self._rate_args(p.service, p.direction, p.from_, p.to, p.number_type)
+        k = keys.for_workspace(workspace_id)
+        now = self.ctx.clock.now_ms()
+        reply = await self.ctx.scripts.call(
+            "call_start",
+            k.call_keys,
+            [
+                now,
+                p.call_id,
+                p.direction,
+                p.service,
+                p.from_,
+                p.to,
+                p.user or "",
+                p.group or "",
+                nt,
+                rate.per_min_micros,
+                rate.connect_fee_micros,
+                rate.increment.first,
+                rate.increment.next,
+                s.buffer_s,
+                s.tick_s,
+                s.inbound_grace_s,
+                s.max_call_s,
+                1 if p.answered else 0,
+            ],
+        )
+        code = reply[0]
+        if code in (Code.OK, Code.REPEAT):
+            rec = _record.decode(as_bytes(reply[1]))
+            if code == Code.OK:
+                due = rec.cut if rec.cut and rec.ans else now + s.tick_s * 1000
+                self.ctx.notifier.ticks(workspace_id, due if rec.ans else rec.t0 + rec.max * 1000)
+                if rec.cut:
+                    self.ctx.notifier.events(workspace_id)
+            return code == Code.OK, self.first_answer(rec)
+        if code == Code.INSUFFICIENT:
+            balance, reserved, needed = int(reply[1]), int(reply[2]), int(reply[3])
+            raise InsufficientBalance(
+                "Wallet balance below minimum to start call",
+                balance_usd=usd(balance),
+                required_usd=usd(needed),
+                available_usd=usd(balance - reserved),
+            )
+        if code == Code.CONCURRENCY_LIMIT:
+            raise TooManyRequests(
+                f"the workspace already has {int(reply[1])} live calls, its limit is "
+                f"{int(reply[2])}; end a call or raise max_concurrent_calls",
+                live_calls=int(reply[1]),
+                max_concurrent_calls=int(reply[2]),
+            )
+        if code == Code.SUSPENDED:
+            self.ctx.notifier.events(workspace_id)
+            balance, reserved = int(reply[1]), int(reply[2])
+            raise WorkspaceSuspended(
+                "the workspace is suspended: its balance stayed at or below zero past the "
+                "grace period; top up to resume calls",
+                balance_usd=usd(balance),
+                available_usd=usd(balance - reserved),
+            )
+        if code == Code.ENDED:
+            raise InvalidState(f"call {p.call_id} has ended; use a new call_id for a new call")
+        raise NotFound("no such workspace")
+
+    def first_answer(self, rec: Record) -> dict[str, Any]:
+        """The start answer, rebuilt the same from the record on every repeat."""
+        base = rec.ans or rec.t0
+        lasts = rec.m0 if rec.m0 >= 0 else rec.g0
+        return {
+            "call_id": rec.id,
+            "decision": "allow",
+            "direction": rec.dir,
+            "service": rec.svc,
+            "rate_per_min_usd": usd(rec.rate),
+            "rate_per_min_micros": rec.rate,
+            "increment": f"{rec.f}/{rec.n}",
+            "connect_fee_usd": usd(rec.fee),
+            "reserved_usd": usd(rec.r0),
+            "reserved_micros": rec.r0,
+            "granted_s": rec.g0,
+            "max_duration_s": None if rec.m0 < 0 else rec.m0,
+            "hangup_at": _seconds(base + lasts * 1000),
+            "tick_s": rec.tk,
+            "answered": rec.ans != 0,
+            "balance_usd": usd(rec.b0),
+            "available_usd": usd(rec.a0),
+        }
+
+    def _interim(self, rec: Record, balance: int, hangup: bool) -> dict[str, Any]:
+        return {
+            "call_id": rec.id,
+            "action": "hangup" if hangup else "continue",
+            "granted_s": rec.hz,
+            "max_duration_s": rec.max_duration_s,
+            "hangup_at": _seconds(rec.hangup_at_ms),
+            "billed_s": rec.bs,
+            "balance_usd": usd(balance),
+        }
+
+    async def answer(self, workspace_id: str, call_id: str) -> dict[str, Any]:
+        k = keys.for_workspace(workspace_id)
+        now = self.ctx.clock.now_ms()
+        reply = await self.ctx.scripts.call("call_answer", k.call_keys, [now, call_id])
+        code = reply[0]
+        if code == Code.NOT_FOUND:
+            raise NotFound(f"no call {call_id}; start it with POST /v1/calls")
+        if code == Code.ENDED:
+            raise InvalidState(f"call {call_id} has ended")
+        rec = _record.decode(as_bytes(reply[1]))
+        if code == Code.OK:
+            self.ctx.notifier.ticks(workspace_id, min(rec.cut or now, now + rec.tk * 1000))
+            if rec.cut:
+                self.ctx.notifier.events(workspace_id)
+        return self._interim(rec, int(reply[2]), False)
+
+    async def heartbeat(
+        self, workspace_id: str, call_id: str, elapsed_s: int, seq: int
+    ) -> dict[str, Any]:
+        k = keys.for_workspace(workspace_id)
+        now = self.ctx.clock.now_ms()
+        reply = await self.ctx.scripts.call(
+            "call_heartbeat", k.call_keys, [now, call_id, elapsed_s, seq]
+        )
+        code = reply[0]
+        if code == Code.NOT_FOUND:
+            raise NotFound(f"no call {call_id}; start it with POST /v1/calls")
+        if code == Code.ENDED:
+            ended = _ended.decode(as_bytes(reply[1]))
+            return {
+                "call_id": call_id,
+                "action": "hangup",
+                "granted_s": ended.duration,
+                "max_duration_s": None,
+                "hangup_at": _seconds(now),
+                "billed_s": ended.duration,
+                "balance_usd": usd(ended.balance),
+            }
+        rec = _record.decode(as_bytes(reply[1]))
+        if code == Code.OK and rec.cut:
+            self.ctx.notifier.events(workspace_id)
+            self.ctx.notifier.ticks(workspace_id, rec.cut)
+        return self._interim(rec, int(reply[2]), bool(int(reply[3])))
+
+    async def end(
+        self,
+        workspace_id: str,
+        call_id: str,
+        duration_s: int,
+        cause: str | None,
+        fallback: StartParams,
+    ) -> tuple[bool, dict[str, Any]]:
+        """Bill the whole call; returns (new?, result). Unknown calls are billed anyway."""
+        rate, nt = self._rate_args(
+            fallback.service, fallback.direction, fallback.from_, fallback.to, fallback.number_type
+        )
+        k = keys.for_workspace(workspace_id)
+        reply = await self.ctx.scripts.call(
+            "call_end",
+            k.call_keys,
+            [
+                self.ctx.clock.now_ms(),
+                call_id,
+                duration_s,
+                cause or "",
+                fallback.direction,
+                fallback.service,
+                fallback.from_,
+                fallback.to,
+                fallback.user or "",
+                fallback.group or "",
+                rate.per_min_micros,
+                rate.connect_fee_micros,
+                rate.increment.first,
+                rate.increment.next,
+                nt,
+            ],
+        )
+        code = reply[0]
+        if code == Code.NO_WORKSPACE:
+            raise NotFound("no such workspace")
+        ended = _ended.decode(as_bytes(reply[1]))
+        if code == Code.OK:
+            self.ctx.notifier.events(workspace_id)
+            if int(reply[2]):
+                self.ctx.notifier.ticks(workspace_id, self.ctx.clock.now_ms())
+            if ended.flag == "unauthorized_call":
+                log.warning("call %s of %s ended unseen: billed as unauthorized", call_id,
+                            workspace_id)  # fmt: skip
+        return code == Code.OK, self.ended_answer(call_id, ended)
+
+    @staticmethod
+    def ended_answer(call_id: str, ended: Ended) -> dict[str, Any]:
+        return {
+            "call_id": call_id,
+            "state": "ended",
+            "duration_s": ended.duration,
+            "cost_usd": usd(ended.cost),
+            "cost_micros": ended.cost,
+            "transaction_id": ended.row,
+            "balance_usd": usd(ended.balance),
+            "balance_micros": ended.balance,
+            "leakage_s": ended.leak,
+            "unauthorized_call": ended.flag == "unauthorized_call",
+            "stale": ended.flag == "stale",
+        }
+
+    def live_view(self, rec: Record) -> dict[str, Any]:
+        now = self.ctx.clock.now_ms()
+        elapsed = max(now - rec.ans, 0) // 1000 if rec.ans else 0
+        return {
+            "call_id": rec.id,
+            "state": "live" if rec.ans else "pending",
+            "direction": rec.dir,
+            "service": rec.svc,
+            "from": rec.from_,
+            "to": rec.to,
+            "user": rec.user or None,
+            "group": rec.grp or None,
+            "rate_per_min_usd": usd(rec.rate),
+            "increment": f"{rec.f}/{rec.n}",
+            "elapsed_s": elapsed,
+            "billed_s": rec.bs,
+            "cost_so_far_usd": usd(rec.cost(rec.bs)),
+            "granted_s": rec.hz,
+            "reserved_usd": usd(rec.held),
+            "reserved_micros": rec.held,
+            "max_duration_s": rec.max_duration_s,
+            "hangup_at": _seconds(rec.hangup_at_ms),
+            "cut_at": _seconds(rec.cut) if rec.cut else None,
+            "cut_sent": bool(rec.cs),
+        }
+
+    async def get(self, workspace_id: str, call_id: str) -> dict[str, Any]:
+        k = keys.for_workspace(workspace_id)
+        async with self.ctx.client.pipeline(transaction=False) as pipe:
+            pipe.hget(k.live, call_id)
+            pipe.hget(k.ended, call_id)
+            live, ended = await pipe.execute()
+        if live is not None:
+            return self.live_view(_record.decode(as_bytes(live)))
+        if ended is not None:
+            return self.ended_answer(call_id, _ended.decode(as_bytes(ended)))
+        raise NotFound(f"no call {call_id}")
+
+    async def live(self, workspace_id: str, limit: int) -> list[dict[str, Any]]:
+        k = keys.for_workspace(workspace_id)
+        views: list[dict[str, Any]] = []
+        async for _, raw in self.ctx.client.hscan_iter(k.live, count=500):
+            views.append(self.live_view(_record.decode(as_bytes(raw))))
+            if len(views) >= limit:
+                break
+        return sorted(views, key=lambda v: v["call_id"])
+
+
+__all__ = ["Calls", "RateBook", "RateCardError", "Record", "StartParams"]
