@@ -120,6 +120,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             {"error": {"code": "internal_error", "message": "internal error; see the gate log"}},
             500,
         )
-    metrics.REQUESTS.labels(name, request.method, str(response.status)).inc()
-    metrics.LATENCY.labels(name, request.method).observe(time.perf_counter() - started)
+    _count(name, request.method, response.status, time.perf_counter() - started)
     return response
+
+
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _count(route: str, method: str, status: int, seconds: float) -> None:
+    """Record one request; the labelled metric children are looked up once and kept."""
+    key = (route, method, status)
+    pair = _children.get(key)
+    if pair is None:
+        pair = _children[key] = (
+            metrics.REQUESTS.labels(route, method, str(status)),
+            metrics.LATENCY.labels(route, method),
+        )
+    pair[0].inc()
+    pair[1].observe(seconds)

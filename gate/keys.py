@@ -8,6 +8,7 @@ workspace registry and the due indexes) are touched outside scripts only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 PREFIX = "gate"
 WORKSPACES = f"{PREFIX}:workspaces"  # set of every workspace id (for `gate check`, sweeps)
@@ -34,9 +35,9 @@ class WsKeys:
     deadletter: str  # stream: events whose delivery gave up
 
     @property
-    def call_keys(self) -> list[str]:
+    def call_keys(self) -> tuple[str, ...]:
         """The nine keys every call script takes, in header order."""
-        return [
+        return (
             self.ws,
             self.wallet,
             self.live,
@@ -46,7 +47,7 @@ class WsKeys:
             self.events,
             self.ended,
             self.ended_at,
-        ]
+        )
 
     def post_keys(self, idem: str) -> list[str]:
         """The eight keys of post.lua, in header order."""
@@ -66,6 +67,7 @@ class WsKeys:
         return f"{self.ws}:idem:{key}"
 
 
+@lru_cache(maxsize=65536)  # built on every request: the hot path reuses them
 def for_workspace(workspace_id: str) -> WsKeys:
     base = f"{PREFIX}:{{{workspace_id}}}"
     return WsKeys(

@@ -25,7 +25,12 @@ async def connect(url: str, **kw: Any) -> RedisClient:
     scheme = urlsplit(url).scheme.lower()
     options: dict[str, Any] = {"decode_responses": False, **kw}
     if scheme in _SINGLE_SCHEMES:
-        return redis.asyncio.Redis.from_url(url, **options)
+        # A blocking pool: under a burst, a request waits a moment for a connection instead
+        # of failing with "Too many connections"; 64 is far more than one Redis needs.
+        options.setdefault("max_connections", 64)
+        options.setdefault("timeout", 10)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(url, **options)
+        return redis.asyncio.Redis.from_pool(pool)  # the client owns and closes the pool
     if scheme in _CLUSTER_SCHEMES:
         # RedisCluster.from_url parses host, port, credentials and query options from a plain
         # redis:// URL, so only the scheme is rewritten.

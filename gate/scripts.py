@@ -9,16 +9,18 @@ when Redis answers NOSCRIPT (after a SCRIPT FLUSH or a failover).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from gate import metrics
 
@@ -92,12 +94,129 @@ def compile_scripts(sources: dict[str, str] | None = None) -> dict[str, Script]:
     return scripts
 
 
+class _Head(tuple[Arg, ...]):
+    """EVALSHA, sha, key count and keys, with their RESP encoding made once."""
+
+    packed: bytes
+
+
+@lru_cache(maxsize=65536)
+def _head(sha: str, num_keys: int, keys: tuple[str, ...]) -> _Head:
+    head = _Head(("EVALSHA", sha, num_keys, *keys))
+    head.packed = b"".join(_bulk(a) for a in head)
+    return head
+
+
+def _bulk(arg: Arg) -> bytes:
+    data = arg if isinstance(arg, bytes) else str(arg).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _pack(head: _Head, args: Sequence[Arg]) -> bytes:
+    """One EVALSHA in RESP; a lean twin of redis-py's packer for our str/int/bytes args."""
+    return b"".join([b"*%d\r\n" % (len(head) + len(args)), head.packed, *map(_bulk, args)])
+
+
+_Command = tuple[_Head, Sequence[Arg]]
+
+
+class _AutoPipeline:
+    """Sends every script call made in one event-loop iteration as one pipelined write.
+
+    Like ioredis's enableAutoPipelining: a request handler awaits its own reply as usual,
+    but the commands of all handlers that ran in the same loop iteration share one write
+    and one read pass on one pooled connection, so the cost per call of the Python client
+    (connection checkout, syscalls, parsing setup) is paid once per batch. Built on
+    redis-py's own connection pool, command packing and hiredis parser.
+    """
+
+    MAX_INFLIGHT = 4  # batches on the wire at once; later calls gather into the next one
+
+    def __init__(self, client: Redis) -> None:
+        self.pool = client.connection_pool
+        self.pending: list[tuple[_Command, asyncio.Future[Any]]] = []
+        self.inflight = 0
+        self.scheduled = False
+
+    def submit(self, command: _Command) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self.pending.append((command, future))
+        self._schedule(loop)
+        return future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.pending and not self.scheduled and self.inflight < self.MAX_INFLIGHT:
+            self.scheduled = True
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.scheduled = False
+        if not self.pending or self.inflight >= self.MAX_INFLIGHT:
+            return
+        batch, self.pending = self.pending, []
+        self.inflight += 1
+        task = asyncio.ensure_future(self._send(batch))
+        _inflight.add(task)
+        task.add_done_callback(_inflight.discard)
+
+    async def _send(self, batch: list[tuple[_Command, asyncio.Future[Any]]]) -> None:
+        try:
+            await self._exchange(batch)
+        finally:
+            self.inflight -= 1
+            self._schedule(asyncio.get_running_loop())
+
+    async def _exchange(self, batch: list[tuple[_Command, asyncio.Future[Any]]]) -> None:
+        try:
+            conn = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+        except BaseException as err:
+            _fail(batch, err)
+            return
+        try:
+            await conn.send_packed_command(b"".join([_pack(*command) for command, _ in batch]))
+            for _, future in batch:
+                try:
+                    reply = await conn.read_response()
+                except ResponseError as err:  # one script's error; the stream stays in sync
+                    reply = err
+                if not future.done():
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+        except BaseException as err:
+            await conn.disconnect()  # a half-read stream must never be reused
+            _fail(batch, err)
+            if not isinstance(err, Exception):
+                raise
+        finally:
+            await self.pool.release(conn)
+
+
+_inflight: set[asyncio.Future[None]] = set()  # keeps batch tasks alive until they finish
+
+
+def _fail(batch: list[tuple[_Command, asyncio.Future[Any]]], err: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(
+                err if isinstance(err, Exception) else ConnectionError("batch cancelled")
+            )
+
+
 class Scripts:
-    """Calls scripts by name on one Redis or Redis Cluster client."""
+    """Calls scripts by name on one Redis or Redis Cluster client.
+
+    On a single Redis, concurrent calls are pipelined automatically (_AutoPipeline); on a
+    cluster each call goes to its slot's node on its own.
+    """
 
     def __init__(self, client: Redis | RedisCluster, scripts: dict[str, Script] | None = None):
         self.client = client
         self.scripts = compile_scripts() if scripts is None else scripts
+        self._batch = _AutoPipeline(client) if isinstance(client, Redis) else None
+        self._counters: dict[tuple[str, int], Any] = {}
 
     async def load(self) -> None:
         """SCRIPT LOAD every script (on every primary of a cluster); fails on syntax errors."""
@@ -115,19 +234,25 @@ class Scripts:
         exists = await self.client.script_exists(*shas)
         return all(exists)
 
+    async def _evalsha(self, command: _Command) -> Any:
+        if self._batch is not None:
+            return await self._batch.submit(command)
+        return await self.client.execute_command(*command[0], *command[1])
+
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
         """Run one script; returns its reply list, whose first item is a Code."""
         script = self.scripts[name]
         if len(keys) != script.num_keys:
             raise ScriptError(f"{name} takes {script.num_keys} keys, got {len(keys)}")
+        command = (_head(script.sha, script.num_keys, tuple(keys)), args)
         try:
-            reply = await self.client.execute_command(
-                "EVALSHA", script.sha, script.num_keys, *keys, *args
-            )
+            reply = await self._evalsha(command)
         except NoScriptError:
-            await self.load()
-            reply = await self.client.execute_command(
-                "EVALSHA", script.sha, script.num_keys, *keys, *args
-            )
-        metrics.LUA_CALLS.labels(name, str(reply[0])).inc()
+            await self.load()  # after SCRIPT FLUSH or a failover to a fresh replica
+            reply = await self._evalsha(command)
+        code = int(reply[0])
+        counter = self._counters.get((name, code))
+        if counter is None:
+            counter = self._counters[(name, code)] = metrics.LUA_CALLS.labels(name, str(code))
+        counter.inc()
         return list(reply)
