@@ -18,6 +18,12 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     try:
         await ctx.client.ping()
         loaded = await ctx.scripts.loaded()
+        if not loaded:
+            # Redis lost the scripts (SCRIPT FLUSH, a restart without AOF, a failover): load
+            # them again here. Calls would reload them on NOSCRIPT anyway, but a balancer
+            # that stops sending traffic to a "not ready" gate would never let that happen.
+            await ctx.scripts.load()
+            loaded = await ctx.scripts.loaded()
     except Exception as err:  # any Redis failure means "not ready", with the reason
         return json({"status": "unavailable", "redis": f"unreachable: {err}"}, 503)
     if not loaded:

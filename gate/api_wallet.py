@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from msgspec import UNSET
@@ -14,11 +15,14 @@ from gate.money import parse_usd
 from gate.schemas import Topup, WalletSettings
 from gate.tenancy import Role
 
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
 
 async def get_wallet(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.agent)
     view = await request.app[WALLET].view(who.workspace(request.query.get("workspace_id")))
-    if request.headers.get("If-None-Match") == view.etag:
+    wanted = request.headers.get("If-None-Match", "")
+    if wanted.strip() == "*" or view.etag in (tag.strip() for tag in wanted.split(",")):
         return web.Response(status=304, headers={"ETag": view.etag})
     return json(view.to_json(None), headers={"ETag": view.etag, "Cache-Control": "no-cache"})
 
@@ -89,7 +93,12 @@ async def patch_settings(request: web.Request) -> web.StreamResponse:
     return json(view.to_json(None), headers={"ETag": view.etag})
 
 
-def _date_ms(request: web.Request, name: str) -> int | None:
+def _date_ms(request: web.Request, name: str, *, end: bool = False) -> int | None:
+    """Milliseconds of an ISO 8601 date or time (UTC unless it says otherwise).
+
+    A bare date as the end of a range means the whole of that day: to=2026-11-05 keeps
+    the rows of November 5th, as a person picking dates in a history filter expects.
+    """
     raw = request.query.get(name)
     if not raw:
         return None
@@ -101,7 +110,13 @@ def _date_ms(request: web.Request, name: str) -> int | None:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    try:
+        if end and _DATE_ONLY.match(raw):
+            parsed += timedelta(days=1)
+        # Stream ids are unsigned: a date before 1970 is simply "from the start".
+        return max(int(parsed.timestamp() * 1000), 0)
+    except (OverflowError, ValueError):
+        raise ValidationFailed(f"{name} is out of range", field=name) from None
 
 
 def _month_range(raw: str) -> tuple[int, int]:
@@ -116,11 +131,21 @@ def _month_range(raw: str) -> tuple[int, int]:
 def filters_from(request: web.Request) -> ledger.Filters:
     """The history filters of the query string (shared by the list and the CSV export)."""
     q = request.query
-    start, end = _date_ms(request, "from"), _date_ms(request, "to")
+    start, end = _date_ms(request, "from"), _date_ms(request, "to", end=True)
     if month := q.get("month"):
+        if start is not None or end is not None:
+            raise ValidationFailed("send either month or from/to, not both", field="month")
         start, end = _month_range(month)
-    amount_min = q.get("min_amount_usd")
-    amount_max = q.get("max_amount_usd")
+    if start is not None and end is not None and start >= end:
+        raise ValidationFailed("from must be before to", field="from")
+    amount_min = q.get("min_amount_usd") or None
+    amount_max = q.get("max_amount_usd") or None
+    low = None if amount_min is None else parse_usd(amount_min, "min_amount_usd")
+    high = None if amount_max is None else parse_usd(amount_max, "max_amount_usd")
+    if low is not None and high is not None and low > high:
+        raise ValidationFailed(
+            "min_amount_usd must not be above max_amount_usd", field="min_amount_usd"
+        )
     return ledger.Filters(
         types=ledger.types_for(q.get("type"), q.get("service")),
         user=q.get("user"),
@@ -128,8 +153,8 @@ def filters_from(request: web.Request) -> ledger.Filters:
         source=q.get("source"),
         start_ms=start,
         end_ms=end,
-        min_micros=None if amount_min is None else parse_usd(amount_min, "min_amount_usd"),
-        max_micros=None if amount_max is None else parse_usd(amount_max, "max_amount_usd"),
+        min_micros=low,
+        max_micros=high,
     )
 
 

@@ -29,8 +29,11 @@ async def create_workspace(request: web.Request) -> web.StreamResponse:
 
 
 async def create_key(request: web.Request) -> web.StreamResponse:
-    who = await principal(request, Role.admin)
+    who = await principal(request, Role.agent)
+    # Another tenant's workspace is not found, whatever the key's role: the tenant check
+    # comes before the role check, so a 403 never confirms that a workspace id exists.
     workspace_id = who.workspace(request.match_info["workspace_id"])
+    who.require(Role.admin)
     body = await decode(request, CreateKey)
     role = Role[body.role]
     who.require(role)  # nobody mints a key stronger than their own
@@ -50,6 +53,8 @@ async def patch_workspace(request: web.Request) -> web.StreamResponse:
     body = await decode(request, WorkspacePatch)
     fields: dict[str, str | int | None] = {}
     if body.name is not UNSET:
+        if not body.name.strip():
+            raise ValidationFailed("name must not be blank", field="name")
         fields["name"] = body.name
     if body.switch_webhook_url is not UNSET:
         fields["switch_webhook_url"] = body.switch_webhook_url
@@ -68,8 +73,9 @@ async def patch_workspace(request: web.Request) -> web.StreamResponse:
 
 
 async def adjust(request: web.Request) -> web.StreamResponse:
-    await principal(request, Role.platform)  # a workspace's own keys can never credit it
-    workspace_id = request.match_info["workspace_id"]
+    who = await principal(request, Role.agent)
+    workspace_id = who.workspace(request.match_info["workspace_id"])  # 404 for other tenants
+    who.require(Role.platform)  # a workspace's own keys can never credit it
     body = await decode(request, Adjustment)
     amount = parse_usd(body.amount_usd, "amount_usd", allow_negative=True)
     if amount == 0:

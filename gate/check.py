@@ -25,7 +25,12 @@ async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> li
     while True:
         batch = entries(await client.xrange(k.ledger, f"({last}", "+", count=1000))
         for entry_id, raw in batch:
-            row = Row.parse(entry_id, raw)
+            try:
+                row = Row.parse(entry_id, raw)
+            except (KeyError, ValueError, UnicodeDecodeError) as err:
+                problems.append(f"{workspace_id}: row {text(entry_id)} is malformed ({err!r})")
+                last = text(entry_id)
+                continue
             running += row.amount_micros
             if row.balance_after_micros != running:
                 problems.append(

@@ -218,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(settings)
     if args.command == "serve":
+        from gate.rating import RateCardError, load_rate_card
+
+        try:  # before any process starts: a bad card is a bad setting, not a traceback
+            load_rate_card(settings.rates)
+        except RateCardError as err:
+            sys.stderr.write(f"gate: invalid setting: GATE_RATES={settings.rates!r}: {err}\n")
+            return 2
         serve(settings)
         return 0
     work: Callable[[Any], Awaitable[int]]
@@ -229,4 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         work = lambda ctx: _wallet_show(ctx, args.workspace)  # noqa: E731
     else:
         work = lambda ctx: _check(ctx, args.workspace)  # noqa: E731
-    return asyncio.run(_with_services(settings, work))
+    from redis.exceptions import RedisError
+
+    from gate.errors import GateError
+
+    try:
+        return asyncio.run(_with_services(settings, work))
+    except GateError as err:  # e.g. no such workspace: one line, not a traceback
+        sys.stderr.write(f"gate: {err.message}\n")
+        return 1
+    except RedisError as err:  # the message names host and port, never a password
+        sys.stderr.write(f"gate: Redis error: {err}\n")
+        return 1

@@ -43,6 +43,7 @@ SERVICES = {  # service filter -> row types (the seeds' Usage History services)
     "credits": {"recharge", "adjustment", "refund"},
 }
 _STREAM_ID = re.compile(r"^\d{1,16}-\d{1,16}$")
+_INT_TEXT = re.compile(r"^-?\d{1,18}$")
 _CORE = {"type", "desc", "amount", "balance", "ref"}
 _INT_EXTRAS = {"duration_s", "billable_s", "segments", "pages", "quantity", "rate_micros"}
 _BATCH = 500
@@ -91,10 +92,20 @@ class Row:
             "reference": self.reference,
         }
         for name, value in self.extra.items():
-            body[name] = int(value) if name in _INT_EXTRAS else value
-            if name == "rate_micros":
-                body["rate_per_min_usd"] = usd(int(value))
+            if _is_int_extra(name) and _INT_TEXT.match(value):
+                body[name] = int(value)
+                if name == "rate_micros":
+                    body["rate_per_min_usd"] = usd(int(value))
+                elif name.endswith("_micros"):
+                    body[name[: -len("_micros")] + "_usd"] = usd(int(value))
+            else:
+                body[name] = value
         return body
+
+
+def _is_int_extra(name: str) -> bool:
+    """Counts, seconds and money are JSON integers (the API promises `*_micros` integers)."""
+    return name in _INT_EXTRAS or name.endswith(("_micros", "_s"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +172,8 @@ async def scan(
     ):
         high = f"({filters.end_ms}-0"
     low = "-" if filters.start_ms is None else f"{filters.start_ms}-0"
+    if high == "(0-0":
+        return  # nothing is older than the first possible id (and Redis rejects the range)
     while True:
         batch = entries(await client.xrevrange(stream, high, low, count=_BATCH))
         for entry_id, raw in batch:

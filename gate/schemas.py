@@ -13,7 +13,15 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-Usd = Decimal  # JSON number or decimal string; gate.money.parse_usd checks places and range
+# JSON number or decimal string; gate.money.parse_usd checks places and range. msgspec's JSON
+# Schema says "string" for Decimal, so the description says what is really accepted.
+Usd = Annotated[
+    Decimal,
+    Meta(
+        description="USD: a JSON number or a decimal string, at most 6 decimal places",
+        examples=["10.50", 25],
+    ),
+]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@+-]+$")]
 Url = Annotated[str, Meta(max_length=2048, pattern=r"^https?://[^\s]+$")]

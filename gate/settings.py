@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from decimal import Decimal
 from typing import Any
 
 from gate.errors import ValidationFailed
@@ -81,8 +80,8 @@ def _parse(name: str, raw: str) -> Any:
         return value
     if name == "signup_credit_micros":
         try:
-            return parse_usd(Decimal(raw) if raw.strip() else raw, var)
-        except (ValidationFailed, ArithmeticError) as err:
+            return parse_usd(raw, var)
+        except ValidationFailed as err:
             raise SettingsError(f"{var}={raw!r}: expected an amount of USD like 10.00") from err
     if name == "redis_url" and not raw.startswith(
         ("redis://", "rediss://", "unix://", "redis+cluster://")

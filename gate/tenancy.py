@@ -64,7 +64,9 @@ class Principal:
                     "a platform key must name the workspace: use a workspace's own key"
                 )
             return self.workspace_id
-        if self.role is Role.platform or workspace_id == self.workspace_id:
+        if workspace_id == self.workspace_id or (
+            self.role is Role.platform and WORKSPACE_ID.match(workspace_id)
+        ):
             return workspace_id
         raise NotFound("no such workspace")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from gate.errors import (
 )
 from gate.money import usd
 from gate.payments import PaymentError, PaymentProvider
-from gate.redis_client import entries
+from gate.redis_client import entries, text
 from gate.scripts import Code
 from gate.workspaces import Workspace, Workspaces
 
@@ -49,7 +50,14 @@ class WalletView:
 
     @property
     def etag(self) -> str:
-        return f'W/"{self.workspace.id}-{self.version}"'
+        # `version` moves with every ledger row and settings change, but the call scripts move
+        # `reserved` without it: everything the body shows goes into the tag, so a poller
+        # never gets 304 for a wallet that changed.
+        state = (
+            f"{self.workspace.id}:{self.version}:{self.balance_micros}:"
+            f"{self.reserved_micros}:{self.live_calls}:{self.status}"
+        )
+        return f'W/"{hashlib.sha256(state.encode()).hexdigest()[:24]}"'
 
     def to_json(self, per_min_micros: int | None) -> dict[str, Any]:
         raw = self.workspace.raw
@@ -89,6 +97,88 @@ def body_hash(parts: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+# Typed wrappers of the wallet scripts: keys in header order, replies as frozen dataclasses.
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Reply of lua/idem_claim-2.lua."""
+
+    code: Code  # OK, REPEAT, NO_WORKSPACE, IDEMPOTENCY_KEY_REUSED or IN_PROGRESS
+    state: str | None = None  # REPEAT: "done" or "failed"
+    result: str | None = None  # REPEAT: the ledger row id (done) or the error JSON (failed)
+    lease_until_ms: int | None = None  # IN_PROGRESS: when the other claim lapses
+
+
+async def idem_claim(
+    ctx: Context, workspace_id: str, idem: str, now_ms: int, digest: str, lease_ms: int, ttl_ms: int
+) -> Claim:
+    """Claim the Idempotency-Key record `idem` (a key of `workspace_id`) for one request."""
+    reply = await ctx.scripts.call(
+        "idem_claim",
+        [idem, keys.for_workspace(workspace_id).ws],
+        [now_ms, digest, lease_ms, ttl_ms],
+    )
+    code = Code(reply[0])
+    if code == Code.REPEAT:
+        return Claim(code, text(reply[1]), text(reply[2]))
+    if code == Code.IN_PROGRESS:
+        return Claim(code, lease_until_ms=int(reply[1]))
+    return Claim(code)
+
+
+async def idem_fail(ctx: Context, idem: str, result: str) -> Code:
+    """Record the final error answer of a claimed key; NO_WORKSPACE if it is not pending."""
+    reply = await ctx.scripts.call("idem_fail", [idem], [result])
+    return Code(reply[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """Reply of lua/post-8.lua."""
+
+    code: Code  # OK, REPEAT, NO_WORKSPACE or INSUFFICIENT
+    row_id: str | None = None  # OK and REPEAT
+    balance_micros: int | None = None  # OK and INSUFFICIENT
+    reserved_micros: int | None = None  # OK and INSUFFICIENT
+    woken: int = 0  # OK: limited live calls made due now
+
+
+async def post(
+    ctx: Context,
+    workspace_id: str,
+    *,
+    now_ms: int,
+    amount_micros: int,
+    type: str,
+    description: str,
+    reference: str,
+    floor: str,
+    idem: str | None = None,
+    extra: Sequence[tuple[str, str | int]] = (),
+) -> Posted:
+    """Post one balance change with its ledger row, once per reference (lua/post-8.lua).
+
+    floor "available" refuses a debit beyond the available money; "none" lets it through.
+    """
+    if floor not in ("available", "none"):
+        raise ValueError(f"floor must be 'available' or 'none', not {floor!r}")
+    k = keys.for_workspace(workspace_id)
+    args: list[str | int] = [now_ms, amount_micros, type, description, reference, floor]
+    for name, value in extra:
+        args += [name, value]
+    # With no Idempotency-Key record, KEYS[6] is a name that is never written.
+    reply = await ctx.scripts.call("post", k.post_keys(idem or k.idem("-")), args)
+    code = Code(reply[0])
+    if code == Code.OK:
+        return Posted(code, text(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]))
+    if code == Code.REPEAT:
+        return Posted(code, text(reply[1]))
+    if code == Code.INSUFFICIENT:
+        return Posted(code, balance_micros=int(reply[1]), reserved_micros=int(reply[2]))
+    return Posted(code)
+
+
 class Wallet:
     def __init__(self, ctx: Context, workspaces: Workspaces, payments: PaymentProvider) -> None:
         self.ctx = ctx
@@ -100,6 +190,7 @@ class Wallet:
         async with self.ctx.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.ws)
             pipe.hmget(k.wallet, "balance", "reserved", "status", "version")
+            # The live-calls hash is the truth: the call scripts keep no separate counter.
             pipe.hlen(k.live)
             ws_raw, w, live = await pipe.execute()
         if not ws_raw:
@@ -108,7 +199,7 @@ class Wallet:
             workspace=self.workspaces.parse(ws_raw),
             balance_micros=int(w[0]),
             reserved_micros=int(w[1]),
-            status=w[2].decode(),
+            status=text(w[2]),
             live_calls=int(live),
             version=int(w[3]),
         )
@@ -124,6 +215,8 @@ class Wallet:
         found = entries(
             await self.ctx.client.xrange(keys.for_workspace(workspace_id).ledger, row_id, row_id)
         )
+        if not found:
+            raise NotFound(f"no ledger row {row_id}")
         return ledger.Row.parse(*found[0])
 
     async def topup(
@@ -141,28 +234,29 @@ class Wallet:
             )
         await self.payments_check(workspace_id, payment_method_id)
         key = idempotency_key or f"auto-{secrets.token_hex(12)}"
-        k = keys.for_workspace(workspace_id)
-        idem = k.idem(f"topup:{key}")
+        idem = keys.for_workspace(workspace_id).idem(f"topup:{key}")
         digest = body_hash({"amount_micros": amount_micros, "pm": payment_method_id})
         deadline = asyncio.get_running_loop().time() + _IN_PROGRESS_WAIT_S
         while True:
-            now = self.ctx.clock.now_ms()
-            reply = await self.ctx.scripts.call(
-                "idem_claim",
-                [idem, k.ws],
-                [now, digest, IDEMPOTENCY_LEASE_MS, IDEMPOTENCY_TTL_MS],
+            claim = await idem_claim(
+                self.ctx,
+                workspace_id,
+                idem,
+                self.ctx.clock.now_ms(),
+                digest,
+                IDEMPOTENCY_LEASE_MS,
+                IDEMPOTENCY_TTL_MS,
             )
-            code = reply[0]
-            if code == Code.OK:
+            if claim.code == Code.OK:
                 break
-            if code == Code.REPEAT:
-                state, result = reply[1].decode(), reply[2].decode()
-                if state == "failed":
-                    raise PaymentDeclined(orjson.loads(result)["message"])
-                return await self.row(workspace_id, result)
-            if code == Code.NO_WORKSPACE:
+            if claim.code == Code.REPEAT:
+                assert claim.result is not None
+                if claim.state == "failed":
+                    raise PaymentDeclined(orjson.loads(claim.result)["message"])
+                return await self.row(workspace_id, claim.result)
+            if claim.code == Code.NO_WORKSPACE:
                 raise NotFound("no such workspace")
-            if code == Code.IDEMPOTENCY_KEY_REUSED:
+            if claim.code == Code.IDEMPOTENCY_KEY_REUSED:
                 raise IdempotencyKeyReused(
                     "this Idempotency-Key was used with another request body; "
                     "use a new key for a new top-up"
@@ -179,32 +273,27 @@ class Wallet:
                 workspace_id, payment_method_id, amount_micros, key
             )
         except PaymentError as err:
-            message = str(err)
-            await self.ctx.scripts.call(
-                "idem_fail", [idem], [orjson.dumps({"message": message}).decode()]
-            )
-            raise PaymentDeclined(
-                message + " Use another payment method, or try again later."
-            ) from err
-        reply = await self.ctx.scripts.call(
-            "post",
-            k.post_keys(idem),
-            [
-                self.ctx.clock.now_ms(),
-                amount_micros,
-                "recharge",
-                f"Wallet top-up ({payment_method_id})",
-                payment.id,
-                "none",
-                "source",
-                "card",
-                "payment_method_id",
-                payment_method_id,
-            ],
+            message = str(err) + " Use another payment method, or try again later."
+            await idem_fail(self.ctx, idem, orjson.dumps({"message": message}).decode())
+            raise PaymentDeclined(message) from err
+        posted = await post(
+            self.ctx,
+            workspace_id,
+            now_ms=self.ctx.clock.now_ms(),
+            amount_micros=amount_micros,
+            type="recharge",
+            description=f"Wallet top-up ({payment_method_id})",
+            reference=payment.id,
+            floor="none",
+            idem=idem,
+            extra=[("source", "card"), ("payment_method_id", payment_method_id)],
         )
-        self._posted(workspace_id, reply)
+        if posted.code == Code.NO_WORKSPACE:
+            raise NotFound("no such workspace")
+        self._posted(workspace_id, posted)
         await self.workspaces.update(workspace_id, {"payment_method_id": payment_method_id})
-        return await self.row(workspace_id, reply[1].decode())
+        assert posted.row_id is not None
+        return await self.row(workspace_id, posted.row_id)
 
     async def adjust(
         self,
@@ -215,39 +304,35 @@ class Wallet:
         reference: str | None,
     ) -> tuple[ledger.Row, bool]:
         """Post an operator's adjustment or refund; returns the row and whether it is new."""
-        k = keys.for_workspace(workspace_id)
-        reply = await self.ctx.scripts.call(
-            "post",
-            k.post_keys(k.idem("-")),
-            [
-                self.ctx.clock.now_ms(),
-                amount_micros,
-                kind,
-                description,
-                reference or f"adj_{secrets.token_hex(8)}",
-                "available",
-                "source",
-                "operator",
-            ],
+        posted = await post(
+            self.ctx,
+            workspace_id,
+            now_ms=self.ctx.clock.now_ms(),
+            amount_micros=amount_micros,
+            type=kind,
+            description=description,
+            reference=reference or f"adj_{secrets.token_hex(8)}",
+            floor="available",
+            extra=[("source", "operator")],
         )
-        code = reply[0]
-        if code == Code.NO_WORKSPACE:
+        if posted.code == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
-        if code == Code.INSUFFICIENT:
-            balance, reserved = int(reply[1]), int(reply[2])
+        if posted.code == Code.INSUFFICIENT:
+            assert posted.balance_micros is not None and posted.reserved_micros is not None
             raise InsufficientBalance(
                 "a debit adjustment may not exceed the available balance",
-                balance_usd=usd(balance),
+                balance_usd=usd(posted.balance_micros),
                 required_usd=usd(-amount_micros),
-                available_usd=usd(balance - reserved),
+                available_usd=usd(posted.balance_micros - posted.reserved_micros),
             )
-        self._posted(workspace_id, reply)
-        return await self.row(workspace_id, reply[1].decode()), code == Code.OK
+        self._posted(workspace_id, posted)
+        assert posted.row_id is not None
+        return await self.row(workspace_id, posted.row_id), posted.code == Code.OK
 
-    def _posted(self, workspace_id: str, reply: list[Any]) -> None:
+    def _posted(self, workspace_id: str, posted: Posted) -> None:
         """Wake the workers: a new ledger row means new events, and credits wake limited calls."""
-        if reply[0] != Code.OK:
+        if posted.code != Code.OK:
             return
         self.ctx.notifier.events(workspace_id)
-        if int(reply[4]):
+        if posted.woken:
             self.ctx.notifier.ticks(workspace_id, self.ctx.clock.now_ms())

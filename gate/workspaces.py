@@ -124,14 +124,20 @@ class Workspaces:
             raw=raw,
         )
 
-    async def update(self, workspace_id: str, fields: dict[str, str | int | None]) -> None:
-        """Set fields of the record; None removes one (back to the service default)."""
+    async def update(self, workspace_id: str, fields: dict[str, str | int | None]) -> int:
+        """Set fields of the record; None removes one (back to the service default).
+
+        Returns the wallet's new version (0 when there was nothing to change).
+        """
         if not fields:
-            return
+            return 0
         k = keys.for_workspace(workspace_id)
         args: list[str | int] = []
         for name, value in fields.items():
+            if value == "":
+                raise ValueError(f"{name}: an empty value would remove the field; use None")
             args += [name, "" if value is None else value]
         reply = await self.ctx.scripts.call("workspace_update", [k.ws, k.wallet], args)
         if reply[0] == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
+        return int(reply[1])

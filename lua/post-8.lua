@@ -19,7 +19,8 @@
 -- ARGV[7..n]         extra (name, value) pairs stored on the ledger row
 -- Replies:
 --   {0, row_id, balance, reserved, woken}  posted; woken = limited calls made due now
---   {1, row_id}                      the reference was posted before (nothing changed)
+--   {1, row_id}                      the reference was posted before (nothing changed but
+--                                    a pending idem record, now pointing at that row)
 --   {-1}                             no such workspace
 --   {-4, balance, reserved}          insufficient available money (nothing changed)
 -- Side effects: ledger row, transaction.created event, wallet.recharged event for recharges;
@@ -37,7 +38,14 @@ for i = 7, #ARGV do extra[#extra + 1] = ARGV[i] end
 
 if rcall('EXISTS', ws) == 0 then return {-1} end
 local seen = rcall('HGET', refs, ref)
-if seen then return {1, seen} end
+if seen then
+  -- The same payment posted before (an Idempotency-Key record that expired while the
+  -- provider's charge id stayed the same): the claim is answered by that row, not left pending.
+  if rcall('HGET', idem, 'state') == 'pending' then
+    rcall('HSET', idem, 'state', 'done', 'result', seen)
+  end
+  return {1, seen}
+end
 local w = rcall('HMGET', wallet, 'balance', 'reserved')
 local balance, reserved = tonumber(w[1]), tonumber(w[2])
 if amount < 0 and floor == 'available' and balance - reserved + amount < 0 then
