@@ -9,7 +9,31 @@ from redis.asyncio import Redis, RedisCluster
 
 from gate import keys
 from gate.ledger import Row
+from gate.rating import Increment, cost_micros
 from gate.redis_client import as_bytes, entries, text
+
+
+def _call_cost_problem(row: Row) -> str | None:
+    """Invariant 3: a call row bills exactly cost(duration) under the rate it started with."""
+    if row.type not in ("call", "ai_agent") or "rate_micros" not in row.extra:
+        return None
+    x = row.extra
+    try:
+        increment = Increment.parse(x["increment"])
+        expected = cost_micros(
+            int(x["rate_micros"]),
+            int(x.get("connect_fee_micros", "0")),
+            increment,
+            int(x["duration_s"]),
+        )
+    except (KeyError, ValueError) as err:
+        return f"has unreadable rating fields ({err!r})"
+    if -row.amount_micros != expected:
+        return (
+            f"bills {-row.amount_micros} for {x['duration_s']} s, cost(duration) at its rate "
+            f"is {expected}"
+        )
+    return None
 
 
 async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> list[str]:
@@ -37,6 +61,9 @@ async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> li
                     f"{workspace_id}: row {row.id} says balance after "
                     f"{row.balance_after_micros}, running sum is {running}"
                 )
+            problem = _call_cost_problem(row)
+            if problem:
+                problems.append(f"{workspace_id}: row {row.id} {problem}")
             last = row.id
         if len(batch) < 1000:
             break

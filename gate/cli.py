@@ -38,7 +38,23 @@ def _redis_url(settings: Settings) -> str:
     )
 
 
-async def _serve_process(settings: Settings, stop: asyncio.Event | None = None) -> None:
+def _reload_rates(app: Any, children: list[Any]) -> None:
+    """SIGHUP: reload the rate card here and in every worker; a bad card keeps the old one."""
+    from gate.calls import RateCardError
+    from gate.http import RATES
+
+    try:
+        app[RATES].reload()
+    except RateCardError as err:
+        log.error("rate card not reloaded, the old one stays: %s", err)
+    for child in children:
+        if child.pid is not None and child.is_alive():
+            os.kill(child.pid, signal.SIGHUP)
+
+
+async def _serve_process(
+    settings: Settings, stop: asyncio.Event | None = None, children: list[Any] | None = None
+) -> None:
     from aiohttp import web
 
     from gate.app import create_app
@@ -53,6 +69,7 @@ async def _serve_process(settings: Settings, stop: asyncio.Event | None = None) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_rates, app, children or [])
     await done.wait()
     log.info("gate stopping (pid %d)", os.getpid())
     await runner.cleanup()
@@ -93,7 +110,7 @@ def serve(settings: Settings) -> None:
             child = spawn.Process(target=_worker, args=(settings,), daemon=True)
             child.start()
             children.append(child)
-        uvloop.run(_serve_process(settings))
+        uvloop.run(_serve_process(settings, children=children))
     finally:
         for child in children:
             if child.pid is not None and child.is_alive():

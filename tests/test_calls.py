@@ -506,3 +506,21 @@ async def test_rate_reload_keeps_live_calls_rate(
     assert bad.status == 400
     assert "old one stays" in (await bad.json())["error"]["message"]
     await client.post("/v1/calls/new/end", json={"duration_s": 0}, headers=sw)
+
+
+async def test_check_catches_a_call_billed_wrong(client: Client, redis: Redis) -> None:
+    from gate.check import check_workspace
+    from gate.http import CTX
+    from gate.wallet import post
+
+    ws = await new_workspace(client)
+    rating = [("rate_micros", 200_000), ("increment", "60/6"), ("connect_fee_micros", 0),
+              ("duration_s", 61)]  # fmt: skip
+    args = {"now_ms": 1, "type": "call", "description": "Call", "floor": "none", "extra": rating}
+    ctx = client.server.app[CTX]
+    await post(ctx, ws["id"], amount_micros=-220_000, reference="good", **args)  # type: ignore[arg-type]
+    assert await check_workspace(redis, ws["id"]) == []
+    await post(ctx, ws["id"], amount_micros=-1, reference="bad", **args)  # type: ignore[arg-type]
+    problems = await check_workspace(redis, ws["id"])
+    assert len(problems) == 1 and "cost(duration) at its rate is 220000" in problems[0], problems
+    await redis.srem(keys.WORKSPACES, ws["id"])  # broken on purpose: not for the final check
