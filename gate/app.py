@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 
-from gate import redis_client, routes
+from gate import api_events, redis_client, routes
 from gate.calls import Calls, RateBook
 from gate.clock import Clock, SystemClock
 from gate.context import Context
@@ -46,6 +46,7 @@ def create_app(
     """A Gate application; Redis is connected and scripts loaded when the app starts."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
     routes.add_routes(app)
+    api_events.setup(app)  # end open event streams on shutdown
     rates = RateBook(settings.rates)  # a bad card fails the boot, naming the file and entry
     app[RATES] = rates
 

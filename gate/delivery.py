@@ -1,21 +1,394 @@
-"""Webhook delivery of the event outbox (being built: see the live-call gate issue)."""
+"""Webhook delivery of each workspace's events: signed, retried with backoff, at least once.
+
+How the work is found: `notify` (domain code, after a script emitted events) marks the
+workspace for this process's worker and wakes it at once; every `poll_ms` the worker also
+claims due workspaces from the global outbox index (gate/due.py), which is how retries fall
+due and how another process picks up the work of one that died. A periodic rescan rebuilds
+the index from the workspaces' own state, in case a process died between a script and its
+hint.
+
+How one workspace is delivered: the worker takes the workspace's lease
+(lua/outbox_lease-1.lua), so only one process sends its events at a time, then repeatedly
+asks lua/outbox_window-3.lua for the events due now (in stream order, at most `in_flight`),
+POSTs them concurrently and records the outcomes with lua/outbox_record-3.lua, which moves
+the delivery cursor over events finished one after another. Nothing is marked sent before
+the receiver's 2xx, so a crash in between sends again: at least once, never lost. A failed
+event is retried on its own schedule (exponential backoff with jitter, kept in Redis so any
+process continues it) until the retry budget runs out, then copied to the dead-letter stream;
+later events do not wait for it. Receivers order and de-duplicate with `seq` and `webhook-id`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import aiohttp
+import orjson
+from standardwebhooks.webhooks import Webhook
+
+from gate import __version__, events, keys, metrics
 from gate.context import Context
+from gate.due import DueIndex
+from gate.keys import WsKeys
+from gate.redis_client import text
+from gate.scripts import Code
+
+log = logging.getLogger("gate.delivery")
+
+SCAN = 1000  # events after the cursor one window script looks at: bounds its run time
+CLAIM = 100  # most workspaces per index claim
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one send, as outbox_record takes it."""
+
+    entry_id: str
+    outcome: str  # ok | retry | dead
+    detail: str
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel tasks until they have ended.
+
+    Python 3.11's asyncio.wait_for, which redis-py uses around socket writes, drops a cancel
+    that lands as the write completes; the loops also check a stop flag, so one more cancel
+    always ends them.
+    """
+    while pending := [t for t in tasks if not t.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.05)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Lost:
+    """Another process took the workspace's lease: leave the index to it."""
+
+
+LOST = _Lost()
 
 
 class Outbox:
     """Delivers each workspace's events to its switch webhook, signed, at least once."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        in_flight: int = 4,
+        timeout_s: float = 5.0,
+        first_retry_s: float = 1.0,
+        max_retry_s: float = 600.0,
+        budget_s: float = 6 * 3600.0,
+        poll_ms: int = 50,
+        lease_ms: int = 30_000,
+        rescan_s: float = 60.0,
+        max_workspaces: int = 256,
+    ) -> None:
         self.ctx = ctx
+        self.index = DueIndex(ctx.scripts, keys.OUTBOX_INDEX)
+        self.owner = f"outbox-{uuid.uuid4().hex[:12]}"
+        self.in_flight = in_flight
+        self.timeout_s = timeout_s
+        self.first_retry_ms = max(1, round(first_retry_s * 1000))
+        self.max_retry_ms = max(self.first_retry_ms, round(max_retry_s * 1000))
+        self.budget_ms = round(budget_s * 1000)
+        self.poll_s = poll_ms / 1000
+        self.lease_ms = lease_ms
+        self.rescan_s = rescan_s
+        self.max_workspaces = max_workspaces
+        self._dirty: set[str] = set()
+        self._again: set[str] = set()
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+
+    # -- the public interface ------------------------------------------------------------
 
     def notify(self, workspace_id: str) -> None:
         """New events in this workspace's stream: deliver soon. Returns at once."""
+        self._dirty.add(workspace_id)
+        self._wake.set()
 
     async def start(self) -> None:
         """Start the background delivery tasks."""
+        self._stopping = False
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            connector=aiohttp.TCPConnector(limit=self.max_workspaces * self.in_flight),
+            headers={"User-Agent": f"gate/{__version__}"},
+        )
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="gate-outbox"),
+            asyncio.create_task(self._rescan_loop(), name="gate-outbox-rescan"),
+        ]
 
     async def stop(self) -> None:
         """Stop them; undelivered events stay in Redis for the next start."""
+        self._stopping = True
+        active = dict(self._active)
+        await _cancel(self._tasks + list(active.values()))
+        self._tasks = []
+        # Interrupted and not yet handled workspaces are due now, for whichever process
+        # claims them first (their leases were released as the tasks ended).
+        left = {*active, *self._dirty, *self._again}
+        self._dirty.clear()
+        self._again.clear()
+        if left:
+            now = self.ctx.clock.now_ms()
+            try:
+                await self.index.notify_many(dict.fromkeys(left, now))
+            except Exception:  # the periodic rescan of any process finds them anyway
+                log.exception("could not hint %d workspaces at stop", len(left))
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def due_at(self, workspace_id: str) -> int | None:
+        """When the workspace's next undelivered event falls due (ms), None when drained."""
+        k = keys.for_workspace(workspace_id)
+        reply = await self.ctx.scripts.call(
+            "outbox_window", [k.outbox, k.events, k.ended], ["", self.ctx.clock.now_ms(), 0, SCAN]
+        )
+        due = int(reply[1])
+        return None if due < 0 else due
+
+    async def rescan(self) -> None:
+        """Put every workspace with undelivered events back in the index."""
+        members = await self.ctx.client.smembers(keys.WORKSPACES)
+        ids = sorted(text(m) for m in members)
+        for i in range(0, len(ids), 100):
+            chunk = ids[i : i + 100]
+            dues = await asyncio.gather(*(self.due_at(ws) for ws in chunk))
+            await self.index.notify_many(
+                {ws: due for ws, due in zip(chunk, dues, strict=True) if due is not None}
+            )
+
+    # -- finding work --------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time()
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self._take_dirty()
+                if loop.time() >= next_claim:
+                    next_claim = loop.time() + self.poll_s
+                    await self._claim()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep delivering through Redis hiccups; the log says what broke
+                log.exception("outbox round failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(next_claim - loop.time(), 0)):
+                    await self._wake.wait()
+
+    async def _rescan_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.rescan()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox rescan failed")
+            await asyncio.sleep(self.rescan_s)
+
+    async def _take_dirty(self) -> None:
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        # The hint is for the others, due only after a lease: this process works on it now,
+        # and if it dies before it settles the index, another one takes over then.
+        due = self.ctx.clock.now_ms() + self.lease_ms
+        try:
+            await self.index.notify_many(dict.fromkeys(dirty, due))
+        except BaseException:
+            self._dirty |= dirty
+            raise
+        for workspace_id in dirty:
+            self._run(workspace_id)
+
+    async def _claim(self) -> None:
+        free = self.max_workspaces - len(self._active)
+        if free <= 0:
+            return
+        now = self.ctx.clock.now_ms()
+        for workspace_id, _ in await self.index.claim(now, self.lease_ms, min(free, CLAIM)):
+            self._run(workspace_id)
+
+    def _run(self, workspace_id: str) -> None:
+        if workspace_id in self._active:
+            self._again.add(workspace_id)  # its task makes another pass before it ends
+            return
+        task = asyncio.create_task(self._work(workspace_id), name=f"gate-outbox-{workspace_id}")
+        self._active[workspace_id] = task
+        task.add_done_callback(partial(self._done, workspace_id))
+
+    def _done(self, workspace_id: str, _task: asyncio.Task[None]) -> None:
+        self._active.pop(workspace_id, None)
+        if workspace_id in self._again and not self._stopping:
+            self._again.discard(workspace_id)
+            self._run(workspace_id)
+
+    async def _work(self, workspace_id: str) -> None:
+        try:
+            while True:
+                self._again.discard(workspace_id)
+                due = await self._deliver(workspace_id)
+                if due is LOST or self._stopping:
+                    return  # the lease holder settles the index when it is done
+                if workspace_id not in self._again:
+                    break
+            await self.index.settle(
+                workspace_id,
+                due if isinstance(due, int) else None,
+                partial(self.due_at, workspace_id),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the index still holds the hint: retried after the lease
+            log.exception("delivery of %s failed; retrying after the lease", workspace_id)
+
+    # -- delivering one workspace --------------------------------------------------------
+
+    async def _deliver(self, workspace_id: str) -> int | _Lost | None:
+        """Send what is due now; returns when the rest falls due (None: nothing left)."""
+        k = keys.for_workspace(workspace_id)
+        now = self.ctx.clock.now_ms()
+        reply = await self.ctx.scripts.call(
+            "outbox_lease", [k.outbox], [self.owner, now, self.lease_ms]
+        )
+        if reply[0] != Code.OK:
+            return LOST
+        try:
+            return await self._deliver_held(workspace_id, k)
+        finally:
+            try:
+                await self.ctx.scripts.call("outbox_release", [k.outbox], [self.owner])
+            except Exception:  # it runs out by itself after lease_ms
+                log.exception("could not release the outbox lease of %s", workspace_id)
+
+    async def _deliver_held(self, workspace_id: str, k: WsKeys) -> int | _Lost | None:
+        record = await self.ctx.client.hmget(k.ws, ["switch_webhook_url", "webhook_secret"])
+        if record[1] is None:
+            return None  # no such workspace (any more): nothing to deliver to
+        url = text(record[0]) if record[0] else self.ctx.settings.switch_webhook_url
+        if not url:
+            # Nobody to tell: the events stay in the stream for SSE and pulls.
+            return None if await self._record(k, [], skip=True) else LOST
+        webhook = Webhook(text(record[1]))
+        while not self._stopping:
+            reply = await self.ctx.scripts.call(
+                "outbox_window",
+                [k.outbox, k.events, k.ended],
+                [self.owner, self.ctx.clock.now_ms(), self.in_flight, SCAN],
+            )
+            if reply[0] != Code.OK:
+                return LOST
+            due = int(reply[1])
+            items = reply[3:]
+            if not items:
+                return None if due < 0 else due
+            outcomes = await asyncio.gather(
+                *(
+                    self._send(
+                        url, webhook, workspace_id, text(items[i]), int(items[i + 1]), items[i + 2]
+                    )
+                    for i in range(0, len(items), 3)
+                )
+            )
+            if not await self._record(k, outcomes):
+                return LOST
+        return LOST  # stopping: whoever claims the workspace next settles it
+
+    async def _record(self, k: WsKeys, outcomes: Sequence[Outcome], *, skip: bool = False) -> bool:
+        args: list[str | int] = [
+            self.owner,
+            self.ctx.clock.now_ms(),
+            self.lease_ms,
+            "1" if skip else "",
+        ]
+        for o in outcomes:
+            args += [o.entry_id, o.outcome, o.detail]
+        reply = await self.ctx.scripts.call(
+            "outbox_record", [k.outbox, k.events, k.deadletter], args
+        )
+        return bool(reply[0] == Code.OK)
+
+    async def _send(
+        self,
+        url: str,
+        webhook: Webhook,
+        workspace_id: str,
+        entry_id: str,
+        attempts: int,
+        flat: list[Any],
+    ) -> Outcome:
+        fields = {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        try:
+            event = events.render(workspace_id, entry_id, fields)
+            at = events.at_ms(fields)
+        except (KeyError, ValueError) as err:  # retrying cannot fix it: don't block the rest
+            metrics.DELIVERIES.labels("dead").inc()
+            log.error("event %s of %s is malformed: %r", entry_id, workspace_id, err)
+            return Outcome(entry_id, "dead", f"{attempts} malformed event: {err!r}")
+        body = orjson.dumps(event)
+        # Receivers check webhook-timestamp against their own clock (5-minute tolerance), so it
+        # is wall time even when tests drive ctx.clock.
+        signed_at = datetime.fromtimestamp(int(time.time()), UTC)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": event["id"],
+            "webhook-timestamp": str(int(signed_at.timestamp())),
+            "webhook-signature": webhook.sign(event["id"], signed_at, body.decode()),
+        }
+        sent_ms = self.ctx.clock.now_ms()
+        assert self._session is not None, "start() the Outbox first"
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                status = resp.status
+            error = f"HTTP {status}"
+            delivered = 200 <= status < 300
+        except TimeoutError:
+            error, delivered = f"no answer within {self.timeout_s:g} s", False
+        except (aiohttp.ClientError, OSError, ValueError) as err:
+            error, delivered = f"{type(err).__name__}: {err}"[:300], False
+        if delivered:
+            metrics.DELIVERIES.labels("ok").inc()
+            metrics.DELIVERY_DELAY.observe(max(sent_ms - at, 0) / 1000)
+            return Outcome(entry_id, "ok", "")
+        attempts += 1
+        now = self.ctx.clock.now_ms()
+        if now - at >= self.budget_ms:
+            metrics.DELIVERIES.labels("dead").inc()
+            log.warning(
+                "giving up %s %s after %d attempts: %s", event["id"], event["type"], attempts, error
+            )
+            return Outcome(entry_id, "dead", f"{attempts} {error}")
+        metrics.DELIVERIES.labels("retry").inc()
+        return Outcome(entry_id, "retry", f"{attempts}:{self._next_try(now, at, attempts)}")
+
+    def _next_try(self, now: int, at: int, attempts: int) -> int:
+        """Exponential backoff with jitter; the last try lands on the end of the budget."""
+        delay = min(self.first_retry_ms << min(attempts - 1, 40), self.max_retry_ms)
+        # Half fixed, half random: receivers coming back up are not hit by every gate at once.
+        delay = delay // 2 + random.randint(0, delay - delay // 2)
+        return min(now + max(delay, 1), at + self.budget_ms)
