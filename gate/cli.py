@@ -78,6 +78,8 @@ async def _serve_process(
 def _worker(settings: Settings) -> None:
     import uvloop
 
+    # A SIGHUP forwarded before this worker's loop handles it must not kill it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _setup_logging(settings)
     uvloop.run(_serve_process(settings))
 

@@ -132,7 +132,9 @@ class Ticker:
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            self._task.cancel()
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.05)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

@@ -86,6 +86,8 @@ class Workspaces:
                 key_id,
             ],
         )
+        if self.ctx.settings.switch_webhook_url:  # deliver the signup credit's event now
+            self.ctx.notifier.events(workspace_id)
         if reply[0] != Code.OK:  # a 64-bit random id collided: astronomically unlikely
             raise RuntimeError(f"workspace id {workspace_id} exists already")
         return Created(workspace_id, name, key, key_id, int(reply[1]))
