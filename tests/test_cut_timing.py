@@ -29,7 +29,7 @@ increment = "1/1"
 BOUND_S = 1.0
 
 
-async def test_cut_arrives_at_cut_at_signed(  # noqa: F811 (receiver is a fixture)
+async def test_cut_arrives_at_cut_at_signed(
     aiohttp_client: Any,
     settings: Settings,
     receiver: Receiver,  # noqa: F811
