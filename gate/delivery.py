@@ -21,7 +21,6 @@ later events do not wait for it. Receivers order and de-duplicate with `seq` and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -42,6 +41,7 @@ from gate.due import DueIndex
 from gate.keys import WsKeys
 from gate.redis_client import text
 from gate.scripts import Code
+from gate.tasks import cancel, wait_for_wake
 
 log = logging.getLogger("gate.delivery")
 
@@ -56,20 +56,6 @@ class Outcome:
     entry_id: str
     outcome: str  # ok | retry | dead
     detail: str
-
-
-async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
-    """Cancel tasks until they have ended.
-
-    Python 3.11's asyncio.wait_for, which redis-py uses around socket writes, drops a cancel
-    that lands as the write completes; the loops also check a stop flag, so one more cancel
-    always ends them.
-    """
-    while pending := [t for t in tasks if not t.done()]:
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=0.05)
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Lost:
@@ -140,7 +126,7 @@ class Outbox:
         """Stop them; undelivered events stay in Redis for the next start."""
         self._stopping = True
         active = dict(self._active)
-        await _cancel(self._tasks + list(active.values()))
+        await cancel(self._tasks + list(active.values()))
         self._tasks = []
         # Interrupted and not yet handled workspaces are due now, for whichever process
         # claims them first (their leases were released as the tasks ended).
@@ -195,9 +181,7 @@ class Outbox:
                 log.exception("outbox round failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(next_claim - loop.time(), 0)):
-                    await self._wake.wait()
+            await wait_for_wake(self._wake, next_claim - loop.time())
 
     async def _rescan_loop(self) -> None:
         while not self._stopping:

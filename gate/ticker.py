@@ -10,12 +10,12 @@ the loop at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from gate import keys, metrics
 from gate.context import Context
 from gate.due import DueIndex
+from gate.tasks import cancel, wait_for_wake
 
 log = logging.getLogger("gate.ticker")
 
@@ -117,11 +117,7 @@ class Ticker:
                 log.exception("ticker round failed; retrying")
                 await asyncio.sleep(1)
             self._wake.clear()
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
-            # lands as the event fires, and stop() would wait forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
-                    await self._wake.wait()
+            await wait_for_wake(self._wake, self.poll_s)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="gate-ticker")
@@ -132,10 +128,6 @@ class Ticker:
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            while not self._task.done():
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=0.05)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel([self._task])
             self._task = None
         await self.flush()

@@ -26,6 +26,13 @@ local function load_call(id)
   return cmsgpack.unpack(raw)
 end
 
+-- The reply for a call id that is not live: {2, result} when it ended, else {-5}.
+local function not_live(id)
+  local result = rcall('HGET', ended, id)
+  if result then return {2, result} end
+  return {-5}
+end
+
 local function save_call(c)
   rcall('HSET', calls, c.id, cmsgpack.pack(c))
 end

@@ -21,11 +21,7 @@ local call_id = ARGV[2]
 --!include _call.lua
 
 local c = load_call(call_id)
-if not c then
-  local result = rcall('HGET', ended, call_id)
-  if result then return {2, result} end
-  return {-5}
-end
+if not c then return not_live(call_id) end
 local balance = tonumber(rcall('HGET', wallet, 'balance'))
 if c.ans ~= 0 then return {1, cmsgpack.pack(c), balance} end
 c.ans = math.max(now_ms, c.t0)

@@ -24,11 +24,7 @@ local elapsed, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
 --!include _call.lua
 
 local c = load_call(call_id)
-if not c then
-  local result = rcall('HGET', ended, call_id)
-  if result then return {2, result} end
-  return {-5}
-end
+if not c then return not_live(call_id) end
 local code = 1
 if seq > c.hseq then
   code = 0
