@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from gate import metrics
 
@@ -118,6 +118,7 @@ def _pack(head: _Head, args: Sequence[Arg]) -> bytes:
 
 
 _Command = tuple[_Head, Sequence[Arg]]
+READ_TIMEOUT_S = 10.0  # a batch whose replies take longer fails, and its connection is dropped
 
 
 class _AutoPipeline:
@@ -175,12 +176,15 @@ class _AutoPipeline:
             return
         try:
             await conn.send_packed_command(b"".join([_pack(*command) for command, _ in batch]))
-            for _, future in batch:
-                try:
-                    reply = await conn.read_response()
-                except ResponseError as err:  # one script's error; the stream stays in sync
-                    reply = err
-                if not future.done():
+            # Read straight from the connection's (hiredis) parser under one deadline for the
+            # whole batch: error replies come back as exception values, the stream stays in
+            # sync, and the per-read timeout scaffolding of read_response() is paid once.
+            parser = conn._parser
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                for _, future in batch:
+                    reply = await parser.read_response()
+                    if future.done():
+                        continue
                     if isinstance(reply, Exception):
                         future.set_exception(reply)
                     else:
