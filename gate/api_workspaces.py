@@ -6,7 +6,7 @@ from aiohttp import web
 from msgspec import UNSET
 
 from gate.errors import ValidationFailed
-from gate.http import WALLET, WORKSPACES, decode, json, principal
+from gate.http import OUTBOX, WALLET, WORKSPACES, decode, json, principal
 from gate.money import parse_usd
 from gate.schemas import Adjustment, CreateKey, CreateWorkspace, WorkspacePatch
 from gate.tenancy import Role
@@ -69,6 +69,8 @@ async def patch_workspace(request: web.Request) -> web.StreamResponse:
     if body.max_concurrent_calls is not UNSET:
         fields["max_concurrent_calls"] = body.max_concurrent_calls
     await request.app[WORKSPACES].update(workspace_id, fields)
+    if "switch_webhook_url" in fields:
+        request.app[OUTBOX].url_changed(workspace_id)
     return json((await request.app[WORKSPACES].get(workspace_id)).to_json())
 
 

@@ -58,6 +58,9 @@ class Outcome:
     detail: str
 
 
+QUIET_S = 10.0  # how long a workspace without a webhook URL is left alone
+
+
 class _Lost:
     """Another process took the workspace's lease: leave the index to it."""
 
@@ -101,13 +104,27 @@ class Outbox:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
+        # Workspaces seen without a webhook URL (and no global one): leasing, recording and
+        # releasing their outbox for every event cost more than the call itself, so their
+        # notifies are skipped for QUIET_S; other processes' changes are seen after that.
+        self._quiet: dict[str, float] = {}
 
     # -- the public interface ------------------------------------------------------------
 
     def notify(self, workspace_id: str) -> None:
         """New events in this workspace's stream: deliver soon. Returns at once."""
+        quiet_until = self._quiet.get(workspace_id)
+        if quiet_until is not None:
+            if time.monotonic() < quiet_until:
+                return  # no webhook URL a moment ago: the rescan moves its cursor later
+            del self._quiet[workspace_id]
         self._dirty.add(workspace_id)
         self._wake.set()
+
+    def url_changed(self, workspace_id: str) -> None:
+        """The workspace's webhook URL was set or cleared here: look at it afresh now."""
+        self._quiet.pop(workspace_id, None)
+        self.notify(workspace_id)
 
     async def start(self) -> None:
         """Start the background delivery tasks."""
@@ -128,8 +145,18 @@ class Outbox:
         active = dict(self._active)
         await cancel(self._tasks + list(active.values()))
         self._tasks = []
+        # A task cancelled while its lease command was on the wire never saw the reply, so
+        # its `finally` had nothing to release; the command ran all the same. Give back
+        # every lease this owner may hold (outbox_release checks the owner).
+        for workspace_id in active:
+            try:
+                await self.ctx.scripts.call(
+                    "outbox_release", [keys.for_workspace(workspace_id).outbox], [self.owner]
+                )
+            except Exception:  # it runs out by itself after lease_ms
+                log.exception("could not release the outbox lease of %s", workspace_id)
         # Interrupted and not yet handled workspaces are due now, for whichever process
-        # claims them first (their leases were released as the tasks ended).
+        # claims them first.
         left = {*active, *self._dirty, *self._again}
         self._dirty.clear()
         self._again.clear()
@@ -275,6 +302,9 @@ class Outbox:
         url = text(record[0]) if record[0] else self.ctx.settings.switch_webhook_url
         if not url:
             # Nobody to tell: the events stay in the stream for SSE and pulls.
+            if len(self._quiet) > 100_000:
+                self._quiet.clear()
+            self._quiet[workspace_id] = time.monotonic() + QUIET_S
             return None if await self._record(k, [], skip=True) else LOST
         webhook = Webhook(text(record[1]))
         while not self._stopping:
