@@ -1,0 +1,236 @@
+"""The harness's own books, kept from what it did and was told, and their reconciliation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadtest.pricing import Price
+from loadtest.receiver import Receiver
+
+CALL_ROW_TYPES = frozenset({"call", "ai_agent"})
+
+
+@dataclass
+class CallEntry:
+    """One call the harness ended (or an `end` it sent for a call Gate never saw)."""
+
+    call_id: str
+    price: Price
+    direction: str
+    t_send_ms: int  # wall ms, floored, when the start was sent: the switch's answer time
+    duration: int = 0
+    how: str = ""  # plan | cut | heartbeat | drain | failed_start | unknown
+    end_sent_ms: float = 0.0
+    start_limit: int | None = None  # max_duration_s of the start answer
+    gate_cost: int | None = None  # cost_micros of the end answer
+    gate_leak_s: int = 0
+
+    @property
+    def cost(self) -> int:
+        return self.price.cost(self.duration)
+
+
+@dataclass
+class WsBooks:
+    """What one workspace's wallet must hold, by the harness's own account."""
+
+    id: str
+    admin_key: str
+    switch_key: str
+    grace_s: int
+    opening: int = 0
+    opening_rows: set[str] = field(default_factory=set)
+    credits: dict[str, int] = field(default_factory=dict)  # ledger row id -> micros
+    calls: dict[str, CallEntry] = field(default_factory=dict)
+
+    def credit(self, row_id: str, amount: int) -> None:
+        self.credits[row_id] = amount
+
+    def end(self, entry: CallEntry) -> None:
+        self.calls[entry.call_id] = entry
+
+    @property
+    def expected_balance(self) -> int:
+        spent = sum(e.cost for e in self.calls.values())
+        return self.opening + sum(self.credits.values()) - spent
+
+
+@dataclass
+class Exposure:
+    """How far past its money a call went, and why that is allowed (DESIGN §11.4)."""
+
+    leak_s: int = 0
+    leak_micros: int = 0
+    allowed_micros: int = 0  # grace time, leakage and unauthorized calls: may go below zero
+    gate_only_leak_s: int = 0  # leak Gate reported where the harness saw no cut or limit
+
+
+def exposure(e: CallEntry, grace_s: int, receiver: Receiver, workspace_id: str) -> Exposure:
+    out = Exposure()
+    if e.how == "unknown":
+        out.allowed_micros = e.cost
+        return out
+    inbound = e.direction == "inbound"
+    key = (workspace_id, e.call_id)
+    cut = receiver.cuts.get(key)
+    granted: int | None = None  # seconds Gate let the call last, grace included
+    if cut is not None and cut.reason != "stale":
+        # cut_at = Gate's answer time + granted; Gate answered within a second of our send.
+        granted = (cut.cut_at_ms - e.t_send_ms) // 1000
+    elif receiver.limits.get(key):
+        granted = receiver.limit_at(workspace_id, e.call_id, e.end_sent_ms)
+    else:
+        granted = e.start_limit
+    p = e.price
+    if granted is not None:
+        paid = max(granted - (grace_s if inbound else 0), 0)
+        if e.duration > granted:
+            out.leak_s = e.duration - granted
+            out.leak_micros = p.cost(e.duration) - p.cost(granted)
+        if e.duration > paid:
+            out.allowed_micros = p.cost(e.duration) - p.cost(paid)
+    if e.gate_leak_s > out.leak_s:
+        if out.leak_s == 0:
+            out.gate_only_leak_s = e.gate_leak_s
+        past = p.cost(e.duration) - p.cost(max(e.duration - e.gate_leak_s, 0))
+        out.allowed_micros = max(out.allowed_micros, past)
+    return out
+
+
+def _row_key(row_id: str) -> tuple[int, int]:
+    ms, _, n = row_id.partition("-")
+    return int(ms), int(n or 0)
+
+
+@dataclass
+class WsCheck:
+    """The reconciliation of one workspace."""
+
+    workspace_id: str
+    expected_balance: int
+    balance: int
+    reserved: int
+    live_calls: int
+    ledger_sum: int
+    rows: int
+    calls: int
+    mismatched_micros: int = 0
+    problems: list[str] = field(default_factory=list)
+    overspend_micros: int = 0
+    leakage_micros: int = 0
+    leakage_s: int = 0
+    gate_only_leak_s: int = 0
+    allowed_negative_micros: int = 0
+    min_balance: int = 0
+
+    def problem(self, micros: int, text: str) -> None:
+        self.mismatched_micros += abs(micros)
+        self.problems.append(text)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workspace_id": self.workspace_id,
+            "ok": not self.problems,
+            "expected_balance_micros": self.expected_balance,
+            "balance_micros": self.balance,
+            "reserved_micros": self.reserved,
+            "live_calls": self.live_calls,
+            "ledger_sum_micros": self.ledger_sum,
+            "ledger_rows": self.rows,
+            "calls": self.calls,
+            "mismatched_micros": self.mismatched_micros,
+            "overspend_micros": self.overspend_micros,
+            "leakage_micros": self.leakage_micros,
+            "min_balance_micros": self.min_balance,
+            "allowed_negative_micros": self.allowed_negative_micros,
+            "problems": self.problems[:20],
+            "problem_count": len(self.problems),
+        }
+
+
+def reconcile(
+    books: WsBooks, wallet: dict[str, Any], rows: list[dict[str, Any]], receiver: Receiver
+) -> WsCheck:
+    """Check one workspace's wallet and whole ledger against the books, to the micro.
+
+    The books hold the opening ledger rows seen before any traffic, every credit the harness
+    made (by the ledger row id of its answer) and every call it ended, priced by
+    loadtest.pricing. Checked: the balance equals the books; the ledger sums to the balance
+    and each balance_after is the running sum; each call row is exactly -cost(duration) and
+    each credit row its amount; nothing is missing or extra; nothing is left reserved.
+    """
+    balance = int(wallet["balance_micros"])
+    check = WsCheck(
+        workspace_id=books.id,
+        expected_balance=books.expected_balance,
+        balance=balance,
+        reserved=int(wallet["reserved_micros"]),
+        live_calls=int(wallet.get("live_calls") or 0),
+        ledger_sum=sum(int(r["amount_micros"]) for r in rows),
+        rows=len(rows),
+        calls=len(books.calls),
+    )
+    if balance != check.expected_balance:
+        check.problem(
+            balance - check.expected_balance,
+            f"balance {balance} != books {check.expected_balance}",
+        )
+    if check.ledger_sum != balance:
+        check.problem(check.ledger_sum - balance, f"ledger sum {check.ledger_sum} != {balance}")
+    if check.reserved != 0:
+        check.problem(check.reserved, f"{check.reserved} micros still reserved after every end")
+    if check.live_calls:
+        check.problems.append(f"{check.live_calls} calls still live after every end")
+
+    running = 0
+    lowest = 0
+    seen_calls: set[str] = set()
+    for row in sorted(rows, key=lambda r: _row_key(str(r["id"]))):
+        row_id, amount = str(row["id"]), int(row["amount_micros"])
+        running += amount
+        after = int(row["balance_after_micros"])
+        if after != running:
+            check.problem(after - running, f"row {row_id}: balance_after {after} != {running}")
+            running = after  # report each break once, not every row after it
+        lowest = min(lowest, after)
+        if row_id in books.opening_rows:
+            continue
+        if row_id in books.credits:
+            want = books.credits[row_id]
+            if amount != want:
+                check.problem(amount - want, f"credit row {row_id}: {amount} != {want}")
+            continue
+        ref = str(row.get("reference") or "")
+        if row["type"] in CALL_ROW_TYPES and ref in books.calls:
+            if ref in seen_calls:
+                check.problem(amount, f"call {ref} billed twice (row {row_id})")
+                continue
+            seen_calls.add(ref)
+            want = -books.calls[ref].cost
+            if amount != want:
+                check.problem(
+                    amount - want,
+                    f"call {ref}: row {amount} != -cost({books.calls[ref].duration} s) {want}",
+                )
+            continue
+        check.problem(amount, f"unexpected {row['type']} row {row_id} ({amount}, ref {ref!r})")
+    have = {str(r["id"]) for r in rows}
+    for row_id, amount in books.credits.items():
+        if row_id not in have:
+            check.problem(amount, f"credit row {row_id} ({amount}) is not in the ledger")
+    for call_id, entry in books.calls.items():
+        if call_id not in seen_calls:
+            check.problem(entry.cost, f"call {call_id} ({entry.cost}) has no ledger row")
+
+    allowed = 0
+    for entry in books.calls.values():
+        exp = exposure(entry, books.grace_s, receiver, books.id)
+        check.leakage_micros += exp.leak_micros
+        check.leakage_s += exp.leak_s
+        check.gate_only_leak_s += exp.gate_only_leak_s
+        allowed += exp.allowed_micros
+    check.allowed_negative_micros = allowed
+    check.min_balance = lowest
+    check.overspend_micros = max(0, -lowest - allowed)
+    return check

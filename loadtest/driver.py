@@ -1,0 +1,406 @@
+"""The switch fleet: Poisson call arrivals, calls that obey cuts, top-ups, and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from loadtest.api import Answer, Api
+from loadtest.books import CallEntry, WsBooks
+from loadtest.options import Options
+from loadtest.pricing import Card, Price
+from loadtest.receiver import Cut
+from loadtest.stats import histogram, record_us
+
+# Far ends: (kind, weight). The harness names number types itself, so it never guesses them.
+NUMBER_MIX = (("us", 0.60), ("toll_free", 0.10), ("local", 0.05), ("uk", 0.15), ("in", 0.10))
+_US_AREAS = ("212", "303", "415", "503", "646", "702", "312", "617")
+_TOLL_FREE = ("800", "888", "877", "866")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything random about one call, drawn up front from the seeded generator."""
+
+    n: int
+    ws: int
+    call_id: str
+    direction: str
+    service: str
+    from_: str
+    to: str
+    number_type: str | None
+    planned_s: int
+    heartbeat: bool
+    retry_start: bool
+    repeat_end: bool
+    repeat_beat: bool
+    unknown: bool
+
+    def start_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "call_id": self.call_id,
+            "direction": self.direction,
+            "from": self.from_,
+            "to": self.to,
+            "service": self.service,
+        }
+        if self.number_type is not None:
+            body["number_type"] = self.number_type
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    how: str  # cut | drain
+    cut: Cut | None = None
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice("0123456789") for _ in range(n))
+
+
+def far_end(rng: random.Random) -> tuple[str, str | None]:
+    """A far-end number and the number type the switch would send with it."""
+    kind = rng.choices([k for k, _ in NUMBER_MIX], [w for _, w in NUMBER_MIX])[0]
+    if kind == "toll_free":
+        return f"+1{rng.choice(_TOLL_FREE)}{_digits(rng, 7)}", "toll_free"
+    if kind == "uk":
+        return ("+4420" if rng.random() < 0.5 else "+447") + _digits(rng, 8), None
+    if kind == "in":
+        return f"+919{_digits(rng, 9)}", None
+    number = f"+1{rng.choice(_US_AREAS)}{_digits(rng, 7)}"
+    return number, "local" if kind == "local" else None
+
+
+class Fleet:
+    """Drives the traffic of one run and keeps the books of every workspace."""
+
+    def __init__(
+        self, opts: Options, api: Api, workspaces: list[WsBooks], card: Card, run_id: str
+    ) -> None:
+        self.opts = opts
+        self.api = api
+        self.workspaces = workspaces
+        self.card = card
+        self.run_id = run_id
+        self.rng = random.Random(opts.seed)
+        self.money_rng = random.Random(opts.seed + 1)
+        self.live: dict[tuple[str, str], asyncio.Future[Hangup]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.arrival_lag = histogram()
+        self.started = 0
+        self.attempted = 0
+        self.refused = 0
+        self.hangups: dict[str, int] = {}
+        self.checks: dict[str, int] = {
+            "rate_mismatch": 0,
+            "start_retry_mismatch": 0,
+            "end_repeat_mismatch": 0,
+            "end_cost_mismatch": 0,
+            "end_failed": 0,
+            "topup_repeat_mismatch": 0,
+            "credit_uncertain": 0,
+            "unauthorized_not_flagged": 0,
+        }
+        self.credits = {"topup": 0, "adjustment": 0, "debit": 0, "debit_refused": 0}
+        self.unknown_ends = 0
+        self.window_s = 0.0
+        self.stopping = False
+        self.platform_key = ""
+
+    # -- webhooks ---------------------------------------------------------------------
+
+    def on_cut(self, workspace_id: str, call_id: str, cut: Cut) -> None:
+        """The receiver got a call.cut: hang the call up now, like a switch."""
+        fut = self.live.get((workspace_id, call_id))
+        if fut is not None and not fut.done():
+            fut.set_result(Hangup("cut", cut))
+
+    # -- plans ------------------------------------------------------------------------
+
+    def plan(self, n: int) -> Plan:
+        o, r = self.opts, self.rng
+        ws = r.randrange(len(self.workspaces))
+        direction = "inbound" if r.random() < o.inbound_share else "outbound"
+        service = "ai_agent" if r.random() < o.ai_share else "voice"
+        number, number_type = far_end(r)
+        own = f"+1415555{_digits(r, 4)}"
+        if direction == "outbound":
+            from_, to = own, number
+        else:
+            # Inbound the far end calls us; a toll-free call is one to our toll-free number.
+            from_, to = (own, number) if number_type == "toll_free" else (number, own)
+            if number_type == "toll_free":
+                from_ = f"+1{r.choice(_US_AREAS)}{_digits(r, 7)}"
+        planned = min(int(r.expovariate(1 / o.mean_call_s)), o.max_call_s)
+        heartbeat = o.mode == "heartbeat" or (o.mode == "mixed" and r.random() < 0.5)
+        return Plan(
+            n=n,
+            ws=ws,
+            call_id=f"lt-{self.run_id}-{n}",
+            direction=direction,
+            service=service,
+            from_=from_,
+            to=to,
+            number_type=number_type,
+            planned_s=planned,
+            heartbeat=heartbeat,
+            retry_start=r.random() < o.retry_start_share,
+            repeat_end=r.random() < o.repeat_end_share,
+            repeat_beat=r.random() < o.repeat_end_share,
+            unknown=r.random() < o.unknown_end_share,
+        )
+
+    def price(self, p: Plan) -> Price:
+        return self.card.for_call(p.service, p.direction, p.from_, p.to, p.number_type)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def run(self, platform_key: str) -> None:
+        """Arrivals for --duration seconds, then let calls end; returns when all have."""
+        self.platform_key = platform_key
+        loops = [asyncio.create_task(self._topups())]
+        if self.opts.wallet_poll_s > 0:
+            loops += [asyncio.create_task(self._poll(w)) for w in self.workspaces]
+        started = time.monotonic()
+        try:
+            await self._arrivals()
+        finally:
+            self.window_s = time.monotonic() - started
+            self.stopping = True
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+        await self.drain()
+
+    async def _arrivals(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        due = t0
+        n = 0
+        while n < self.opts.max_calls:
+            due += self.rng.expovariate(self.opts.rate)
+            if due - t0 >= self.opts.duration:
+                return
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            record_us(self.arrival_lag, max(loop.time() - due, 0) * 1e6)
+            plan = self.plan(n)
+            n += 1
+            self.spawn(self._unknown_end(plan) if plan.unknown else self._call(plan))
+
+    async def drain(self) -> None:
+        """Wait for live calls to end; past --drain-s hang up whatever is still up."""
+        pending = set(self.tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=self.opts.drain_s)
+        if pending:
+            for fut in list(self.live.values()):
+                if not fut.done():
+                    fut.set_result(Hangup("drain"))
+            await asyncio.wait(pending)
+        while self.tasks:  # repeats and retries spawned by the last calls
+            await asyncio.wait(set(self.tasks))
+
+    # -- one call ---------------------------------------------------------------------
+
+    async def _call(self, plan: Plan) -> None:
+        wb = self.workspaces[plan.ws]
+        key = (wb.id, plan.call_id)
+        fut: asyncio.Future[Hangup] = asyncio.get_running_loop().create_future()
+        self.live[key] = fut
+        try:
+            await self._live_call(plan, wb, fut)
+        finally:
+            self.live.pop(key, None)
+
+    async def _live_call(self, plan: Plan, wb: WsBooks, fut: asyncio.Future[Hangup]) -> None:
+        price = self.price(plan)
+        t_send = time.time()
+        entry = CallEntry(plan.call_id, price, plan.direction, int(t_send * 1000))
+        self.attempted += 1
+        body = plan.start_body()
+        first = await self.api.call(
+            "call_start", "POST", "/v1/calls", body, wb.switch_key, retries=3
+        )
+        if plan.retry_start and first.status in (200, 201):
+            again = await self.api.call(
+                "call_start", "POST", "/v1/calls", body, wb.switch_key, retries=3
+            )
+            if again.status != 200 or again.body != first.body:
+                self.checks["start_retry_mismatch"] += 1
+        if first.status in (402, 429):
+            self.refused += 1
+            return
+        if not first.ok:
+            if 400 <= first.status < 500:
+                return  # refused before anything was held
+            # No answer: fail closed, and release whatever Gate may hold with a 0 s end.
+            await self._end(plan, wb, entry, 0, "failed_start")
+            return
+        self.started += 1
+        self.api.rec.started()
+        a = first.body
+        if (
+            a.get("rate_per_min_micros") != price.per_min
+            or a.get("increment") != price.increment
+            or round(float(a.get("connect_fee_usd", -1)) * 1_000_000) != price.fee
+        ):
+            self.checks["rate_mismatch"] += 1
+        limit = a.get("max_duration_s")
+        entry.start_limit = None if limit is None else int(limit)
+        how = await self._talk(plan, wb, t_send, fut)
+        await self._end(plan, wb, entry, int(time.time() - t_send), how)
+
+    async def _talk(
+        self, plan: Plan, wb: WsBooks, t_send: float, fut: asyncio.Future[Hangup]
+    ) -> str:
+        """Keep the call up until its planned end, a cut, or a heartbeat answer of hangup."""
+        end_at = t_send + plan.planned_s
+        next_beat = t_send + self.opts.heartbeat_s if plan.heartbeat else float("inf")
+        seq = 0
+        while True:
+            now = time.time()
+            if now >= end_at:
+                return "plan"
+            wait = min(end_at, next_beat) - now
+            if wait > 0:
+                done, _ = await asyncio.wait({fut}, timeout=wait)
+                if done:
+                    return fut.result().how
+            if time.time() >= next_beat:
+                seq += 1
+                next_beat += self.opts.heartbeat_s
+                beat = {"elapsed_s": int(time.time() - t_send), "seq": seq}
+                path = f"/v1/calls/{plan.call_id}/heartbeat"
+                answer = await self.api.call(
+                    "heartbeat", "POST", path, beat, wb.switch_key, retries=2
+                )
+                if plan.repeat_beat:  # a stale repeat: it must change nothing
+                    await self.api.call("heartbeat", "POST", path, beat, wb.switch_key)
+                if answer.ok and answer.body.get("action") == "hangup":
+                    return "heartbeat"
+
+    async def _end(
+        self, plan: Plan, wb: WsBooks, entry: CallEntry, duration: int, how: str
+    ) -> None:
+        entry.duration = duration
+        entry.how = how
+        entry.end_sent_ms = time.time() * 1000
+        self.hangups[how] = self.hangups.get(how, 0) + 1
+        body = {
+            "duration_s": duration,
+            "hangup_cause": how,
+            "direction": plan.direction,
+            "from": plan.from_,
+            "to": plan.to,
+            "service": plan.service,
+        }
+        if plan.number_type is not None:
+            body["number_type"] = plan.number_type
+        path = f"/v1/calls/{plan.call_id}/end"
+        # The books take the end whatever Gate answers: an end that never lands shows up as
+        # a missing ledger row and money still reserved.
+        wb.end(entry)
+        answer = await self.api.call("call_end", "POST", path, body, wb.switch_key, retries=6)
+        if not answer.ok:
+            self.checks["end_failed"] += 1
+            return
+        entry.gate_cost = int(answer.body.get("cost_micros", -1))
+        entry.gate_leak_s = int(answer.body.get("leakage_s") or 0)
+        if entry.gate_cost != entry.cost:
+            self.checks["end_cost_mismatch"] += 1
+        if how == "unknown" and not answer.body.get("unauthorized_call"):
+            self.checks["unauthorized_not_flagged"] += 1
+        if plan.repeat_end:
+            again = await self.api.call("call_end", "POST", path, body, wb.switch_key, retries=6)
+            if again.ok and again.body != answer.body:
+                self.checks["end_repeat_mismatch"] += 1
+
+    async def _unknown_end(self, plan: Plan) -> None:
+        """An end for a call Gate never saw (the switch failed open): billed all the same."""
+        wb = self.workspaces[plan.ws]
+        call_id = plan.call_id + "-unseen"
+        ghost = dataclasses.replace(plan, call_id=call_id)
+        entry = CallEntry(call_id, self.price(plan), plan.direction, int(time.time() * 1000))
+        self.unknown_ends += 1
+        await self._end(ghost, wb, entry, plan.planned_s, "unknown")
+
+    # -- money ------------------------------------------------------------------------
+
+    async def _topups(self) -> None:
+        n = 0
+        r = self.money_rng
+        if self.opts.topup_rate <= 0:
+            return
+        while not self.stopping:
+            await asyncio.sleep(r.expovariate(self.opts.topup_rate))
+            wb = self.workspaces[r.randrange(len(self.workspaces))]
+            n += 1
+            pick = r.random()
+            if pick < 0.6:
+                cents = r.randint(100, 500)
+                self.spawn(self._topup(wb, n, cents, r.random() < self.opts.repeat_end_share))
+            else:
+                cents = r.randint(10, 200) * (-1 if pick > 0.9 else 1)
+                self.spawn(self._adjust(wb, n, cents))
+
+    async def _topup(self, wb: WsBooks, n: int, cents: int, repeat: bool) -> None:
+        body = {"amount_usd": str(Decimal(cents) / 100), "payment_method_id": "pm_card_visa"}
+        headers = {"Idempotency-Key": f"lt-{self.run_id}-topup-{n}"}
+        answer = await self.api.call(
+            "topup", "POST", "/v1/wallet/topup", body, wb.admin_key, headers=headers, retries=4
+        )
+        self._credited(wb, answer, cents * 10_000, "topup")
+        if repeat and answer.ok:
+            again = await self.api.call(
+                "topup", "POST", "/v1/wallet/topup", body, wb.admin_key, headers=headers,
+                retries=4,
+            )  # fmt: skip
+            if again.body.get("id") != answer.body.get("id"):
+                self.checks["topup_repeat_mismatch"] += 1
+
+    async def _adjust(self, wb: WsBooks, n: int, cents: int) -> None:
+        body = {
+            "amount_usd": str(Decimal(cents) / 100),
+            "type": "refund" if cents > 0 and n % 3 == 0 else "adjustment",
+            "description": "load test mid-call " + ("credit" if cents > 0 else "debit"),
+            "reference": f"lt-{self.run_id}-adj-{n}",
+        }
+        path = f"/v1/workspaces/{wb.id}/adjustments"
+        answer = await self.api.call("adjustment", "POST", path, body, self.platform_key, retries=4)
+        if answer.status == 402:
+            self.credits["debit_refused"] += 1
+            return
+        self._credited(wb, answer, cents * 10_000, "adjustment" if cents > 0 else "debit")
+
+    def _credited(self, wb: WsBooks, answer: Answer, amount: int, kind: str) -> None:
+        if answer.status == 0 or answer.status >= 500:
+            self.checks["credit_uncertain"] += 1  # it may or may not have landed
+            return
+        if not answer.ok:
+            return
+        row_id, posted = str(answer.body["id"]), int(answer.body["amount_micros"])
+        wb.credit(row_id, amount)  # the books hold what was asked; a different row is caught
+        self.credits[kind] += 1
+        if posted != amount:
+            self.checks["credit_uncertain"] += 1
+
+    async def _poll(self, wb: WsBooks) -> None:
+        await asyncio.sleep(self.money_rng.random() * self.opts.wallet_poll_s)
+        while not self.stopping:
+            await self.api.call("wallet", "GET", "/v1/wallet", None, wb.admin_key)
+            await asyncio.sleep(self.opts.wallet_poll_s)

@@ -1,0 +1,386 @@
+"""Command-line options of `python -m loadtest` (also `gate loadtest`), every one documented."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+EPILOG = """\
+What a run does: starts Gate (`gate serve` with its own private redis-server) unless --url
+is given, creates the workspaces with their balances and a switch key each, points their
+webhooks at the harness's receiver, then for --duration seconds acts like a switch fleet:
+Poisson call arrivals, exponential call lengths, outbound/inbound, voice/AI agent, far ends
+in the US (60%), toll-free (10%), local (free, 5%), UK (15%) and India (10%); heartbeats,
+top-ups and adjustments mid-call, repeated ends, retried starts, ends of calls Gate never
+saw. Every call.cut webhook is verified and obeyed like a switch would. When the calls have
+ended it reconciles every workspace to the micro with its own books and writes
+OUT/result.json, OUT/loadtest.png, OUT/calls.jsonl (every call, for digging) and OUT/gate.log.
+Exit status: 0 reconciled, 1 any mismatch, 2 the run could not be made.
+
+--compare instead runs the same reserve workload (start a call, end it) at --concurrency
+for --compare-s seconds per leg: a bare aiohttp+uvloop JSON handler; Gate over HTTP; Gate's
+Lua scripts straight on Redis; a PostgreSQL row-lock peer (SELECT ... FOR UPDATE, UPDATE,
+INSERT a ledger row). Each Gate and PostgreSQL leg runs on one hot wallet and on
+--compare-wallets wallets; the table and its ratios go to result.json under "compare".
+
+Examples:
+  python -m loadtest --duration 60                  # the documented 60-second load
+  python -m loadtest --compare                      # the comparison table
+  python -m loadtest --workspaces 1 --balance 1000  # one hot wallet
+"""
+
+
+@dataclass(frozen=True)
+class Options:
+    url: str | None
+    platform_key: str | None
+    redis_url: str | None
+    workers: int
+    tick_s: int
+    buffer_s: int
+    grace_s: int
+    rates: str
+    workspaces: int
+    balances: tuple[Decimal, ...]
+    max_concurrent: int | None
+    rate: float
+    duration: float
+    max_calls: int
+    mean_call_s: float
+    max_call_s: int
+    inbound_share: float
+    ai_share: float
+    mode: str
+    heartbeat_s: float
+    topup_rate: float
+    repeat_end_share: float
+    retry_start_share: float
+    unknown_end_share: float
+    wallet_poll_s: float
+    connections: int
+    timeout_s: float
+    drain_s: float
+    seed: int
+    out: Path
+    quiet: bool
+    compare: bool
+    compare_s: float
+    concurrency: int
+    compare_wallets: int
+    legs: tuple[str, ...]
+    pg_url: str
+    pg_sync: str
+
+
+LEGS = ("bare", "http", "lua", "pg")
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share from 0 to 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be above 0")
+    return value
+
+
+def _balances(text: str) -> tuple[Decimal, ...]:
+    try:
+        values = tuple(Decimal(p.strip()) for p in text.split(","))
+    except InvalidOperation as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not USD amounts like 5,20.50") from err
+    if any(not v.is_finite() or v < 0 or v != v.quantize(Decimal("0.000001")) for v in values):
+        raise argparse.ArgumentTypeError("balances are USD >= 0 with at most 6 decimal places")
+    return values
+
+
+def _legs(text: str) -> tuple[str, ...]:
+    legs = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [leg for leg in legs if leg not in LEGS]
+    if unknown or not legs:
+        raise argparse.ArgumentTypeError(f"legs are a comma list of {', '.join(LEGS)}")
+    return legs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description="Load-test Gate like a busy switch fleet and reconcile every wallet to "
+        "the micro.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("the Gate under test")
+    g.add_argument(
+        "--url",
+        help="a running Gate on this machine (http://127.0.0.1:PORT); "
+        "default: start `gate serve` with a private redis-server and stop it after",
+    )
+    g.add_argument(
+        "--platform-key",
+        default=os.environ.get("GATE_PLATFORM_KEY"),
+        help="the platform key of the Gate at --url (default $GATE_PLATFORM_KEY)",
+    )
+    g.add_argument(
+        "--redis-url",
+        help="the Redis of the Gate at --url, for the --compare "
+        "Lua leg (a private Gate's own Redis is found by itself)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="GATE_WORKERS: Gate processes sharing the port (default 1)",
+    )
+    g.add_argument(
+        "--tick-s",
+        type=int,
+        default=1,
+        help="GATE_TICK_S: seconds between ticks of a live call (default 1: "
+        "time compressed tenfold)",
+    )
+    g.add_argument(
+        "--buffer-s",
+        type=int,
+        default=6,
+        help="GATE_BUFFER_S: seconds of talk held ahead (default 6)",
+    )
+    g.add_argument(
+        "--grace-s",
+        type=int,
+        default=3,
+        help="GATE_INBOUND_GRACE_S: inbound time past the money (default 3)",
+    )
+    g.add_argument(
+        "--rates",
+        default="default",
+        help="rate card: 'default' (the card Gate ships), 'mixed' (connect fees and "
+        "1/1, 6/6, 30/6, 60/60 increments) or a TOML path; the books read the "
+        "same file",
+    )
+    w = p.add_argument_group("workspaces")
+    w.add_argument("--workspaces", type=int, default=20, help="how many (default 20)")
+    w.add_argument(
+        "--balance",
+        dest="balances",
+        type=_balances,
+        default=_balances("5,100,1000"),
+        help="opening balance in USD, or a comma list cycled over the workspaces "
+        "(default 5,100,1000)",
+    )
+    w.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="set max_concurrent_calls on every workspace (default: no cap)",
+    )
+    t = p.add_argument_group("traffic")
+    t.add_argument(
+        "--rate",
+        type=_positive,
+        default=100.0,
+        help="mean call arrivals per second, Poisson (default 100)",
+    )
+    t.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of arrivals (default 60; 0 with --compare)",
+    )
+    t.add_argument(
+        "--max-calls",
+        type=int,
+        default=1_000_000,
+        help="stop arrivals after this many calls (default 1000000)",
+    )
+    t.add_argument(
+        "--mean-call-s",
+        type=_positive,
+        default=9.0,
+        help="mean call length, exponential (default 9: 90 s at the tenfold compression "
+        "of the default tick and buffer)",
+    )
+    t.add_argument("--max-call-s", type=int, default=45, help="longest planned call (default 45)")
+    t.add_argument(
+        "--inbound-share", type=_share, default=0.3, help="share of inbound calls (default 0.3)"
+    )
+    t.add_argument(
+        "--ai-share", type=_share, default=0.2, help="share of AI-agent calls (default 0.2)"
+    )
+    t.add_argument(
+        "--mode",
+        choices=("gate", "heartbeat", "mixed"),
+        default="mixed",
+        help="gate: Gate's ticks only; heartbeat: every call also sends "
+        "heartbeats; mixed: half the calls do (default mixed)",
+    )
+    t.add_argument(
+        "--heartbeat-s",
+        type=_positive,
+        default=2.0,
+        help="seconds between a call's heartbeats (default 2)",
+    )
+    t.add_argument(
+        "--topup-rate",
+        type=float,
+        default=1.0,
+        help="top-ups and adjustments per second over all workspaces (default 1)",
+    )
+    t.add_argument(
+        "--repeat-end-share",
+        type=_share,
+        default=0.05,
+        help="share of ends (and top-ups, heartbeats) sent twice (default 0.05)",
+    )
+    t.add_argument(
+        "--retry-start-share",
+        type=_share,
+        default=0.05,
+        help="share of starts retried with the same call_id (default 0.05)",
+    )
+    t.add_argument(
+        "--unknown-end-share",
+        type=_share,
+        default=0.01,
+        help="ends of calls Gate never saw, per arrival (default 0.01)",
+    )
+    t.add_argument(
+        "--wallet-poll-s",
+        type=float,
+        default=2.0,
+        help="each workspace polls GET /v1/wallet this often; 0: never (default 2)",
+    )
+    t.add_argument(
+        "--connections",
+        type=int,
+        default=256,
+        help="most HTTP connections of the load client (default 256)",
+    )
+    t.add_argument(
+        "--timeout-s", type=_positive, default=10.0, help="HTTP timeout per request (default 10)"
+    )
+    t.add_argument(
+        "--drain-s",
+        type=float,
+        default=None,
+        help="after arrivals stop, how long calls may go on before the harness "
+        "hangs them all up (default max-call-s + 15)",
+    )
+    t.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    o = p.add_argument_group("output")
+    o.add_argument(
+        "--out",
+        type=Path,
+        default=Path("loadtest-out"),
+        help="directory for result.json and loadtest.png (default ./loadtest-out)",
+    )
+    o.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no live progress line (the final summary is still printed)",
+    )
+    c = p.add_argument_group("comparison (--compare)")
+    c.add_argument(
+        "--compare",
+        action="store_true",
+        help="run the comparison legs (after the load, if --duration is given)",
+    )
+    c.add_argument(
+        "--compare-s",
+        type=_positive,
+        default=10.0,
+        help="seconds measured per leg, after a 1 s warm-up (default 10)",
+    )
+    c.add_argument(
+        "--concurrency", type=int, default=50, help="requests in flight per leg (default 50)"
+    )
+    c.add_argument(
+        "--compare-wallets", type=int, default=100, help="wallets of the spread legs (default 100)"
+    )
+    c.add_argument(
+        "--legs",
+        type=_legs,
+        default=LEGS,
+        help="legs to run, a comma list of bare,http,lua,pg (default all)",
+    )
+    c.add_argument(
+        "--pg-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL for the row-lock peer (default "
+        "postgresql://postgres@127.0.0.1:5432/test); tables gate_lt_* are made "
+        "and dropped",
+    )
+    c.add_argument(
+        "--pg-sync",
+        choices=("on", "off"),
+        default="on",
+        help="synchronous_commit of the PostgreSQL peer (default on; Gate's Redis "
+        "runs appendfsync everysec, so 'off' is the like-for-like durability)",
+    )
+    return p
+
+
+def parse(argv: list[str] | None) -> Options:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    duration = a.duration if a.duration is not None else (0.0 if a.compare else 60.0)
+    if a.url is not None:
+        host = a.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+        if host not in ("127.0.0.1", "localhost", "[::1]"):
+            parser.error("--url must point at this machine (127.0.0.1)")
+        if not a.platform_key:
+            parser.error("--url needs --platform-key (or $GATE_PLATFORM_KEY)")
+    if a.workspaces < 1 or a.connections < 1 or a.concurrency < 1 or a.compare_wallets < 1:
+        parser.error("--workspaces, --connections, --concurrency, --compare-wallets must be >= 1")
+    if duration < 0 or a.max_call_s < 1:
+        parser.error("--duration must be >= 0 and --max-call-s >= 1")
+    if duration == 0 and not a.compare:
+        parser.error("nothing to do: --duration 0 without --compare")
+    return Options(
+        url=a.url.rstrip("/") if a.url else None,
+        platform_key=a.platform_key,
+        redis_url=a.redis_url,
+        workers=a.workers,
+        tick_s=a.tick_s,
+        buffer_s=a.buffer_s,
+        grace_s=a.grace_s,
+        rates=a.rates,
+        workspaces=a.workspaces,
+        balances=a.balances,
+        max_concurrent=a.max_concurrent,
+        rate=a.rate,
+        duration=duration,
+        max_calls=a.max_calls,
+        mean_call_s=a.mean_call_s,
+        max_call_s=a.max_call_s,
+        inbound_share=a.inbound_share,
+        ai_share=a.ai_share,
+        mode=a.mode,
+        heartbeat_s=a.heartbeat_s,
+        topup_rate=a.topup_rate,
+        repeat_end_share=a.repeat_end_share,
+        retry_start_share=a.retry_start_share,
+        unknown_end_share=a.unknown_end_share,
+        wallet_poll_s=a.wallet_poll_s,
+        connections=a.connections,
+        timeout_s=a.timeout_s,
+        drain_s=a.drain_s if a.drain_s is not None else a.max_call_s + 15.0,
+        seed=a.seed,
+        out=a.out,
+        quiet=a.quiet,
+        compare=a.compare,
+        compare_s=a.compare_s,
+        concurrency=a.concurrency,
+        compare_wallets=a.compare_wallets,
+        legs=a.legs,
+        pg_url=a.pg_url,
+        pg_sync=a.pg_sync,
+    )
