@@ -318,19 +318,24 @@ class Calls:
         cause: str | None,
         fallback: StartParams,
     ) -> tuple[bool, dict[str, Any]]:
-        """Bill the whole call; returns (new?, result). Unknown calls are billed anyway."""
-        rate, nt = self._rate_args(
-            fallback.service, fallback.direction, fallback.from_, fallback.to, fallback.number_type
-        )
+        """Bill the whole call; returns (new?, result). Unknown calls are billed anyway.
+
+        A known call ends in one round trip; only a call the gate never saw needs a second,
+        carrying how to rate it.
+        """
         k = keys.for_workspace(workspace_id)
-        reply = await self.ctx.scripts.call(
-            "call_end",
-            k.call_keys,
-            [
-                self.ctx.clock.now_ms(),
-                call_id,
-                duration_s,
-                cause or "",
+        args: list[str | int] = [self.ctx.clock.now_ms(), call_id, duration_s, cause or ""]
+        reply = await self.ctx.scripts.call("call_end", k.call_keys, args)
+        if reply[0] == Code.NOT_FOUND:
+            rate, nt = self._rate_args(
+                fallback.service,
+                fallback.direction,
+                fallback.from_,
+                fallback.to,
+                fallback.number_type,
+            )
+            args[0] = self.ctx.clock.now_ms()
+            args += [
                 fallback.direction,
                 fallback.service,
                 fallback.from_,
@@ -342,8 +347,8 @@ class Calls:
                 rate.increment.first,
                 rate.increment.next,
                 nt,
-            ],
-        )
+            ]
+            reply = await self.ctx.scripts.call("call_end", k.call_keys, args)
         code = reply[0]
         if code == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")

@@ -138,9 +138,12 @@ class _AutoPipeline:
         self.pending: list[tuple[_Command, asyncio.Future[Any]]] = []
         self.inflight = 0
         self.scheduled = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # the app's loop, found on first use
 
     def submit(self, command: _Command) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.pending.append((command, future))
         self._schedule(loop)

@@ -6,12 +6,14 @@
 -- ARGV[2]  call_id      string
 -- ARGV[3]  duration_s   integer  billable talk time from the switch's CDR
 -- ARGV[4]  cause        string   hangup cause, "" when none
--- ARGV[5..15] for a call the gate never saw (billed as unauthorized_call): direction,
+-- ARGV[5..15] optional: how to rate a call the gate never saw (billed as unauthorized_call),
+--   sent only after a {-5} reply, so a normal end carries no rating: direction,
 --   service, from, to, user, group, rate, fee, first, next, number_type
 -- Replies:
 --   {0, result, woken}  billed now; result = MessagePack {cost, row, balance, duration, leak,
 --                       flag}; woken = limited calls made due now by the released hold
 --   {1, result}   ended before: the same result, nothing billed again
+--   {-5}          the gate never saw this call and ARGV[5..15] were not sent: send them
 --   {-1}          no such workspace
 -- Side effects: one ledger row (call or ai_agent, flag unauthorized_call for unknown calls;
 -- may take the balance below zero: usage is never lost); limited calls woken by the
@@ -32,6 +34,7 @@ if rcall('EXISTS', ws) == 0 then return {-1} end
 local c = load_call(call_id)
 local flag = ''
 if not c then
+  if #ARGV < 15 then return {-5} end
   flag = 'unauthorized_call'
   c = {id = call_id, dir = ARGV[5], svc = ARGV[6], from = ARGV[7], to = ARGV[8],
     user = ARGV[9], grp = ARGV[10], rate = tonumber(ARGV[11]), fee = tonumber(ARGV[12]),
