@@ -122,9 +122,13 @@ def _date_ms(request: web.Request, name: str, *, end: bool = False) -> int | Non
 def _month_range(raw: str) -> tuple[int, int]:
     try:
         start = datetime.strptime(raw, "%Y-%m").replace(tzinfo=UTC)
+        end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+        if start.year < 1970:
+            raise ValueError(raw)
     except ValueError:
-        raise ValidationFailed("month must look like 2026-11", field="month") from None
-    end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+        raise ValidationFailed(
+            "month must look like 2026-11 (from 1970-01 to 9999-11)", field="month"
+        ) from None
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 

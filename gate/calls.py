@@ -74,6 +74,8 @@ class Record(msgspec.Struct, frozen=True):
     m0: int = -1
     b0: int = 0
     a0: int = 0
+    an0: int = 0
+    h0: int = 0
 
     @property
     def max_duration_s(self) -> int | None:
@@ -105,6 +107,16 @@ class Ended(msgspec.Struct, frozen=True):
 
 _record = msgspec.msgpack.Decoder(Record)
 _ended = msgspec.msgpack.Decoder(Ended)
+
+
+def _first_due(rec: Record, now_ms: int) -> int:
+    """When the ticker must next look at a call the script just scheduled (its next_due)."""
+    if not rec.ans:
+        return rec.t0 + rec.max * 1000
+    due = now_ms + rec.tk * 1000
+    if rec.cut and not rec.cs:
+        due = min(due, rec.cut)
+    return min(due, rec.ans + rec.max * 1000)
 
 
 def _seconds(ms: int) -> int:
@@ -198,8 +210,7 @@ class Calls:
         if code in (Code.OK, Code.REPEAT):
             rec = _record.decode(as_bytes(reply[1]))
             if code == Code.OK:
-                due = rec.cut if rec.cut and rec.ans else now + s.tick_s * 1000
-                self.ctx.notifier.ticks(workspace_id, due if rec.ans else rec.t0 + rec.max * 1000)
+                self.ctx.notifier.ticks(workspace_id, _first_due(rec, now))
                 if rec.cut:
                     self.ctx.notifier.events(workspace_id)
             return code == Code.OK, self.first_answer(rec)
@@ -233,8 +244,6 @@ class Calls:
 
     def first_answer(self, rec: Record) -> dict[str, Any]:
         """The start answer, rebuilt the same from the record on every repeat."""
-        base = rec.ans or rec.t0
-        lasts = rec.m0 if rec.m0 >= 0 else rec.g0
         return {
             "call_id": rec.id,
             "decision": "allow",
@@ -248,9 +257,9 @@ class Calls:
             "reserved_micros": rec.r0,
             "granted_s": rec.g0,
             "max_duration_s": None if rec.m0 < 0 else rec.m0,
-            "hangup_at": _seconds(base + lasts * 1000),
+            "hangup_at": _seconds(rec.h0),
             "tick_s": rec.tk,
-            "answered": rec.ans != 0,
+            "answered": rec.an0 == 1,
             "balance_usd": usd(rec.b0),
             "available_usd": usd(rec.a0),
         }
@@ -277,7 +286,7 @@ class Calls:
             raise InvalidState(f"call {call_id} has ended")
         rec = _record.decode(as_bytes(reply[1]))
         if code == Code.OK:
-            self.ctx.notifier.ticks(workspace_id, min(rec.cut or now, now + rec.tk * 1000))
+            self.ctx.notifier.ticks(workspace_id, _first_due(rec, now))
             if rec.cut:
                 self.ctx.notifier.events(workspace_id)
         return self._interim(rec, int(reply[2]), False)
@@ -305,9 +314,10 @@ class Calls:
                 "balance_usd": usd(ended.balance),
             }
         rec = _record.decode(as_bytes(reply[1]))
-        if code == Code.OK and rec.cut:
-            self.ctx.notifier.events(workspace_id)
-            self.ctx.notifier.ticks(workspace_id, rec.cut)
+        if code == Code.OK:
+            self.ctx.notifier.ticks(workspace_id, _first_due(rec, now))
+            if rec.cut:
+                self.ctx.notifier.events(workspace_id)
         return self._interim(rec, int(reply[2]), bool(int(reply[3])))
 
     async def end(

@@ -137,8 +137,8 @@ async def idem_fail(ctx: Context, idem: str, result: str) -> Code:
 class Posted:
     """Reply of lua/post-8.lua."""
 
-    code: Code  # OK, REPEAT, NO_WORKSPACE or INSUFFICIENT
-    row_id: str | None = None  # OK and REPEAT
+    code: Code  # OK, REPEAT, IDEMPOTENCY_KEY_REUSED, NO_WORKSPACE or INSUFFICIENT
+    row_id: str | None = None  # OK, REPEAT and IDEMPOTENCY_KEY_REUSED (the earlier row)
     balance_micros: int | None = None  # OK and INSUFFICIENT
     reserved_micros: int | None = None  # OK and INSUFFICIENT
     woken: int = 0  # OK: limited live calls made due now
@@ -172,7 +172,7 @@ async def post(
     code = Code(reply[0])
     if code == Code.OK:
         return Posted(code, text(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]))
-    if code == Code.REPEAT:
+    if code in (Code.REPEAT, Code.IDEMPOTENCY_KEY_REUSED):
         return Posted(code, text(reply[1]))
     if code == Code.INSUFFICIENT:
         return Posted(code, balance_micros=int(reply[1]), reserved_micros=int(reply[2]))
@@ -317,6 +317,12 @@ class Wallet:
         )
         if posted.code == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
+        if posted.code == Code.IDEMPOTENCY_KEY_REUSED:
+            raise IdempotencyKeyReused(
+                f"reference {reference!r} was used for another {kind} or amount "
+                f"(ledger row {posted.row_id}); use a new reference",
+                transaction_id=posted.row_id,
+            )
         if posted.code == Code.INSUFFICIENT:
             assert posted.balance_micros is not None and posted.reserved_micros is not None
             raise InsufficientBalance(

@@ -14,7 +14,7 @@
 --   lim, cs              inbound limit announced / cut event sent (0|1)
 --   hseq, hms            last heartbeat seq and time (0 = the switch sends none)
 --   r0, g0, m0, b0, a0   the first answer: reserved, granted_s, max_duration_s (-1 = null),
---                        balance and available at start
+--   an0, h0              balance and available at start, answered (0|1), hangup_at ms
 -- Money never moves out of the balance while a call lives: ticks grow its hold, so
 -- `available` drops in real time, and call_end posts one ledger row for the whole call.
 
@@ -64,6 +64,7 @@ local function set_cut(c, now_ms, limited)
   local old = c.cut
   if limited then
     c.cut = (c.ans > 0 and c.ans or now_ms) + (c.hz + grace_of(c)) * 1000
+    if c.cut ~= old then c.cs = 0 end  -- money came after a cut: the new cut time is sent too
     rcall('SADD', cuts, c.id)
     if c.dir == 'inbound' and c.cut ~= old then
       c.lim = 1

@@ -102,6 +102,8 @@ else
 end
 c.r0, c.g0, c.m0, c.b0 = c.held, c.hz, max_duration(c), balance
 c.a0 = avail - c.held
+c.an0 = answered and 1 or 0
+c.h0 = (c.ans ~= 0 and c.ans or c.t0) + (c.m0 >= 0 and c.m0 or c.g0) * 1000
 save_call(c)
 schedule(c, now_ms)
 return {0, cmsgpack.pack(c), balance, reserved + c.held}

@@ -33,8 +33,14 @@ for i = 1, #items, 2 do
     reply[2] = reply[2] + 1
     reply[#reply + 1] = now_ms - due_ms
     if c.ans == 0 then
-      send_cut(c, now_ms, 'stale')
-      finish(c, 0, now_ms, 'stale', 'stale')
+      -- Not answered yet: only max_call_s of ringing ends it; a wake-up (money arrived,
+      -- another call's hold released) just puts it back on its schedule.
+      if now_ms >= c.t0 + c.max * 1000 then
+        send_cut(c, now_ms, 'stale')
+        finish(c, 0, now_ms, 'stale', 'stale')
+      else
+        schedule(c, now_ms)
+      end
     else
       local e = math.max(math.floor((now_ms - c.ans) / 1000), 0)
       if (c.hms > 0 and now_ms - c.hms > stale_ms) or e >= c.max then

@@ -49,7 +49,9 @@ for i = 1, #batch do
       next_ms = tonumber(string.sub(state, colon + 1))
     end
     local dropped = false
-    if owner ~= '' and attempts > 0 and field(entry, 'type') == 'call.cut' then
+    -- A stale cut is sent by the sweeper as it ends the call: it must still be retried.
+    if owner ~= '' and attempts > 0 and field(entry, 'type') == 'call.cut'
+        and field(entry, 'd:reason') ~= 'stale' then
       local call_id = field(entry, 'd:call_id')
       if call_id and rcall('HEXISTS', ended, call_id) == 1 then
         rcall('HSET', outbox, 's:' .. id, 'ok')

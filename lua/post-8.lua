@@ -22,6 +22,9 @@
 --   {1, row_id}                      the reference was posted before (nothing changed but
 --                                    a pending idem record, now pointing at that row)
 --   {-1}                             no such workspace
+--   {-2, row_id}                     the reference was posted before with another type or
+--                                    amount (nothing changed); adjustments and refunds keep
+--                                    their references apart from payment ids
 --   {-4, balance, reserved}          insufficient available money (nothing changed)
 -- Side effects: ledger row, transaction.created event, wallet.recharged event for recharges;
 -- a credit makes the limited live calls due now (their limit is lifted at the next tick).
@@ -37,8 +40,17 @@ for i = 7, #ARGV do extra[#extra + 1] = ARGV[i] end
 --!include _post.lua
 
 if rcall('EXISTS', ws) == 0 then return {-1} end
-local seen = rcall('HGET', refs, ref)
+-- Operators' references live apart from payment ids: a refund may quote the top-up's id.
+local dedupe = ref
+if rtype == 'adjustment' or rtype == 'refund' then dedupe = 'adj:' .. ref end
+local seen = rcall('HGET', refs, dedupe)
 if seen then
+  local row = rcall('XRANGE', ledger, seen, seen)[1]
+  if row then
+    local f = {}
+    for i = 1, #row[2], 2 do f[row[2][i]] = row[2][i + 1] end
+    if f['type'] ~= rtype or tonumber(f['amount']) ~= amount then return {-2, seen} end
+  end
   -- The same payment posted before (an Idempotency-Key record that expired while the
   -- provider's charge id stayed the same): the claim is answered by that row, not left pending.
   if rcall('HGET', idem, 'state') == 'pending' then
@@ -54,7 +66,7 @@ end
 
 local id
 id, balance = post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, extra)
-rcall('HSET', refs, ref, id)
+rcall('HSET', refs, dedupe, id)
 if rcall('HGET', idem, 'state') == 'pending' then
   rcall('HSET', idem, 'state', 'done', 'result', id)
 end

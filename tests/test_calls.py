@@ -61,6 +61,15 @@ async def set_balance(client: Client, ws: dict[str, Any], micros: int) -> None:
         assert resp.status == 201, await resp.text()
 
 
+async def credit(client: Client, ws: dict[str, Any], micros: int) -> None:
+    resp = await client.post(
+        f"/v1/workspaces/{ws['id']}/adjustments",
+        json={"amount_usd": str(micros / 1e6), "type": "adjustment", "description": "credit"},
+        headers=PLATFORM,
+    )
+    assert resp.status == 201, await resp.text()
+
+
 def call(call_id: str, direction: str = "outbound", **extra: Any) -> dict[str, Any]:
     body = {"call_id": call_id, "direction": direction, "from": "+14155550100",
             "to": "+14155550123"}  # fmt: skip
@@ -524,3 +533,81 @@ async def test_check_catches_a_call_billed_wrong(client: Client, redis: Redis) -
     problems = await check_workspace(redis, ws["id"])
     assert len(problems) == 1 and "cost(duration) at its rate is 220000" in problems[0], problems
     await redis.srem(keys.WORKSPACES, ws["id"])  # broken on purpose: not for the final check
+
+
+async def test_ringing_limited_call_survives_a_wake_up(client: Client, clock: ManualClock) -> None:
+    ws = await new_workspace(client)
+    sw = await switch_key(client, ws)
+    await set_balance(client, ws, 100_000)
+    ring = await client.post("/v1/calls", json=call("ring", "inbound", answered=False), headers=sw)
+    assert (await ring.json())["max_duration_s"] is not None  # limited: its id is in `cuts`
+    await credit(client, ws, 50_000)  # a credit wakes the limited calls
+    await tick(client, clock, 1)
+    assert (await (await client.get("/v1/calls/ring", headers=sw)).json())["state"] == "pending"
+    assert (await client.post("/v1/calls/ring/answer", headers=sw)).status == 200
+    end = await (await client.post("/v1/calls/ring/end", json={"duration_s": 40},
+                                   headers=sw)).json()  # fmt: skip
+    assert end["cost_micros"] == 200_000  # billed, not a stale zero
+
+
+async def test_refund_may_quote_the_payment_it_refunds(client: Client) -> None:
+    ws = await new_workspace(client)
+    top = await (
+        await client.post(
+            "/v1/wallet/topup",
+            json={"amount_usd": 25, "payment_method_id": "pm_card_visa"},
+            headers=auth(ws["key"]),
+        )
+    ).json()
+    body = {"amount_usd": "-25", "type": "refund", "description": "refund",
+            "reference": top["reference"]}  # fmt: skip
+    url = f"/v1/workspaces/{ws['id']}/adjustments"
+    refund = await client.post(url, json=body, headers=PLATFORM)
+    assert refund.status == 201, await refund.text()
+    assert (await refund.json())["type"] == "refund"
+    assert (await client.post(url, json=body, headers=PLATFORM)).status == 200  # a repeat
+    other = await client.post(url, json=body | {"amount_usd": "-5"}, headers=PLATFORM)
+    assert other.status == 409
+    assert (await other.json())["error"]["code"] == "idempotency_key_reused"
+    assert (await wallet(client, auth(ws["key"])))["balance_micros"] == 10_000_000
+
+
+async def test_a_cut_moved_by_new_money_is_sent_again(
+    client: Client, clock: ManualClock, redis: Redis
+) -> None:
+    ws = await new_workspace(client)
+    sw = await switch_key(client, ws)
+    await set_balance(client, ws, 300_000)  # 90 s
+    await client.post("/v1/calls", json=call("c1"), headers=sw)
+    await tick(client, clock, 95, step=1)  # cut sent at 90 s; the switch keeps talking
+    await credit(client, ws, 200_000)  # the money now lasts 150 s
+    await tick(client, clock, 60, step=1)
+    cuts = [
+        int(f[b"d:cut_at_ms"]) for _, f in await redis.xrange(keys.for_workspace(ws["id"]).events)
+        if f[b"type"] == b"call.cut"
+    ]  # fmt: skip
+    assert len(cuts) == 2 and cuts[1] - cuts[0] == 60_000, cuts
+    await client.post("/v1/calls/c1/end", json={"duration_s": 150}, headers=sw)
+
+
+async def test_repeated_start_after_answer_is_the_first_answer(
+    client: Client, clock: ManualClock
+) -> None:
+    ws = await new_workspace(client)
+    sw = await switch_key(client, ws)
+    first = await (
+        await client.post("/v1/calls", json=call("c1", answered=False), headers=sw)
+    ).json()
+    clock.advance(15)
+    await client.post("/v1/calls/c1/answer", headers=sw)
+    again = await client.post("/v1/calls", json=call("c1", answered=False), headers=sw)
+    assert again.status == 200
+    assert await again.json() == first
+    await client.post("/v1/calls/c1/end", json={"duration_s": 10}, headers=sw)
+
+
+async def test_month_out_of_range_is_a_400(client: Client) -> None:
+    ws = await new_workspace(client)
+    for month in ("9999-12", "1969-12", "2026-13"):
+        resp = await client.get(f"/v1/wallet/transactions?month={month}", headers=auth(ws["key"]))
+        assert resp.status == 400, month

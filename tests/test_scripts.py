@@ -341,13 +341,26 @@ async def test_post_ok_and_repeat(ctx: Context, ws: str, redis: Redis) -> None:
         ctx,
         ws,
         now_ms=ctx.clock.now_ms(),
-        amount_micros=9_000_000,
+        amount_micros=2_500_000,
         type="refund",
         description="again",
         reference="ref-1",
         floor="available",
     )
     assert (repeat.code, repeat.row_id) == (Code.REPEAT, posted.row_id)
+    # The same reference with another amount or type is a mistake, not a repeat: -2.
+    for amount, kind in ((9_000_000, "refund"), (2_500_000, "adjustment")):
+        reused = await post(
+            ctx,
+            ws,
+            now_ms=ctx.clock.now_ms(),
+            amount_micros=amount,
+            type=kind,
+            description="again",
+            reference="ref-1",
+            floor="available",
+        )
+        assert (reused.code, reused.row_id) == (Code.IDEMPOTENCY_KEY_REUSED, posted.row_id)
     assert await redis.hget(k.wallet, "balance") == b"12500000"
     assert await redis.hget(k.wallet, "version") == version
     assert await redis.xlen(k.ledger) == 2
