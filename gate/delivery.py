@@ -296,7 +296,12 @@ class Outbox:
                 log.exception("could not release the outbox lease of %s", workspace_id)
 
     async def _deliver_held(self, workspace_id: str, k: WsKeys) -> int | _Lost | None:
-        record = await self.ctx.client.hmget(k.ws, ["switch_webhook_url", "webhook_secret"])
+        # One snapshot of the URL and the newest event: with no URL, only the events that
+        # were already there are skipped; one raised as a URL is being set waits for it.
+        async with self.ctx.client.pipeline(transaction=True) as pipe:
+            pipe.hmget(k.ws, ["switch_webhook_url", "webhook_secret"])
+            pipe.xrevrange(k.events, "+", "-", count=1)
+            record, newest = await pipe.execute()
         if record[1] is None:
             return None  # no such workspace (any more): nothing to deliver to
         url = text(record[0]) if record[0] else self.ctx.settings.switch_webhook_url
@@ -305,7 +310,9 @@ class Outbox:
             if len(self._quiet) > 100_000:
                 self._quiet.clear()
             self._quiet[workspace_id] = time.monotonic() + QUIET_S
-            return None if await self._record(k, [], skip=True) else LOST
+            if not newest:
+                return None
+            return None if await self._record(k, [], skip_to=text(newest[0][0])) else LOST
         webhook = Webhook(text(record[1]))
         while not self._stopping:
             reply = await self.ctx.scripts.call(
@@ -331,12 +338,12 @@ class Outbox:
                 return LOST
         return LOST  # stopping: whoever claims the workspace next settles it
 
-    async def _record(self, k: WsKeys, outcomes: Sequence[Outcome], *, skip: bool = False) -> bool:
+    async def _record(self, k: WsKeys, outcomes: Sequence[Outcome], *, skip_to: str = "") -> bool:
         args: list[str | int] = [
             self.owner,
             self.ctx.clock.now_ms(),
             self.lease_ms,
-            "1" if skip else "",
+            skip_to,
         ]
         for o in outcomes:
             args += [o.entry_id, o.outcome, o.detail]

@@ -9,8 +9,10 @@
 -- ARGV[1] owner     string   the lease owner
 -- ARGV[2] now_ms    integer
 -- ARGV[3] lease_ms  integer  the lease is renewed until now_ms + lease_ms
--- ARGV[4] skip      "1": the workspace has no webhook URL; finish every event up to the
---                   end of the stream (they stay in the stream for SSE); "" otherwise
+-- ARGV[4] skip_to   a stream id: the workspace had no webhook URL when that was the newest
+--                   event; finish every event up to it (they stay in the stream for SSE).
+--                   Later events wait for the next round, in case a URL came with them.
+--                   "" otherwise
 -- ARGV[5..n]        (stream id, outcome, detail) triples:
 --                     ok     ""                        delivered (a 2xx answer)
 --                     retry  "<attempts>:<next_ms>"    failed; try again at next_ms
@@ -25,7 +27,7 @@ local rcall = redis.call
 local outbox, events, deadletter = KEYS[1], KEYS[2], KEYS[3]
 local owner = ARGV[1]
 local now_ms, lease_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
-local skip = ARGV[4] == '1'
+local skip_to = ARGV[4]
 
 --!include _outbox.lua
 
@@ -59,14 +61,13 @@ for i = 5, #ARGV, 3 do
   end
 end
 
-if skip then
-  local last = rcall('XREVRANGE', events, '+', '-', 'COUNT', 1)
-  if #last > 0 and id_after(last[1][1], cursor) then
-    local names = rcall('HKEYS', outbox)
-    for _, name in ipairs(names) do
-      if string.sub(name, 1, 2) == 's:' then rcall('HDEL', outbox, name) end
+if skip_to ~= '' and id_after(skip_to, cursor) then
+  local names = rcall('HKEYS', outbox)
+  for _, name in ipairs(names) do
+    if string.sub(name, 1, 2) == 's:' and not id_after(string.sub(name, 3), skip_to) then
+      rcall('HDEL', outbox, name)
     end
-    rcall('HSET', outbox, 'cursor', last[1][1])
   end
+  rcall('HSET', outbox, 'cursor', skip_to)
 end
 return {0, advance(outbox, events)}

@@ -37,3 +37,22 @@ async def test_no_url_workspace_is_left_alone(
     assert ws["id"] not in outbox._quiet
     await topup(client, ws)
     await until(lambda: any(h.event["type"] == "wallet.recharged" for h in receiver.hits))
+
+
+async def test_skipping_stops_at_the_event_seen_without_a_url(client: Client, redis: Redis) -> None:
+    """An event raised as a URL is being set is not skipped with the ones before it."""
+    from gate.http import CTX
+
+    ws = await new_workspace(client)
+    k = keys.for_workspace(ws["id"])
+    seen = (await redis.xrevrange(k.events, count=1))[0][0].decode()
+    late = (await redis.xadd(k.events, {"type": "call.cut", "at": 1, "seq": 99})).decode()
+    scripts = client.app[CTX].scripts
+    assert (await scripts.call("outbox_lease", [k.outbox], ["me", 1, 30_000]))[0] == 0
+    reply = await scripts.call(
+        "outbox_record", [k.outbox, k.events, k.deadletter], ["me", 1, 30_000, seen]
+    )
+    assert reply[0] == 0
+    assert (await redis.hget(k.outbox, "cursor")).decode() == seen != late
+    await scripts.call("outbox_release", [k.outbox], ["me"])
+    await redis.xdel(k.events, late)
