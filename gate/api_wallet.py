@@ -10,7 +10,7 @@ from msgspec import UNSET
 
 from gate import ledger
 from gate.errors import ValidationFailed
-from gate.http import CTX, WALLET, WORKSPACES, decode, json, principal, query_int
+from gate.http import CTX, RATES, WALLET, WORKSPACES, decode, json, principal, query_int
 from gate.money import parse_usd
 from gate.schemas import Topup, WalletSettings
 from gate.tenancy import Role
@@ -24,7 +24,8 @@ async def get_wallet(request: web.Request) -> web.StreamResponse:
     wanted = request.headers.get("If-None-Match", "")
     if wanted.strip() == "*" or view.etag in (tag.strip() for tag in wanted.split(",")):
         return web.Response(status=304, headers={"ETag": view.etag})
-    return json(view.to_json(None), headers={"ETag": view.etag, "Cache-Control": "no-cache"})
+    per_min = request.app[RATES].typical_per_min_micros()
+    return json(view.to_json(per_min), headers={"ETag": view.etag, "Cache-Control": "no-cache"})
 
 
 async def topup(request: web.Request) -> web.StreamResponse:
@@ -90,7 +91,8 @@ async def patch_settings(request: web.Request) -> web.StreamResponse:
         )
     await request.app[WORKSPACES].update(workspace_id, fields)
     view = await wallet.view(workspace_id)
-    return json(view.to_json(None), headers={"ETag": view.etag})
+    per_min = request.app[RATES].typical_per_min_micros()
+    return json(view.to_json(per_min), headers={"ETag": view.etag})
 
 
 def _date_ms(request: web.Request, name: str, *, end: bool = False) -> int | None:

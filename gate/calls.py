@@ -137,6 +137,13 @@ class RateBook:
         log.info("rate card reloaded from %s: %d rates", self.path or "defaults", len(card.rates))
         return card
 
+    def typical_per_min_micros(self) -> int | None:
+        """The rate a wallet's "minutes left" is estimated at: outbound voice to any number."""
+        try:
+            return self.card.match("voice", "outbound", "", "any").per_min_micros or None
+        except NoRate:
+            return None
+
     @property
     def source(self) -> str:
         return str(Path(self.path).resolve()) if self.path else "built-in default card"

@@ -20,6 +20,7 @@ async def test_new_workspace_has_signup_credit(client: Client) -> None:
     assert body["reserved_usd"] == 0
     assert body["status"] == "active"
     assert body["live_calls"] == 0
+    assert body["minutes_left_estimate"] == 50  # $10 at $0.20/min, the seed's own example
 
 
 async def test_wallet_etag(client: Client) -> None:
