@@ -37,17 +37,26 @@ def _call_cost_problem(row: Row) -> str | None:
 
 
 async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> list[str]:
-    """Every broken invariant of one workspace, as sentences; empty when all hold."""
+    """Every broken invariant of one workspace, as sentences; empty when all hold.
+
+    Safe on a live workspace: the wallet, the live calls and the newest ledger row are read
+    in one MULTI snapshot, and only the rows up to that one are summed.
+    """
     k = keys.for_workspace(workspace_id)
     problems: list[str] = []
-    balance_raw, reserved_raw = await client.hmget(k.wallet, "balance", "reserved")
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hmget(k.wallet, "balance", "reserved")
+        pipe.hgetall(k.live)
+        pipe.xrevrange(k.ledger, "+", "-", count=1)
+        (balance_raw, reserved_raw), live, newest = await pipe.execute()
     if balance_raw is None or reserved_raw is None:
         return [f"{workspace_id}: registered but has no wallet"]
     balance, reserved = int(balance_raw), int(reserved_raw)
+    until = text(newest[0][0]) if newest else "0-0"
     running = 0
     last = "0-0"
-    while True:
-        batch = entries(await client.xrange(k.ledger, f"({last}", "+", count=1000))
+    while newest:
+        batch = entries(await client.xrange(k.ledger, f"({last}", until, count=1000))
         for entry_id, raw in batch:
             try:
                 row = Row.parse(entry_id, raw)
@@ -70,7 +79,7 @@ async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> li
     if running != balance:
         problems.append(f"{workspace_id}: balance {balance} != ledger sum {running}")
     held = 0
-    for record in (await client.hgetall(k.live)).values():
+    for record in live.values():
         held += int(msgspec.msgpack.decode(as_bytes(record))["held"])
     if reserved != held:
         problems.append(f"{workspace_id}: reserved {reserved} != held by live calls {held}")

@@ -611,3 +611,22 @@ async def test_month_out_of_range_is_a_400(client: Client) -> None:
     for month in ("9999-12", "1969-12", "2026-13"):
         resp = await client.get(f"/v1/wallet/transactions?month={month}", headers=auth(ws["key"]))
         assert resp.status == 400, month
+
+
+async def test_check_is_exact_while_calls_run(client: Client, redis: Redis) -> None:
+    from gate.check import check_workspace
+
+    ws = await new_workspace(client)
+    sw = await switch_key(client, ws)
+
+    async def one(i: int) -> None:
+        await client.post("/v1/calls", json=call(f"c{i}"), headers=sw)
+        await client.post(f"/v1/calls/c{i}/end", json={"duration_s": i}, headers=sw)
+
+    calls = asyncio.gather(*(one(i) for i in range(60)))
+    reports = []
+    while not calls.done():
+        reports.append(await check_workspace(redis, ws["id"]))
+        await asyncio.sleep(0)
+    await calls
+    assert len(reports) > 3 and all(r == [] for r in reports), reports
