@@ -44,6 +44,7 @@ class Code(IntEnum):
     CONCURRENCY_LIMIT = -6
     SUSPENDED = -7
     INVALID_STATE = -8
+    BALANCE_LIMIT = -9
 
 
 @dataclass(frozen=True, slots=True)

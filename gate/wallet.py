@@ -174,7 +174,7 @@ async def post(
         return Posted(code, text(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]))
     if code in (Code.REPEAT, Code.IDEMPOTENCY_KEY_REUSED):
         return Posted(code, text(reply[1]))
-    if code == Code.INSUFFICIENT:
+    if code in (Code.INSUFFICIENT, Code.BALANCE_LIMIT):
         return Posted(code, balance_micros=int(reply[1]), reserved_micros=int(reply[2]))
     return Posted(code)
 
@@ -317,6 +317,11 @@ class Wallet:
         )
         if posted.code == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
+        if posted.code == Code.BALANCE_LIMIT:
+            raise ValidationFailed(
+                "a wallet may not be credited past $1,000,000,000 by hand; credit less",
+                field="amount_usd",
+            )
         if posted.code == Code.IDEMPOTENCY_KEY_REUSED:
             raise IdempotencyKeyReused(
                 f"reference {reference!r} was used for another {kind} or amount "

@@ -26,6 +26,8 @@
 --                                    amount (nothing changed); adjustments and refunds keep
 --                                    their references apart from payment ids
 --   {-4, balance, reserved}          insufficient available money (nothing changed)
+--   {-9, balance, reserved}          an adjustment or refund would take the balance past
+--                                    $1,000,000,000 (nothing changed)
 -- Side effects: ledger row, transaction.created event, wallet.recharged event for recharges;
 -- a credit makes the limited live calls due now (their limit is lifted at the next tick).
 local rcall = redis.call
@@ -62,6 +64,11 @@ local w = rcall('HMGET', wallet, 'balance', 'reserved')
 local balance, reserved = tonumber(w[1]), tonumber(w[2])
 if amount < 0 and floor == 'available' and balance - reserved + amount < 0 then
   return {-4, balance, reserved}
+end
+-- Lua counts in doubles, exact to 2^53 micros (~$9 billion): operators may not credit a
+-- wallet past $1 billion, which leaves top-ups (at most $1,000 each) a wide margin.
+if amount > 0 and (rtype == 'adjustment' or rtype == 'refund') and balance + amount > 1e15 then
+  return {-9, balance, reserved}
 end
 
 local id

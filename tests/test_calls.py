@@ -630,3 +630,13 @@ async def test_check_is_exact_while_calls_run(client: Client, redis: Redis) -> N
         await asyncio.sleep(0)
     await calls
     assert len(reports) > 3 and all(r == [] for r in reports), reports
+
+
+async def test_operators_cannot_credit_past_a_billion(client: Client) -> None:
+    ws = await new_workspace(client)
+    url = f"/v1/workspaces/{ws['id']}/adjustments"
+    body = {"amount_usd": "999999990", "type": "adjustment", "description": "big"}
+    assert (await client.post(url, json=body, headers=PLATFORM)).status == 201  # $1B exactly
+    again = await client.post(url, json=body | {"amount_usd": "0.000001"}, headers=PLATFORM)
+    assert again.status == 400
+    assert "1,000,000,000" in (await again.json())["error"]["message"]
