@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def serve(settings: Settings) -> None:
             data.resolve(),
         )
         _url_file(settings).write_text(embedded.url + "\n")
-        settings = Settings(**{**settings.__dict__, "redis_url": embedded.url})
+        settings = replace(settings, redis_url=embedded.url)
     children: list[Any] = []
     try:
         spawn = multiprocessing.get_context("spawn")

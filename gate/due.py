@@ -3,11 +3,11 @@
 Each workspace keeps its own schedule in its own slot; a global sorted set (workspace id ->
 earliest due ms) lets any gate process find due workspaces without scanning. Scripts can't
 write it (another slot on a cluster), so it is a hint kept by this protocol:
-- after a script adds work, `notify` lowers the workspace's score (ZADD LT);
+- after a script adds work, `notify_many` lowers the workspace's score (ZADD LT);
 - `claim` leases due workspaces atomically (score moves to now + lease), so several
   processes never work on one workspace at once and a dead claimer's work comes back;
 - after the work, `settle` sets the exact next due time, then re-reads the workspace's own
-  schedule and lowers the score again, so a `notify` that raced with the settle is kept.
+  schedule and lowers the score again, so a `notify_many` that raced with the settle is kept.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ class DueIndex:
     def __init__(self, scripts: Scripts, key: str) -> None:
         self.scripts = scripts
         self.key = key
-
-    async def notify(self, workspace_id: str, due_ms: int) -> None:
-        await self.scripts.client.zadd(self.key, {workspace_id: due_ms}, lt=True)
 
     async def notify_many(self, due: dict[str, int]) -> None:
         if due:

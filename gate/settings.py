@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 from gate.errors import ValidationFailed
@@ -35,10 +35,9 @@ class Settings:
     # Tunables that tests shrink; not part of the documented contract.
     cut_poll_ms: int = 50
     auth_cache_s: float = 5.0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-# name -> (env var, parser, help)
+# integer settings -> (lowest, highest) allowed
 _INT_FIELDS = {
     "port": (1, 65535),
     "workers": (1, 64),
@@ -108,7 +107,3 @@ def load(env: Mapping[str, str] | None = None, **overrides: str | None) -> Setti
             continue
         values[name] = _parse(name, str(raw))
     return Settings(**values)
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(Settings)]

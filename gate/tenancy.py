@@ -114,9 +114,6 @@ class Authenticator:
         self._cache[key] = (now + self.cache_s, principal)
         return principal
 
-    def forget(self) -> None:
-        self._cache.clear()
-
     async def _lookup(self, key: str) -> Principal:
         if self.platform_key and hmac.compare_digest(key.encode(), self.platform_key.encode()):
             return Principal(Role.platform, None, "platform")
