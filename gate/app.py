@@ -8,12 +8,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
 
-from gate import api_events, redis_client, routes
-from gate.calls import Calls, RateBook
-from gate.clock import Clock, SystemClock
-from gate.context import Context
-from gate.delivery import Outbox
-from gate.http import (
+from gate.api import events as api_events
+from gate.api import routes
+from gate.api.http import (
     AUTH,
     CALLS,
     CTX,
@@ -25,13 +22,18 @@ from gate.http import (
     WORKSPACES,
     error_middleware,
 )
-from gate.payments import PaymentProvider, SandboxProvider
-from gate.scripts import Scripts
+from gate.calls.service import Calls, RateBook
+from gate.calls.ticker import Ticker
+from gate.clock import Clock, SystemClock
+from gate.context import Context
+from gate.delivery.outbox import Outbox
 from gate.settings import Settings
-from gate.tenancy import Authenticator
-from gate.ticker import Ticker
-from gate.wallet import Wallet
-from gate.workspaces import Workspaces
+from gate.store import redis_client
+from gate.store.scripts import Scripts
+from gate.tenancy.auth import Authenticator
+from gate.tenancy.workspaces import Workspaces
+from gate.wallet.payments import PaymentProvider, SandboxProvider
+from gate.wallet.service import Wallet
 
 log = logging.getLogger("gate")
 

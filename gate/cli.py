@@ -41,8 +41,8 @@ def _redis_url(settings: Settings) -> str:
 
 def _reload_rates(app: Any, children: list[Any]) -> None:
     """SIGHUP: reload the rate card here and in every worker; a bad card keeps the old one."""
-    from gate.calls import RateCardError
-    from gate.http import RATES
+    from gate.api.http import RATES
+    from gate.calls.service import RateCardError
 
     try:
         app[RATES].reload()
@@ -89,7 +89,7 @@ def serve(settings: Settings) -> None:
     """Run Gate; with no GATE_REDIS_URL, start and stop a private redis-server (AOF on)."""
     import uvloop
 
-    from gate.redis_proc import RedisServer, RedisServerMissing
+    from gate.store.redis_proc import RedisServer, RedisServerMissing
 
     embedded = None
     if not settings.redis_url:
@@ -127,10 +127,10 @@ def serve(settings: Settings) -> None:
 
 
 async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
-    from gate import redis_client
     from gate.clock import SystemClock
     from gate.context import Context
-    from gate.scripts import Scripts
+    from gate.store import redis_client
+    from gate.store.scripts import Scripts
 
     client = await redis_client.connect(_redis_url(settings))
     try:
@@ -146,7 +146,7 @@ def _print(body: Any) -> None:
 
 
 async def _workspace_create(ctx: Any, name: str, org: str | None) -> int:
-    from gate.workspaces import Workspaces
+    from gate.tenancy.workspaces import Workspaces
 
     created = await Workspaces(ctx).create(name, org)
     _print({"id": created.id, "name": created.name, "key": created.key, "role": "admin"})
@@ -154,8 +154,8 @@ async def _workspace_create(ctx: Any, name: str, org: str | None) -> int:
 
 
 async def _key_create(ctx: Any, workspace_id: str, role: str) -> int:
-    from gate.tenancy import Role
-    from gate.workspaces import Workspaces
+    from gate.tenancy.auth import Role
+    from gate.tenancy.workspaces import Workspaces
 
     key, key_id = await Workspaces(ctx).create_key(workspace_id, Role.parse(role))
     _print({"key": key, "role": role, "id": key_id})
@@ -163,9 +163,9 @@ async def _key_create(ctx: Any, workspace_id: str, role: str) -> int:
 
 
 async def _wallet_show(ctx: Any, workspace_id: str) -> int:
-    from gate.payments import SandboxProvider
-    from gate.wallet import Wallet
-    from gate.workspaces import Workspaces
+    from gate.tenancy.workspaces import Workspaces
+    from gate.wallet.payments import SandboxProvider
+    from gate.wallet.service import Wallet
 
     workspaces = Workspaces(ctx)
     view = await Wallet(ctx, workspaces, SandboxProvider()).view(workspace_id)
@@ -174,7 +174,7 @@ async def _wallet_show(ctx: Any, workspace_id: str) -> int:
 
 
 async def _check(ctx: Any, workspace_id: str | None) -> int:
-    from gate.check import check_all
+    from gate.history.check import check_all
 
     problems, checked = await check_all(ctx.client, [workspace_id] if workspace_id else None)
     for problem in problems:
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(settings)
     if args.command == "serve":
-        from gate.rating import RateCardError, load_rate_card
+        from gate.calls.rating import RateCardError, load_rate_card
 
         try:  # before any process starts: a bad card is a bad setting, not a traceback
             load_rate_card(settings.rates)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis, RedisCluster
 
 from gate.clock import Clock
-from gate.scripts import Scripts
 from gate.settings import Settings
+from gate.store.scripts import Scripts
 
 
 class Notifier:

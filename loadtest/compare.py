@@ -216,13 +216,13 @@ async def lua_leg(
     opts: Options, redis_url: str, rates: str | None, wallets: list[WsBooks], price: Price,
     run_id: str, snapshot: Snapshot,
 ) -> Leg:  # fmt: skip
-    from gate import redis_client
-    from gate.calls import Calls, RateBook, StartParams
+    from gate.calls.service import Calls, RateBook, StartParams
     from gate.clock import SystemClock
     from gate.context import Context
     from gate.errors import GateError
-    from gate.scripts import Scripts
     from gate.settings import Settings
+    from gate.store import redis_client
+    from gate.store.scripts import Scripts
 
     client = await redis_client.connect(redis_url)
     try:

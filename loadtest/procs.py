@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from gate.redis_proc import free_port
+from gate.store.redis_proc import free_port
 from loadtest.wire import Client, WireError
 
 

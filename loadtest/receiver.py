@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from gate.redis_proc import free_port
+from gate.store.redis_proc import free_port
 from loadtest.stats import histogram, record_us, summary_ms
 
 

@@ -10,12 +10,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from gate import keys
 from gate.app import create_app
-from gate.check import check_all
 from gate.clock import ManualClock
-from gate.redis_proc import RedisServer
+from gate.history.check import check_all
 from gate.settings import Settings
+from gate.store import keys
+from gate.store.redis_proc import RedisServer
 from tests.redis_fixtures import redis_cluster, redis_server
 
 __all__ = ["redis_cluster", "redis_server"]

@@ -6,11 +6,11 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
-from gate import keys
 from gate.clock import Clock
 from gate.context import Context
-from gate.scripts import Scripts
 from gate.settings import Settings
+from gate.store import keys
+from gate.store.scripts import Scripts
 from tests.conftest import Client, auth
 
 

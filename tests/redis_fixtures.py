@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gate.redis_proc import RedisClusterProcs, RedisServer
+from gate.store.redis_proc import RedisClusterProcs, RedisServer
 
 __all__ = ["redis_cluster", "redis_server"]
 

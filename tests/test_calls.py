@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gate import keys
+from gate.api.http import TICKER
+from gate.calls.rating import Increment, cost_micros
 from gate.clock import ManualClock
-from gate.http import TICKER
-from gate.rating import Increment, cost_micros
+from gate.store import keys
 from tests.conftest import PLATFORM, Client, MakeClient, auth, new_workspace
 
 CARD = """
@@ -518,9 +518,9 @@ async def test_rate_reload_keeps_live_calls_rate(
 
 
 async def test_check_catches_a_call_billed_wrong(client: Client, redis: Redis) -> None:
-    from gate.check import check_workspace
-    from gate.http import CTX
-    from gate.wallet import post
+    from gate.api.http import CTX
+    from gate.history.check import check_workspace
+    from gate.wallet.service import post
 
     ws = await new_workspace(client)
     rating = [("rate_micros", 200_000), ("increment", "60/6"), ("connect_fee_micros", 0),
@@ -614,7 +614,7 @@ async def test_month_out_of_range_is_a_400(client: Client) -> None:
 
 
 async def test_check_is_exact_while_calls_run(client: Client, redis: Redis) -> None:
-    from gate.check import check_workspace
+    from gate.history.check import check_workspace
 
     ws = await new_workspace(client)
     sw = await switch_key(client, ws)

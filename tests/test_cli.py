@@ -18,8 +18,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from gate import keys
-from gate.redis_proc import RedisServer, free_port
+from gate.store import keys
+from gate.store.redis_proc import RedisServer, free_port
 
 GATE = str(Path(sys.executable).parent / "gate")
 PLATFORM_KEY = "cli-test-platform-key-0123456789"

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from gate import redis_client
+from gate.api.http import TICKER
 from gate.app import create_app
-from gate.check import check_all
 from gate.clock import ManualClock
-from gate.http import TICKER
-from gate.redis_proc import RedisClusterProcs
+from gate.history.check import check_all
 from gate.settings import Settings
+from gate.store import redis_client
+from gate.store.redis_proc import RedisClusterProcs
 from tests.conftest import PLATFORM, auth
 from tests.test_delivery import Receiver, receiver, until  # noqa: F401
 

@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
 
 from gate.app import create_app
-from gate.check import check_workspace
 from gate.clock import SystemClock
+from gate.history.check import check_workspace
 from gate.settings import Settings
 from tests.conftest import PLATFORM, auth
 from tests.test_delivery import Receiver, receiver, setup_ws, until  # noqa: F401

@@ -18,11 +18,12 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
 
-from gate import events, keys
+from gate.api.http import CTX, OUTBOX
 from gate.clock import ManualClock
-from gate.delivery import Outbox
-from gate.http import CTX, OUTBOX
-from gate.redis_client import text
+from gate.delivery import events
+from gate.delivery.outbox import Outbox
+from gate.store import keys
+from gate.store.redis_client import text
 from tests.conftest import Client, auth, new_workspace
 
 Respond = Callable[[dict[str, Any], int], Awaitable[int]]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gate.api.http import TICKER
 from gate.clock import ManualClock
-from gate.http import TICKER
 from tests.conftest import Client, auth
 from tests.test_delivery import Receiver, outboxes, receiver, setup_ws, until  # noqa: F401
 

@@ -9,8 +9,8 @@ import pytest
 from msgspec import msgpack
 from redis.asyncio import Redis
 
-from gate import keys
-from gate.routes import ROUTES, Route
+from gate.api.routes import ROUTES, Route
+from gate.store import keys
 from tests.conftest import PLATFORM, Client, auth, new_workspace
 from tests.helpers import snapshot, wallet_json
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from gate import ledger
+from gate.api.http import CTX
 from gate.clock import ManualClock
-from gate.http import CTX
-from gate.scripts import Code
-from gate.wallet import post
+from gate.history import ledger
+from gate.store.scripts import Code
+from gate.wallet.service import post
 from tests.conftest import Client, auth, new_workspace
 from tests.helpers import all_rows
 

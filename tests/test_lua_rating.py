@@ -1,4 +1,4 @@
-"""lua/_rating.lua and gate/rating.py are the same arithmetic: checked case by case in Redis."""
+"""lua/_rating.lua and gate/calls/rating.py are the same arithmetic, checked case by case."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import random
 
 from redis.asyncio import Redis
 
-from gate.rating import Increment, cost_micros, paid_seconds
-from gate.scripts import lua_dir
+from gate.calls.rating import Increment, cost_micros, paid_seconds
+from gate.store.scripts import lua_dir
 
 # Runs the include on a batch of cases: ARGV = rate, fee, first, next, t, budget, cap, ...
 PROBE = (

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gate.api.schemas import Topup
 from gate.errors import ValidationFailed
 from gate.money import MAX_MICROS, ceil_div, parse_usd, usd, usd_str
-from gate.schemas import Topup
 
 
 @pytest.mark.parametrize(

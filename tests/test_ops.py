@@ -7,8 +7,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from gate.http import CTX
-from gate.routes import ROUTES
+from gate.api.http import CTX
+from gate.api.routes import ROUTES
 from tests.conftest import Client, MakeClient, auth, new_workspace
 
 

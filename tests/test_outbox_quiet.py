@@ -6,8 +6,8 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from gate import keys
-from gate.http import OUTBOX
+from gate.api.http import OUTBOX
+from gate.store import keys
 from tests.conftest import Client, auth, new_workspace
 from tests.test_delivery import Receiver, receiver, topup, until  # noqa: F401
 
@@ -41,7 +41,7 @@ async def test_no_url_workspace_is_left_alone(
 
 async def test_skipping_stops_at_the_event_seen_without_a_url(client: Client, redis: Redis) -> None:
     """An event raised as a URL is being set is not skipped with the ones before it."""
-    from gate.http import CTX
+    from gate.api.http import CTX
 
     ws = await new_workspace(client)
     k = keys.for_workspace(ws["id"])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gate.rating import (
+from gate.calls.rating import (
     UNLIMITED_S,
     Increment,
     NoRate,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from gate.redis_client import connect
-from gate.redis_proc import (
+from gate.store.redis_client import connect
+from gate.store.redis_proc import (
     RedisClusterProcs,
     RedisServer,
     RedisServerError,

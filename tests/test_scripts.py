@@ -14,18 +14,18 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
-from gate import keys, redis_client
-from gate.check import check_all
 from gate.clock import ManualClock
 from gate.context import Context
 from gate.errors import NotFound
-from gate.payments import SandboxProvider
-from gate.redis_proc import RedisClusterProcs
-from gate.scripts import Code, ScriptError, Scripts, compile_scripts, lua_dir
+from gate.history.check import check_all
 from gate.settings import Settings
-from gate.tenancy import Role, hash_key
-from gate.wallet import Wallet, body_hash, idem_claim, idem_fail, post
-from gate.workspaces import Workspaces
+from gate.store import keys, redis_client
+from gate.store.redis_proc import RedisClusterProcs
+from gate.store.scripts import Code, ScriptError, Scripts, compile_scripts, lua_dir
+from gate.tenancy.auth import Role, hash_key
+from gate.tenancy.workspaces import Workspaces
+from gate.wallet.payments import SandboxProvider
+from gate.wallet.service import Wallet, body_hash, idem_claim, idem_fail, post
 from tests.helpers import make_ctx
 
 SCRIPT_FILES = sorted(p for p in lua_dir().glob("*.lua") if not p.name.startswith("_"))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gate.segments import GSM7_BASIC, GSM7_EXTENSION, sms_segments
+from gate.calls.segments import GSM7_BASIC, GSM7_EXTENSION, sms_segments
 
 # The GSM 03.38 default alphabet in code order, 0x00 to 0x7F, with ESC (0x1B) as "\x1b".
 GSM7_TABLE = (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gate.redis_proc import free_port
+from gate.store.redis_proc import free_port
 from tests.test_calls import CARD
 from tests.test_cli import GATE, PLATFORM_KEY, clean_env, wait_healthy
 

@@ -11,10 +11,10 @@ import pytest
 from aiohttp import ClientResponse
 from redis.asyncio import Redis
 
-from gate import api_events
+from gate.api import events as api_events
 from gate.app import create_app
-from gate.check import check_all
 from gate.clock import ManualClock
+from gate.history.check import check_all
 from gate.settings import Settings
 from tests.conftest import PLATFORM, Client, auth, new_workspace
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gate import keys
-from gate.tenancy import hash_key
+from gate.store import keys
+from gate.tenancy.auth import hash_key
 from tests.conftest import PLATFORM, Client, auth, new_workspace
 from tests.helpers import all_rows, wallet_json
 

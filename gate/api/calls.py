@@ -6,11 +6,11 @@ import re
 
 from aiohttp import web
 
-from gate.call_schemas import EndCall, Heartbeat, StartCall
-from gate.calls import RateCardError, StartParams
+from gate.api.call_schemas import EndCall, Heartbeat, StartCall
+from gate.api.http import CALLS, RATES, decode, json, principal, query_int
+from gate.calls.service import RateCardError, StartParams
 from gate.errors import ValidationFailed
-from gate.http import CALLS, RATES, decode, json, principal, query_int
-from gate.tenancy import Role
+from gate.tenancy.auth import Role
 
 _CALL_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")  # as call_schemas.CallId
 

@@ -7,10 +7,10 @@ from collections.abc import Iterable
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 
-from gate import keys
-from gate.ledger import Row
-from gate.rating import Increment, cost_micros
-from gate.redis_client import as_bytes, entries, text
+from gate.calls.rating import Increment, cost_micros
+from gate.history.ledger import Row
+from gate.store import keys
+from gate.store.redis_client import as_bytes, entries, text
 
 
 def _call_cost_problem(row: Row) -> str | None:

@@ -2,7 +2,7 @@
 
 How the work is found: `notify` (domain code, after a script emitted events) marks the
 workspace for this process's worker and wakes it at once; every `poll_ms` the worker also
-claims due workspaces from the global outbox index (gate/due.py), which is how retries fall
+claims due workspaces from the global outbox index (gate/store/due.py), which is how retries fall
 due and how another process picks up the work of one that died. A periodic rescan rebuilds
 the index from the workspaces' own state, in case a process died between a script and its
 hint.
@@ -35,15 +35,17 @@ import aiohttp
 import orjson
 from standardwebhooks.webhooks import Webhook
 
-from gate import __version__, events, keys, metrics
+from gate import __version__, metrics
 from gate.context import Context
-from gate.due import DueIndex
-from gate.keys import WsKeys
-from gate.redis_client import text
-from gate.scripts import Code
+from gate.delivery import events
+from gate.store import keys
+from gate.store.due import DueIndex
+from gate.store.keys import WsKeys
+from gate.store.redis_client import text
+from gate.store.scripts import Code
 from gate.tasks import cancel, wait_for_wake
 
-log = logging.getLogger("gate.delivery")
+log = logging.getLogger("gate.delivery.outbox")
 
 SCAN = 1000  # events after the cursor one window script looks at: bounds its run time
 CLAIM = 100  # most workspaces per index claim

@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 from msgspec import UNSET
 
-from gate import ledger
+from gate.api.http import CTX, RATES, WALLET, WORKSPACES, decode, json, principal, query_int
+from gate.api.schemas import Topup, WalletSettings
 from gate.errors import ValidationFailed
-from gate.http import CTX, RATES, WALLET, WORKSPACES, decode, json, principal, query_int
+from gate.history import ledger
 from gate.money import parse_usd
-from gate.schemas import Topup, WalletSettings
-from gate.tenancy import Role
+from gate.tenancy.auth import Role
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 

@@ -12,9 +12,10 @@ import orjson
 from aiohttp import web
 
 from gate import metrics
-from gate.calls import Calls, RateBook
+from gate.calls.service import Calls, RateBook
+from gate.calls.ticker import Ticker
 from gate.context import Context
-from gate.delivery import Outbox
+from gate.delivery.outbox import Outbox
 from gate.errors import (
     GateError,
     InvalidJSON,
@@ -23,12 +24,11 @@ from gate.errors import (
     PayloadTooLarge,
     ValidationFailed,
 )
-from gate.tenancy import Authenticator, Principal, Role
-from gate.ticker import Ticker
-from gate.wallet import Wallet
-from gate.workspaces import Workspaces
+from gate.tenancy.auth import Authenticator, Principal, Role
+from gate.tenancy.workspaces import Workspaces
+from gate.wallet.service import Wallet
 
-log = logging.getLogger("gate.http")
+log = logging.getLogger("gate.api.http")
 T = TypeVar("T")
 MAX_BODY = 64 * 1024
 # Shared state of the app, in one place.

@@ -13,7 +13,16 @@ from typing import Any
 
 import msgspec
 
-from gate import keys
+from gate.calls.rating import (
+    Increment,
+    NoRate,
+    Rate,
+    RateCard,
+    RateCardError,
+    classify_number,
+    cost_micros,
+    load_rate_card,
+)
 from gate.context import Context
 from gate.errors import (
     InsufficientBalance,
@@ -24,20 +33,11 @@ from gate.errors import (
     WorkspaceSuspended,
 )
 from gate.money import usd
-from gate.rating import (
-    Increment,
-    NoRate,
-    Rate,
-    RateCard,
-    RateCardError,
-    classify_number,
-    cost_micros,
-    load_rate_card,
-)
-from gate.redis_client import as_bytes
-from gate.scripts import Code
+from gate.store import keys
+from gate.store.redis_client import as_bytes
+from gate.store.scripts import Code
 
-log = logging.getLogger("gate.calls")
+log = logging.getLogger("gate.calls.service")
 
 
 class Record(msgspec.Struct, frozen=True):

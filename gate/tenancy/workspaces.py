@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gate import keys
 from gate.context import Context
 from gate.errors import NotFound, ValidationFailed
 from gate.money import usd
-from gate.redis_client import text
-from gate.scripts import Code
-from gate.tenancy import Role, new_key, new_webhook_secret, new_workspace_id
+from gate.store import keys
+from gate.store.redis_client import text
+from gate.store.scripts import Code
+from gate.tenancy.auth import Role, new_key, new_webhook_secret, new_workspace_id
 
 
 @dataclass(frozen=True, slots=True)

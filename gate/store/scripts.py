@@ -62,7 +62,7 @@ class ScriptError(RuntimeError):
 def lua_dir() -> Path:
     """Where the scripts are: gate/lua in an installed wheel, lua/ beside gate/ in a checkout."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "lua", here.parent / "lua"):
+    for candidate in (here.parent / "lua", here.parent.parent / "lua"):
         if candidate.is_dir():
             return candidate
     raise ScriptError(f"no lua/ directory next to {here}; reinstall the gate package")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from gate.scripts import Scripts
+from gate.store.scripts import Scripts
 
 
 class DueIndex:

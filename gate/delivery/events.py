@@ -17,10 +17,10 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
-from gate import keys
 from gate.errors import ValidationFailed
 from gate.money import usd
-from gate.redis_client import entries, text
+from gate.store import keys
+from gate.store.redis_client import entries, text
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 # Data fields that are whole numbers whatever their suffix.

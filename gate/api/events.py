@@ -11,11 +11,12 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gate import events, keys
+from gate.api.http import CTX, principal
+from gate.delivery import events
 from gate.errors import NotFound, ValidationFailed
-from gate.http import CTX, principal
-from gate.redis_client import entries, text
-from gate.tenancy import Role
+from gate.store import keys
+from gate.store.redis_client import entries, text
+from gate.tenancy.auth import Role
 
 log = logging.getLogger("gate.events")
 

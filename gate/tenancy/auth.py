@@ -19,9 +19,9 @@ from enum import IntEnum
 
 from redis.asyncio import Redis, RedisCluster
 
-from gate import keys
 from gate.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
-from gate.redis_client import text
+from gate.store import keys
+from gate.store.redis_client import text
 
 WORKSPACE_ID = re.compile(r"^ws_[0-9a-f]{16}$")
 

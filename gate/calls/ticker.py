@@ -1,6 +1,6 @@
 """The ticker: bills every answered live call every tick_s and sends cuts at their cut time.
 
-Due calls sit in per-workspace sorted sets; the global tick index (gate/due.py) says which
+Due calls sit in per-workspace sorted sets; the global tick index (gate/store/due.py) says which
 workspaces have due calls. Every gate process runs a ticker: it leases due workspaces,
 runs call_tick on each (atomic: no call is billed twice), and settles the index. Polling
 every `cut_poll_ms` (50 ms) bounds how late a cut can be; a notify from this process wakes
@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gate import keys, metrics
+from gate import metrics
 from gate.context import Context
-from gate.due import DueIndex
+from gate.store import keys
+from gate.store.due import DueIndex
 from gate.tasks import cancel, wait_for_wake
 
-log = logging.getLogger("gate.ticker")
+log = logging.getLogger("gate.calls.ticker")
 
 BATCH = 500  # calls per call_tick run: bounds how long one script blocks Redis
 CLAIM = 100  # workspaces per claim

@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 
-from gate import keys, ledger
 from gate.context import Context
 from gate.errors import (
     IdempotencyKeyInProgress,
@@ -21,11 +20,13 @@ from gate.errors import (
     PaymentDeclined,
     ValidationFailed,
 )
+from gate.history import ledger
 from gate.money import usd
-from gate.payments import PaymentError, PaymentProvider
-from gate.redis_client import entries, text
-from gate.scripts import Code
-from gate.workspaces import Workspace, Workspaces
+from gate.store import keys
+from gate.store.redis_client import entries, text
+from gate.store.scripts import Code
+from gate.tenancy.workspaces import Workspace, Workspaces
+from gate.wallet.payments import PaymentError, PaymentProvider
 
 TOPUP_MIN_MICROS = 1_000_000
 TOPUP_MAX_MICROS = 1_000_000_000

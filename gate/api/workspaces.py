@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from msgspec import UNSET
 
+from gate.api.http import OUTBOX, WALLET, WORKSPACES, decode, json, principal
+from gate.api.schemas import Adjustment, CreateKey, CreateWorkspace, WorkspacePatch
 from gate.errors import ValidationFailed
-from gate.http import OUTBOX, WALLET, WORKSPACES, decode, json, principal
 from gate.money import parse_usd
-from gate.schemas import Adjustment, CreateKey, CreateWorkspace, WorkspacePatch
-from gate.tenancy import Role
+from gate.tenancy.auth import Role
 
 
 async def create_workspace(request: web.Request) -> web.StreamResponse:

@@ -6,7 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gate import metrics
-from gate.http import CTX, json
+from gate.api.http import CTX, json
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -38,6 +38,6 @@ async def prometheus(request: web.Request) -> web.StreamResponse:
 
 
 async def openapi(request: web.Request) -> web.StreamResponse:
-    from gate.routes import openapi_document  # the route table imports this module
+    from gate.api.routes import openapi_document  # the route table imports this module
 
     return json(openapi_document())

@@ -16,10 +16,10 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
-from gate import keys
 from gate.errors import InvalidCursor, ValidationFailed
 from gate.money import usd, usd_str
-from gate.redis_client import entries, text
+from gate.store import keys
+from gate.store.redis_client import entries, text
 
 ROW_TYPES = (
     "recharge",

@@ -9,9 +9,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gate import __version__, api_calls, api_events, api_ops, api_wallet, api_workspaces, schemas
-from gate.call_schemas import EndCall, Heartbeat, StartCall
-from gate.http import Handler
+from gate import __version__
+from gate.api import calls as api_calls
+from gate.api import events as api_events
+from gate.api import ops as api_ops
+from gate.api import schemas
+from gate.api import wallet as api_wallet
+from gate.api import workspaces as api_workspaces
+from gate.api.call_schemas import EndCall, Heartbeat, StartCall
+from gate.api.http import Handler
 
 
 @dataclass(frozen=True)

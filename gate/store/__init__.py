@@ -1,0 +1,4 @@
+"""Redis: the client factory, key names, the Lua script registry, due indexes, private servers.
+
+Imports nothing of Gate's but the top-level helpers (`gate.metrics`, `gate.errors`).
+"""

@@ -1,0 +1,4 @@
+"""Who is who: workspaces, API keys, roles and the authenticator.
+
+May import `gate.store` and the top-level helpers; never aiohttp.
+"""
