@@ -13,7 +13,7 @@ from gate.api.http import TICKER
 from gate.calls.rating import Increment, cost_micros
 from gate.clock import ManualClock
 from gate.store import keys
-from tests.conftest import PLATFORM, Client, MakeClient, auth, new_workspace
+from tests.conftest import PLATFORM, Client, MakeClient, auth, new_switch_key, new_workspace
 
 CARD = """
 currency = "USD"
@@ -42,11 +42,7 @@ def card(tmp_path: Path, inc: str = "60/6", fee: str = "0") -> str:
 
 
 async def switch_key(client: Client, ws: dict[str, Any]) -> dict[str, str]:
-    resp = await client.post(
-        f"/v1/workspaces/{ws['id']}/keys", json={"role": "switch"}, headers=auth(ws["key"])
-    )
-    assert resp.status == 201
-    return auth((await resp.json())["key"])
+    return auth(await new_switch_key(client, ws["id"]))
 
 
 async def set_balance(client: Client, ws: dict[str, Any], micros: int) -> None:

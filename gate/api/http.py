@@ -65,7 +65,10 @@ async def decode(request: web.Request, schema: type[T]) -> T:
 
 async def principal(request: web.Request, role: Role) -> Principal:
     who = await request.app[AUTH].authenticate(request.headers.get("Authorization"))
-    who.require(role)
+    if role is Role.switch:
+        who.require_switch()
+    else:
+        who.require(role)
     return who
 
 

@@ -92,7 +92,11 @@ def openapi_document() -> dict[str, Any]:
         }
         if r.role:
             op["security"] = [{"bearer": []}]
-            op["description"] = f"Needs a key of role `{r.role}` or higher."
+            op["description"] = (
+                "Needs the platform's `switch` key (no other role)."
+                if r.role == "switch"
+                else f"Needs a key of role `{r.role}` or higher."
+            )
         if r.body is not None:
             op["requestBody"] = {
                 "required": True,

@@ -7,7 +7,7 @@ from msgspec import UNSET
 
 from gate.api.http import OUTBOX, WALLET, WORKSPACES, decode, json, principal
 from gate.api.schemas import Adjustment, CreateKey, CreateWorkspace, WorkspacePatch
-from gate.errors import ValidationFailed
+from gate.errors import Forbidden, ValidationFailed
 from gate.money import parse_usd
 from gate.tenancy.auth import Role
 
@@ -37,6 +37,11 @@ async def create_key(request: web.Request) -> web.StreamResponse:
     body = await decode(request, CreateKey)
     role = Role[body.role]
     who.require(role)  # nobody mints a key stronger than their own
+    if role is Role.switch and who.role is not Role.platform:
+        raise Forbidden(
+            "switch keys are issued by the platform only (the switch is the platform's "
+            "infrastructure, not the tenant's): create it with the platform key"
+        )
     key, key_id = await request.app[WORKSPACES].create_key(workspace_id, role)
     return json({"key": key, "role": role.name, "id": key_id}, 201)
 
