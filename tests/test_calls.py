@@ -17,6 +17,9 @@ from tests.conftest import PLATFORM, Client, MakeClient, auth, new_switch_key, n
 
 CARD = """
 currency = "USD"
+[[number_types]]
+prefix = "+1650"
+type = "local"
 [[rates]]
 service = "voice"
 prefix = ""
@@ -202,7 +205,7 @@ async def test_free_local_call_reserves_nothing(make_client: MakeClient, tmp_pat
     ws = await new_workspace(client)
     sw = await switch_key(client, ws)
     await set_balance(client, ws, 0)
-    resp = await client.post("/v1/calls", json=call("c1", number_type="local"), headers=sw)
+    resp = await client.post("/v1/calls", json=call("c1", to="+16505550100"), headers=sw)
     assert resp.status == 201
     body = await resp.json()
     assert (body["reserved_usd"], body["rate_per_min_usd"]) == (0, 0)
