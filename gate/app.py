@@ -64,7 +64,9 @@ def create_app(
         ctx = Context(redis, scripts, clock or SystemClock(), settings)
         workspaces = Workspaces(ctx)
         app[CTX] = ctx
-        app[AUTH] = Authenticator(redis, settings.platform_key, settings.auth_cache_s)
+        app[AUTH] = Authenticator(
+            redis, settings.platform_key, settings.auth_cache_s, settings.switch_key
+        )
         app[WORKSPACES] = workspaces
         app[WALLET] = Wallet(ctx, workspaces, payments or SandboxProvider())
         app[CALLS] = Calls(ctx, rates)

@@ -4,6 +4,7 @@ GateError
 ├── BadRequest (400)
 │   ├── ValidationFailed (400 validation_error)
 │   ├── InvalidJSON (400 invalid_json)
+│   ├── InvalidNumber (400 invalid_number)
 │   └── InvalidCursor (400 invalid_cursor)
 ├── Unauthorized (401 unauthorized)
 ├── PaymentRequired (402)
@@ -55,6 +56,10 @@ class ValidationFailed(BadRequest):
 
 class InvalidJSON(BadRequest):
     code = "invalid_json"
+
+
+class InvalidNumber(BadRequest):
+    code = "invalid_number"
 
 
 class InvalidCursor(BadRequest):

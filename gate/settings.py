@@ -30,6 +30,13 @@ class Settings:
     max_call_s: int = 14400
     signup_credit_micros: int = 10_000_000
     switch_webhook_url: str | None = None
+    # One switch, many tenants (issue 11): a service-wide switch key that may act for every
+    # workspace, the secret the service-wide switch URL is signed with, which events that URL
+    # gets ("all" or "call": call.* only) and where the others go then.
+    switch_key: str | None = None
+    switch_webhook_secret: str | None = None
+    switch_webhook_events: str = "all"
+    events_webhook_url: str | None = None
     start_timeout_ms: int = 500
     ring_timeout_s: int = 120
     inbound_grace_max_s: int = 60
@@ -73,6 +80,10 @@ ENV = {
     "max_call_s": "GATE_MAX_CALL_S",
     "signup_credit_micros": "GATE_SIGNUP_CREDIT_USD",
     "switch_webhook_url": "GATE_SWITCH_WEBHOOK_URL",
+    "switch_key": "GATE_SWITCH_KEY",
+    "switch_webhook_secret": "GATE_SWITCH_WEBHOOK_SECRET",
+    "switch_webhook_events": "GATE_SWITCH_WEBHOOK_EVENTS",
+    "events_webhook_url": "GATE_EVENTS_WEBHOOK_URL",
     "start_timeout_ms": "GATE_START_TIMEOUT_MS",
     "ring_timeout_s": "GATE_RING_TIMEOUT_S",
     "inbound_grace_max_s": "GATE_INBOUND_GRACE_MAX_S",
@@ -106,7 +117,15 @@ def _parse(name: str, raw: str) -> Any:
         raise SettingsError(
             f"{var}={raw!r}: expected a redis://, rediss://, unix:// or redis+cluster:// URL"
         )
-    if name == "switch_webhook_url" and not raw.startswith(("http://", "https://")):
+    if name == "switch_webhook_secret" and not raw.startswith("whsec_"):
+        raise SettingsError(f"{var}: expected a Standard Webhooks secret whsec_<base64>")
+    if name == "switch_key" and len(raw) < 24:
+        raise SettingsError(f"{var}: expected a random key of at least 24 characters")
+    if name == "switch_webhook_events" and raw not in {"all", "call"}:
+        raise SettingsError(f"{var}={raw!r}: expected all or call (call.* events only)")
+    if name in ("switch_webhook_url", "events_webhook_url") and not raw.startswith(
+        ("http://", "https://")
+    ):
         raise SettingsError(f"{var}={raw!r}: expected an http:// or https:// URL")
     if name == "log_level" and raw.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"{var}={raw!r}: expected DEBUG, INFO, WARNING or ERROR")

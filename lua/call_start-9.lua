@@ -40,7 +40,8 @@
 --   {1, record, balance, reserved}   the call started before: the first answer, nothing held
 --   {2}                              the call ended already
 --   {-1}                             no such workspace
---   {-4, balance, reserved, needed}  outbound and available < buffer cost
+--   {-4, balance, reserved, needed}  outbound and available < buffer cost, or an inbound
+--                                    call the money and the grace would give 0 seconds
 --   {-6, live, max}                  max_concurrent_calls reached, nothing held
 --   {-7, balance, reserved}          workspace suspended (balance <= 0 past the grace)
 --   {-10, late_ms}                   the deadline passed before the script ran; nothing done
@@ -114,6 +115,8 @@ if avail >= needed and (dir == 'outbound' or avail >= threshold) then
 else
   -- inbound below the threshold: hold what there is, limit the call to it plus the grace
   c.hz = paid_seconds(c, math.max(avail, 0), max_call_s)
+  -- an allow for 0 seconds is no allow: the switch could only hang up at once
+  if c.hz + grace <= 0 then return {-4, balance, reserved, needed} end
   hold(c, cost(c, c.hz))
   set_cut(c, now_ms, true)
 end

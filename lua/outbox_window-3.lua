@@ -2,8 +2,9 @@
 --
 -- Reads the events after the delivery cursor, in stream order. An event never tried is due
 -- now; a failed one at its next try time. With an owner it first moves the cursor over
--- finished events and drops a retried call.cut whose call has ended (the switch hung up
--- already, so there is nothing left to cut). Without one (owner "") it only reads: the
+-- finished events and drops a retried call.* event (cut, limit, extended) whose call has
+-- ended (the switch hung up already: nothing left to cut or re-arm, so it is not retried
+-- for hours). Without one (owner "") it only reads: the
 -- due-index uses that to learn the workspace's earliest due time.
 --
 -- KEYS[1] outbox  hash    delivery state (see lua/_outbox.lua)
@@ -19,7 +20,7 @@
 --       `cursor`; due_ms = the earliest due time of the other unfinished events looked at
 --       (now_ms as soon as one more is due now), -1 when there are none
 --   {-3}  an owner was given and does not hold the lease (nothing changed)
--- Side effects (owner given): cursor moved; dropped call.cut events marked finished.
+-- Side effects (owner given): cursor moved; dropped call.* events marked finished.
 local rcall = redis.call
 local outbox, events, ended = KEYS[1], KEYS[2], KEYS[3]
 local owner = ARGV[1]
@@ -50,8 +51,9 @@ for i = 1, #batch do
     end
     local dropped = false
     -- A stale cut is sent by the sweeper as it ends the call: it must still be retried.
-    if owner ~= '' and attempts > 0 and field(entry, 'type') == 'call.cut'
-        and field(entry, 'd:reason') ~= 'stale' then
+    local kind = field(entry, 'type') or ''
+    if owner ~= '' and attempts > 0 and string.sub(kind, 1, 5) == 'call.'
+        and not (kind == 'call.cut' and field(entry, 'd:reason') == 'stale') then
       local call_id = field(entry, 'd:call_id')
       if call_id and rcall('HEXISTS', ended, call_id) == 1 then
         rcall('HSET', outbox, 's:' .. id, 'ok')

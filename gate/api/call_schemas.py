@@ -8,16 +8,24 @@ from msgspec import Meta, field
 
 from gate.api.schemas import Body, Id
 
-CallId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@+-]+$")]
+# Any SIP Call-ID: 1 to 256 printable ASCII characters, no spaces or controls (RFC 3261's
+# word@word fits; in URLs it is percent-encoded, '/' as %2F).
+CALL_ID_PATTERN = r"^[!-~]{1,256}$"
+CallId = Annotated[str, Meta(min_length=1, max_length=256, pattern=CALL_ID_PATTERN)]
 E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{1,14}$", description="E.164 number")]
+# A number as a switch has it; gate/calls/numbers.py turns it into E.164 or refuses it.
+SwitchNumber = Annotated[
+    str, Meta(min_length=1, max_length=256, description="E.164, digits, 00..., or sip:/tel: URI")
+]
+WorkspaceId = Annotated[str, Meta(pattern=r"^ws_[0-9a-f]{16}$")]
 Duration = Annotated[int, Meta(ge=0, le=7 * 86400, description="whole seconds")]
 
 
 class StartCall(Body):
     call_id: CallId
     direction: Literal["outbound", "inbound"]
-    from_: E164 = field(name="from")
-    to: E164
+    from_: SwitchNumber = field(name="from")
+    to: SwitchNumber
     service: Literal["voice", "ai_agent"] = "voice"
     user: Id | None = None
     group: Id | None = None
@@ -26,6 +34,8 @@ class StartCall(Body):
     # The switch's deadline for this answer; past it the start is answered 503 gate_timeout
     # and never committed. Default GATE_START_TIMEOUT_MS.
     timeout_ms: Annotated[int, Meta(ge=50, le=60_000)] | None = None
+    # With the service-wide switch key: the workspace the call is billed to.
+    workspace_id: WorkspaceId | None = None
 
 
 class Heartbeat(Body):
@@ -38,15 +48,19 @@ class EndCall(Body):
     hangup_cause: Annotated[str, Meta(max_length=64)] | None = None
     # For an end the gate never saw a start for (it failed open): how to rate it.
     direction: Literal["outbound", "inbound"] = "outbound"
-    from_: E164 | None = field(default=None, name="from")
-    to: E164 | None = None
+    from_: SwitchNumber | None = field(default=None, name="from")
+    to: SwitchNumber | None = None
     service: Literal["voice", "ai_agent"] = "voice"
     user: Id | None = None
     group: Id | None = None
     number_type: Literal["local", "toll_free", "international"] | None = None
+    # With the service-wide switch key, for a call Gate never saw: its workspace.
+    workspace_id: WorkspaceId | None = None
 
 
 class SyncCalls(Body):
     """The calls the switch has up right now (CGRateS' channel sync)."""
 
     call_ids: Annotated[list[CallId], Meta(max_length=100_000)]
+    # With the service-wide switch key: sync one workspace (default: every workspace).
+    workspace_id: WorkspaceId | None = None

@@ -9,20 +9,47 @@ import time
 from aiohttp import web
 
 from gate import metrics
-from gate.api.call_schemas import EndCall, Heartbeat, StartCall, SyncCalls
+from gate.api.call_schemas import CALL_ID_PATTERN, EndCall, Heartbeat, StartCall, SyncCalls
 from gate.api.http import CALLS, CTX, RATES, decode, json, principal, query_int
+from gate.calls.numbers import to_e164
+from gate.calls.owners import CallOwners
 from gate.calls.service import RateCardError, StartParams
 from gate.errors import GateTimeout, ValidationFailed
-from gate.tenancy.auth import Role
+from gate.store import keys
+from gate.store.redis_client import text
+from gate.tenancy.auth import Principal, Role
 
-_CALL_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")  # as call_schemas.CallId
+_CALL_ID = re.compile(CALL_ID_PATTERN)
 
 
 def _call_id(request: web.Request) -> str:
+    """The path's call id, percent-decoded (a SIP Call-ID's '/' comes as %2F)."""
     call_id = request.match_info["call_id"]
     if not _CALL_ID.match(call_id):
-        raise ValidationFailed("call_id must be 1 to 128 letters, digits or ._:@+-")
+        raise ValidationFailed(
+            "call_id must be 1 to 256 printable ASCII characters without spaces (any SIP "
+            "Call-ID), percent-encoded in the URL",
+            field="call_id",
+        )
     return call_id
+
+
+def _owners(request: web.Request) -> CallOwners:
+    ctx = request.app[CTX]
+    return CallOwners(ctx.client, ctx.settings)
+
+
+async def _call_workspace(
+    request: web.Request, who: Principal, call_id: str, named: str | None = None
+) -> str:
+    """The workspace of a call: the key's own, or for the service-wide switch key the one
+    its start named (found by the call id); an unseen call's end names it itself."""
+    if not who.every_workspace:
+        return who.workspace(named)
+    owner = await _owners(request).find(call_id)
+    if owner is not None:
+        return owner
+    return who.workspace(named)  # none named: 400 "must name the workspace"
 
 
 def _commit_margin_ms(timeout_ms: int) -> int:
@@ -48,13 +75,17 @@ async def start(request: web.Request) -> web.StreamResponse:
             if body.timeout_ms is not None:
                 timeout_ms = body.timeout_ms
                 deadline.reschedule(started + timeout_ms / 1000)
+            workspace_id = who.workspace(body.workspace_id)
+            from_, to = to_e164(body.from_, "from"), to_e164(body.to, "to")
+            if who.every_workspace:
+                await _owners(request).claim(body.call_id, workspace_id)
             new, answer = await request.app[CALLS].start(
-                who.workspace(),
+                workspace_id,
                 StartParams(
                     body.call_id,
                     body.direction,
-                    body.from_,
-                    body.to,
+                    from_,
+                    to,
                     body.service,
                     body.user,
                     body.group,
@@ -78,32 +109,49 @@ async def start(request: web.Request) -> web.StreamResponse:
 async def sync(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.switch)
     body = await decode(request, SyncCalls)
-    return json(await request.app[CALLS].sync(who.workspace(), body.call_ids))
+    calls = request.app[CALLS]
+    if not who.every_workspace or body.workspace_id is not None:
+        return json(await calls.sync(who.workspace(body.workspace_id), body.call_ids))
+    # The service-wide switch lists the calls of all its tenants: sync each workspace that
+    # has live calls against the whole list (a call of another workspace is simply absent).
+    client = request.app[CTX].client
+    ended: list[object] = []
+    listed = set(body.call_ids)
+    async for member in client.sscan_iter(keys.WORKSPACES, count=500):
+        workspace_id = text(member)
+        if not await client.hlen(keys.for_workspace(workspace_id).live):
+            continue
+        one = await calls.sync(workspace_id, body.call_ids)
+        ended += one["ended"]
+        listed -= set(body.call_ids) - set(one["not_live"])
+    return json({"ended": ended, "not_live": sorted(listed), "listed": len(set(body.call_ids))})
 
 
 async def answer(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.switch)
-    return json(await request.app[CALLS].answer(who.workspace(), _call_id(request)))
+    call_id = _call_id(request)
+    workspace_id = await _call_workspace(request, who, call_id)
+    return json(await request.app[CALLS].answer(workspace_id, call_id))
 
 
 async def heartbeat(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.switch)
     call_id = _call_id(request)
     body = await decode(request, Heartbeat)
-    return json(
-        await request.app[CALLS].heartbeat(who.workspace(), call_id, body.elapsed_s, body.seq)
-    )
+    workspace_id = await _call_workspace(request, who, call_id)
+    return json(await request.app[CALLS].heartbeat(workspace_id, call_id, body.elapsed_s, body.seq))
 
 
 async def end(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.switch)
     call_id = _call_id(request)
     body = await decode(request, EndCall)
+    workspace_id = await _call_workspace(request, who, call_id, body.workspace_id)
     fallback = StartParams(
         call_id,
         body.direction,
-        body.from_ or "",
-        body.to or "",
+        to_e164(body.from_, "from") if body.from_ else "",
+        to_e164(body.to, "to") if body.to else "",
         body.service,
         body.user,
         body.group,
@@ -111,14 +159,16 @@ async def end(request: web.Request) -> web.StreamResponse:
         True,
     )
     _, result = await request.app[CALLS].end(
-        who.workspace(), call_id, body.duration_s, body.hangup_cause, fallback
+        workspace_id, call_id, body.duration_s, body.hangup_cause, fallback
     )
     return json(result, 200)
 
 
 async def get_call(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.agent)
-    return json(await request.app[CALLS].get(who.workspace(), _call_id(request)))
+    call_id = _call_id(request)
+    workspace_id = await _call_workspace(request, who, call_id)
+    return json(await request.app[CALLS].get(workspace_id, call_id))
 
 
 async def list_calls(request: web.Request) -> web.StreamResponse:

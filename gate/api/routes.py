@@ -69,8 +69,19 @@ ROUTES = [
 ]  # fmt: skip
 
 
+# aiohttp's default {name} pattern refuses '{' and '}', which SIP Call-IDs may hold; the
+# call id may be any percent-encoded segment ('/' comes as %2F, decoded in match_info).
+_PATTERNS = {"{call_id}": "{call_id:[^/]+}"}
+
+
+def _aiohttp_path(path: str) -> str:
+    for name, pattern in _PATTERNS.items():
+        path = path.replace(name, pattern)
+    return path
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_routes([web.route(r.method, r.path, r.handler) for r in ROUTES])
+    app.router.add_routes([web.route(r.method, _aiohttp_path(r.path), r.handler) for r in ROUTES])
 
 
 @cache

@@ -307,6 +307,7 @@ class Calls:
             "granted_s": rec.g0,
             "max_duration_s": None if rec.m0 < 0 else rec.m0,
             "hangup_at": _seconds(rec.h0),
+            **self._relative(rec.h0),
             "tick_s": rec.tk,
             "number_type": rec.nt or None,
             "answered": rec.an0 == 1,
@@ -321,8 +322,17 @@ class Calls:
             "granted_s": rec.hz,
             "max_duration_s": rec.max_duration_s,
             "hangup_at": _seconds(rec.hangup_at_ms),
+            **self._relative(rec.hangup_at_ms),
             "billed_s": rec.bs,
             "balance_usd": usd(balance),
+        }
+
+    def _relative(self, hangup_at_ms: int) -> dict[str, int]:
+        """hangup_at also as milliseconds: a switch script with 32-bit integers (Kamailio)
+        cannot hold epoch milliseconds, and a relative time needs no synchronised clock."""
+        return {
+            "hangup_at_ms": hangup_at_ms,
+            "hangup_in_ms": max(hangup_at_ms - self.ctx.clock.now_ms(), 0),
         }
 
     async def answer(self, workspace_id: str, call_id: str) -> dict[str, Any]:
@@ -362,6 +372,8 @@ class Calls:
                 "granted_s": ended.duration,
                 "max_duration_s": None,
                 "hangup_at": _seconds(now),
+                "hangup_at_ms": now,
+                "hangup_in_ms": 0,
                 "billed_s": ended.duration,
                 "balance_usd": usd(ended.balance),
             }
@@ -503,6 +515,7 @@ class Calls:
             "reserved_micros": rec.held,
             "max_duration_s": rec.max_duration_s,
             "hangup_at": _seconds(rec.hangup_at_ms),
+            **self._relative(rec.hangup_at_ms),
             "cut_at": _seconds(rec.cut) if rec.cut else None,
             "cut_sent": bool(rec.cs),
         }

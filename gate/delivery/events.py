@@ -88,20 +88,40 @@ def at_ms(fields: Mapping[str, str]) -> int:
 
 
 def render(
-    workspace_id: str, entry_id: str, fields: Mapping[bytes, bytes] | Mapping[str, str]
+    workspace_id: str,
+    entry_id: str,
+    fields: Mapping[bytes, bytes] | Mapping[str, str],
+    now_ms: int | None = None,
 ) -> dict[str, Any]:
-    """The public JSON of one event stream entry."""
+    """The public JSON of one event stream entry; with `now_ms` (a webhook being sent) a
+    call.* event also says how far its hangup time is from now (see `relative`)."""
     plain = {text(k): text(v) for k, v in fields.items()}
     data = {k[2:]: v for k, v in plain.items() if k.startswith("d:")}
     at = at_ms(plain)
+    rendered = render_data(data)
+    if now_ms is not None and plain["type"].startswith("call."):
+        rendered.update(relative(plain["type"], rendered, now_ms))
     return {
         "id": event_id(workspace_id, entry_id),
         "type": plain["type"],
         "workspace_id": workspace_id,
         "at": iso_ms(at),
         "seq": _int(plain["seq"]),
-        "data": render_data(data),
+        "data": rendered,
     }
+
+
+def relative(kind: str, data: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    """`hangup_in_ms` (never null: 0 = now) and `limited` (0|1) for a switch script.
+
+    Kamailio's integers are 32-bit (epoch ms overflow) and its JSON reader turns null into
+    0, so a switch re-arms its timer from these two alone. A cut means now.
+    """
+    at = data.get("hangup_at_ms")
+    if kind == "call.cut" or not isinstance(at, int):
+        return {"hangup_in_ms": 0, "limited": 1}
+    limited = kind == "call.limit" and data.get("max_duration_s") is not None
+    return {"hangup_in_ms": max(at - now_ms, 0), "limited": int(limited)}
 
 
 async def read_after(

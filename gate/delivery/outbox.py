@@ -63,6 +63,25 @@ class Outcome:
 QUIET_S = 10.0  # how long a workspace without a webhook URL is left alone
 
 
+@dataclass(frozen=True, slots=True)
+class _Routes:
+    """Where each event of a workspace goes: call.* to the switch URL; the others there too,
+    or, with GATE_SWITCH_WEBHOOK_EVENTS=call, to GATE_EVENTS_WEBHOOK_URL (or nowhere)."""
+
+    switch_url: str | None
+    switch_webhook: Webhook
+    calls_only: bool
+    events_url: str | None
+    events_webhook: Webhook
+
+    def of(self, flat: list[Any]) -> tuple[str | None, Webhook]:
+        pairs = zip(flat[::2], flat[1::2], strict=True)
+        kind = next((text(v) for k, v in pairs if text(k) == "type"), "")
+        if kind.startswith("call.") or not self.calls_only:
+            return self.switch_url, self.switch_webhook
+        return self.events_url, self.events_webhook
+
+
 class _Lost:
     """Another process took the workspace's lease: leave the index to it."""
 
@@ -306,8 +325,20 @@ class Outbox:
             record, newest = await pipe.execute()
         if record[1] is None:
             return None  # no such workspace (any more): nothing to deliver to
-        url = text(record[0]) if record[0] else self.ctx.settings.switch_webhook_url
-        if not url:
+        settings = self.ctx.settings
+        url = text(record[0]) if record[0] else settings.switch_webhook_url
+        routes = _Routes(
+            url,
+            # The service-wide switch URL may have the service's own secret (one switch, many
+            # tenants): it cannot know every workspace's secret before parsing the body.
+            Webhook(settings.switch_webhook_secret)
+            if settings.switch_webhook_secret and not record[0]
+            else Webhook(text(record[1])),
+            settings.switch_webhook_events == "call",
+            settings.events_webhook_url,
+            Webhook(text(record[1])),
+        )
+        if not url and not routes.events_url:
             # Nobody to tell: the events stay in the stream for SSE and pulls.
             if len(self._quiet) > 100_000:
                 self._quiet.clear()
@@ -315,7 +346,6 @@ class Outbox:
             if not newest:
                 return None
             return None if await self._record(k, [], skip_to=text(newest[0][0])) else LOST
-        webhook = Webhook(text(record[1]))
         while not self._stopping:
             reply = await self.ctx.scripts.call(
                 "outbox_window",
@@ -331,7 +361,11 @@ class Outbox:
             outcomes = await asyncio.gather(
                 *(
                     self._send(
-                        url, webhook, workspace_id, text(items[i]), int(items[i + 1]), items[i + 2]
+                        *routes.of(items[i + 2]),
+                        workspace_id,
+                        text(items[i]),
+                        int(items[i + 1]),
+                        items[i + 2],
                     )
                     for i in range(0, len(items), 3)
                 )
@@ -356,16 +390,18 @@ class Outbox:
 
     async def _send(
         self,
-        url: str,
+        url: str | None,
         webhook: Webhook,
         workspace_id: str,
         entry_id: str,
         attempts: int,
         flat: list[Any],
     ) -> Outcome:
+        if url is None:  # routed nowhere: it stays in the stream for SSE and pulls
+            return Outcome(entry_id, "ok", "")
         fields = {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
         try:
-            event = events.render(workspace_id, entry_id, fields)
+            event = events.render(workspace_id, entry_id, fields, self.ctx.clock.now_ms())
             at = events.at_ms(fields)
         except (KeyError, ValueError) as err:  # retrying cannot fix it: don't block the rest
             metrics.DELIVERIES.labels("dead").inc()

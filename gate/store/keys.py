@@ -16,6 +16,11 @@ TICK_INDEX = f"{PREFIX}:due:tick"  # zset workspace id -> earliest due ms of its
 OUTBOX_INDEX = f"{PREFIX}:due:outbox"  # zset workspace id -> earliest undelivered event ms
 
 
+def call_owner(call_id: str) -> str:
+    """string: the workspace of a call started with the service-wide switch key (with TTL)."""
+    return f"{PREFIX}:callws:{call_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class WsKeys:
     """The keys of one workspace."""

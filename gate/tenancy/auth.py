@@ -57,6 +57,11 @@ class Principal:
     workspace_id: str | None
     key_id: str
 
+    @property
+    def every_workspace(self) -> bool:
+        """The platform key, or the service-wide switch key (GATE_SWITCH_KEY)."""
+        return self.workspace_id is None and self.role in (Role.platform, Role.switch)
+
     def require(self, role: Role) -> None:
         if self.role < role:
             raise Forbidden(f"this needs a key of role {role.name} or higher")
@@ -78,7 +83,7 @@ class Principal:
                 )
             return self.workspace_id
         if workspace_id == self.workspace_id or (
-            self.role is Role.platform and WORKSPACE_ID.match(workspace_id)
+            self.every_workspace and WORKSPACE_ID.match(workspace_id)
         ):
             return workspace_id
         raise NotFound("no such workspace")
@@ -106,10 +111,15 @@ class Authenticator:
     """Turns an Authorization header into a Principal, with a short in-process cache."""
 
     def __init__(
-        self, client: Redis | RedisCluster, platform_key: str | None, cache_s: float = 5.0
+        self,
+        client: Redis | RedisCluster,
+        platform_key: str | None,
+        cache_s: float = 5.0,
+        switch_key: str | None = None,
     ) -> None:
         self.client = client
         self.platform_key = platform_key
+        self.switch_key = switch_key
         self.cache_s = cache_s
         self._cache: dict[str, tuple[float, Principal]] = {}
 
@@ -130,6 +140,8 @@ class Authenticator:
     async def _lookup(self, key: str) -> Principal:
         if self.platform_key and hmac.compare_digest(key.encode(), self.platform_key.encode()):
             return Principal(Role.platform, None, "platform")
+        if self.switch_key and hmac.compare_digest(key.encode(), self.switch_key.encode()):
+            return Principal(Role.switch, None, "service_switch")
         # gk_ + the 19-character workspace id + _ + secret (the secret may contain "_")
         workspace_id = key[3:22]
         if not (key.startswith("gk_") and key[22:23] == "_" and WORKSPACE_ID.match(workspace_id)):
