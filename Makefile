@@ -3,6 +3,8 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+KAMAILIO_PKGS := kamailio kamailio-extra-modules kamailio-utils-modules kamailio-json-modules \
+	kamailio-tls-modules
 
 .PHONY: run test lint install loadtest clean
 
@@ -25,6 +27,10 @@ $(STAMP): pyproject.toml
 	  echo "no compose client: installing docker-compose to validate docker-compose.yml"; \
 	  (apt-get update -qq && apt-get install -y -qq docker-compose) || \
 	  echo "docker-compose could not be installed; the compose test will skip"; }
+	@dpkg -s $(KAMAILIO_PKGS) >/dev/null 2>&1 || { \
+	  echo "Kamailio packages missing: installing them with apt-get (the switch tests use them)"; \
+	  (apt-get update -qq && apt-get install -y -qq $(KAMAILIO_PKGS)) || \
+	  echo "Kamailio could not be installed; the Kamailio tests will skip"; }
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,loadtest]'

@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="verify the ledger/balance invariants straight from Redis")
     check.add_argument("workspace", nargs="?", help="one workspace id (default: all)")
     sub.add_parser(
+        "switch-config", help="print the Kamailio config for this Gate (--help)", add_help=False
+    )
+    sub.add_parser(
         "loadtest", help="run the load-test harness (see python -m loadtest --help)", add_help=False
     )
     return parser
@@ -225,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["switch-config"]:
+        from gate.switch.config import main as switch_config_main
+
+        return switch_config_main(argv[1:])
     if argv[:1] == ["loadtest"]:
         from loadtest.__main__ import main as loadtest_main
 

@@ -1,0 +1,120 @@
+"""`gate switch-config kamailio`: print the shipped kamailio.cfg with the deployment's values.
+
+The config keeps every value in a `#!trydef NAME value` line at its top (so the file as
+shipped passes `kamailio -c`, and `kamailio -A` may still override a value); rendering
+rewrites those lines, and the sync interval in its rtimer line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from importlib import resources
+
+_VALUE = re.compile(r'^[^"\\\r\n]*$')
+
+
+def template() -> str:
+    return resources.files("gate.switch").joinpath("kamailio.cfg").read_text()
+
+
+def _quoted(name: str, value: str) -> str:
+    if not _VALUE.match(value):
+        raise ValueError(f"{name} may not contain quotes, backslashes or line breaks")
+    return f'"{value}"'
+
+
+def render(
+    *,
+    gate_url: str,
+    key: str,
+    secret: str,
+    workspace: str = "",
+    sip_listen: str = "udp:127.0.0.1:5060",
+    http_listen: str = "tcp:127.0.0.1:5071",
+    carrier: str = "203.0.113.10:5060",
+    timeout_ms: int = 800,
+    inbound_fail_open: bool = True,
+    max_call_s: int = 14400,
+    sync_s: int = 10,
+) -> str:
+    """The config with these values; ValueError names a value Kamailio could not take."""
+    if not gate_url.startswith(("http://", "https://")):
+        raise ValueError("--gate-url must be an http:// or https:// URL")
+    if not secret.startswith("whsec_"):
+        raise ValueError("--secret must be the Standard Webhooks secret, whsec_...")
+    if not 50 <= timeout_ms <= 900:
+        raise ValueError("--timeout-ms must be 50 to 900: Kamailio's HTTP timeout is 1 s")
+    for name, listen in (("--sip-listen", sip_listen), ("--http-listen", http_listen)):
+        if not re.match(r"^(udp|tcp|tls):[^\s\"]+:\d+$", listen):
+            raise ValueError(f"{name} must look like proto:address:port")
+    values = {
+        "GATE_URL": _quoted("--gate-url", gate_url.rstrip("/")),
+        "GATE_KEY": _quoted("--key", key),
+        "GATE_SECRET": _quoted("--secret", secret),
+        "GATE_WORKSPACE": _quoted("--workspace", workspace),
+        "SIP_LISTEN": sip_listen,
+        "HTTP_LISTEN": http_listen,
+        "CARRIER_ADDR": _quoted("--carrier", carrier),
+        "GATE_TIMEOUT_MS": str(timeout_ms),
+        "INBOUND_FAIL_OPEN": "1" if inbound_fail_open else "0",
+        "GATE_MAX_CALL_S": str(max_call_s),
+    }
+    text = template()
+    for name, value in values.items():
+        line = f"#!trydef {name} {value}"
+        text, count = re.subn(
+            rf"^#!trydef {name} .*$",
+            line.replace("\\", r"\\"),
+            text,
+            count=1,
+            flags=re.MULTILINE,
+        )
+        assert count == 1, f"{name} is missing from the shipped kamailio.cfg"
+    text, count = re.subn(r"name=gsync;interval=\d+;", f"name=gsync;interval={sync_s};", text)
+    assert count == 1, "the sync timer is missing from the shipped kamailio.cfg"
+    return text
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gate switch-config",
+        description="Print a switch configuration that asks this Gate before every call.",
+    )
+    parser.add_argument("switch", choices=["kamailio"])
+    parser.add_argument("--gate-url", required=True, help="Gate's base URL, e.g. http://gate:8080")
+    parser.add_argument("--key", required=True, help="the switch key (GATE_SWITCH_KEY or one "
+                        "workspace's switch key)")  # fmt: skip
+    parser.add_argument("--secret", required=True, help="webhook secret, whsec_...")
+    parser.add_argument("--workspace", default="", help="workspace_id to name in every start "
+                        "(with the service-wide switch key)")  # fmt: skip
+    parser.add_argument("--sip-listen", default="udp:127.0.0.1:5060")
+    parser.add_argument("--http-listen", default="tcp:127.0.0.1:5071",
+                        help="where Gate's webhooks arrive (path /gate/events)")  # fmt: skip
+    parser.add_argument("--carrier", default="203.0.113.10:5060",
+                        help="ip:port whose INVITEs are inbound calls")  # fmt: skip
+    parser.add_argument("--timeout-ms", type=int, default=800)
+    parser.add_argument("--inbound-fail", choices=["open", "closed"], default="open")
+    parser.add_argument("--max-call-s", type=int, default=14400)
+    parser.add_argument("--sync-s", type=int, default=10)
+    args = parser.parse_args(argv)
+    try:
+        text = render(
+            gate_url=args.gate_url,
+            key=args.key,
+            secret=args.secret,
+            workspace=args.workspace,
+            sip_listen=args.sip_listen,
+            http_listen=args.http_listen,
+            carrier=args.carrier,
+            timeout_ms=args.timeout_ms,
+            inbound_fail_open=args.inbound_fail == "open",
+            max_call_s=args.max_call_s,
+            sync_s=args.sync_s,
+        )
+    except ValueError as err:
+        sys.stderr.write(f"gate switch-config: {err}\n")
+        return 2
+    sys.stdout.write(text)
+    return 0

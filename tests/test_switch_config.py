@@ -1,0 +1,86 @@
+"""`gate switch-config kamailio` prints the shipped Kamailio config, and Kamailio accepts it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gate.switch.config import render, template
+
+KAMAILIO = shutil.which("kamailio") or (
+    "/usr/sbin/kamailio" if Path("/usr/sbin/kamailio").exists() else None
+)
+needs_kamailio = pytest.mark.skipif(
+    KAMAILIO is None,
+    reason="kamailio is not installed (make install installs the Debian packages kamailio, "
+    "kamailio-extra-modules, -utils-modules, -json-modules, -tls-modules)",
+)
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_the_cli_prints_the_config_with_the_values_filled_in() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gate", "switch-config", "kamailio",
+         "--gate-url", "http://gate.internal:8080/", "--key", "sw-key-123", "--secret", SECRET,
+         "--workspace", "ws_0123456789abcdef", "--inbound-fail", "closed", "--sync-s", "5"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    cfg = out.stdout
+    assert cfg.startswith("#!KAMAILIO")
+    assert '#!trydef GATE_URL "http://gate.internal:8080"' in cfg
+    assert '#!trydef GATE_KEY "sw-key-123"' in cfg
+    assert f'#!trydef GATE_SECRET "{SECRET}"' in cfg
+    assert '#!trydef GATE_WORKSPACE "ws_0123456789abcdef"' in cfg
+    assert "#!trydef INBOUND_FAIL_OPEN 0" in cfg
+    assert "name=gsync;interval=5;" in cfg
+    assert len(cfg.splitlines()) == len(template().splitlines())
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"gate_url": "gate:8080"}, "--gate-url"),
+        ({"secret": "plain"}, "whsec_"),
+        ({"key": 'a"b'}, "--key"),
+        ({"timeout_ms": 1500}, "--timeout-ms"),
+        ({"sip_listen": "127.0.0.1"}, "--sip-listen"),
+    ],
+)
+def test_values_kamailio_cannot_take_are_refused(flags: dict[str, object], message: str) -> None:
+    values: dict[str, object] = {"gate_url": "http://g", "key": "k", "secret": SECRET} | flags
+    with pytest.raises(ValueError, match=message):
+        render(**values)  # type: ignore[arg-type]
+
+
+@needs_kamailio
+@pytest.mark.parametrize("fail", ["open", "closed"])
+def test_kamailio_accepts_the_printed_config(tmp_path: Path, fail: str) -> None:
+    cfg = tmp_path / "kamailio.cfg"
+    out = subprocess.run(
+        [sys.executable, "-m", "gate", "switch-config", "kamailio",
+         "--gate-url", "http://127.0.0.1:18080", "--key", "sw-key", "--secret", SECRET,
+         "--sip-listen", "udp:127.0.0.1:15060", "--http-listen", "tcp:127.0.0.1:15071",
+         "--inbound-fail", fail],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    cfg.write_text(out.stdout)
+    assert KAMAILIO is not None
+    check = subprocess.run(
+        [KAMAILIO, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert "ERROR" not in check.stderr and "CRITICAL" not in check.stderr, check.stderr[-3000:]
+
+
+@needs_kamailio
+def test_kamailio_accepts_the_config_as_shipped(tmp_path: Path) -> None:
+    assert KAMAILIO is not None
+    path = tmp_path / "kamailio.cfg"
+    path.write_text(template())
+    check = subprocess.run([KAMAILIO, "-c", "-f", str(path)], capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert check.returncode == 0, check.stderr[-3000:]
