@@ -254,6 +254,31 @@ class Stack:
         except OSError:
             return False
 
+    def webhook(self, event: dict[str, Any], *, secret: str = SECRET,
+                age_s: int = 0) -> tuple[int, str]:  # fmt: skip
+        """POST an event to Kamailio's webhook endpoint, signed with `secret`, `age_s` old."""
+        from datetime import UTC, datetime
+
+        from standardwebhooks.webhooks import Webhook
+
+        body = json.dumps(event)
+        signed_at = datetime.fromtimestamp(int(time.time()) - age_s, UTC)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": event["id"],
+            "webhook-timestamp": str(int(signed_at.timestamp())),
+            "webhook-signature": Webhook(secret).sign(event["id"], signed_at, body),
+        }
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/gate/events", data=body.encode(),
+            headers=headers, method="POST",
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
     @staticmethod
     def wait(check: Any, within: float, message: str) -> None:
         deadline = time.monotonic() + within
@@ -307,6 +332,7 @@ class LiveWatch:
         self.hangup_ms: dict[str, int] = {}
         self.limited: set[str] = set()
         self.history: dict[str, list[Any]] = {}
+        self.live: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -315,6 +341,7 @@ class LiveWatch:
         while not self._stop.is_set():
             try:
                 live = self.stack.api("GET", "/v1/calls?state=live")
+                self.live = {v["call_id"] for v in live.get("data", []) if v["state"] == "live"}
                 for view in live.get("data", []):
                     self.hangup_ms[view["call_id"]] = view["hangup_at_ms"]
                     seen = self.history.setdefault(view["call_id"], [])
