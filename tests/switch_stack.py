@@ -185,6 +185,9 @@ class Stack:
             if agent.poll() is None:
                 agent.kill()
                 agent.wait(10)
+            for pipe in (agent.stdin, agent.stdout):
+                if pipe is not None:
+                    pipe.close()
         if self.kamailio is not None and self.kamailio.poll() is None:
             self.kamailio.terminate()
             try:
