@@ -12,6 +12,7 @@ from gate.api import events as api_events
 from gate.api import routes
 from gate.api.http import (
     AUTH,
+    AUTOMATION,
     CALLS,
     CTX,
     MAX_BODY,
@@ -26,12 +27,14 @@ from gate.calls.service import Calls, RateBook
 from gate.calls.ticker import Ticker
 from gate.clock import Clock, SystemClock
 from gate.context import Context
+from gate.delivery.mail import LogMailer, Mailer, SmtpMailer
 from gate.delivery.outbox import Outbox
 from gate.settings import Settings
 from gate.store import redis_client
 from gate.store.scripts import Scripts
 from gate.tenancy.auth import Authenticator
 from gate.tenancy.workspaces import Workspaces
+from gate.wallet.automation import Automation
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.service import Wallet
 
@@ -44,6 +47,7 @@ def create_app(
     clock: Clock | None = None,
     payments: PaymentProvider | None = None,
     client: Redis | RedisCluster | None = None,
+    mailer: Mailer | None = None,
 ) -> web.Application:
     """A Gate application; Redis is connected and scripts loaded when the app starts."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
@@ -66,18 +70,34 @@ def create_app(
         app[CTX] = ctx
         app[AUTH] = Authenticator(redis, settings.platform_key, settings.auth_cache_s)
         app[WORKSPACES] = workspaces
-        app[WALLET] = Wallet(ctx, workspaces, payments or SandboxProvider())
+        provider = payments or SandboxProvider()
+        app[WALLET] = Wallet(ctx, workspaces, provider)
         app[CALLS] = Calls(ctx, rates)
         outbox = Outbox(ctx)
         ticker = Ticker(ctx)
-        ctx.notifier.on_events = outbox.notify
+        if mailer is None and settings.smtp_url:
+            alert_mailer: Mailer = SmtpMailer(settings.smtp_url, settings.mail_from)
+        else:
+            alert_mailer = mailer or LogMailer()
+        automation = Automation(
+            ctx, provider, alert_mailer, per_min_micros=rates.typical_per_min_micros
+        )
+        app[AUTOMATION] = automation
+
+        def on_events(workspace_id: str) -> None:
+            outbox.notify(workspace_id)
+            automation.notify(workspace_id)
+
+        ctx.notifier.on_events = on_events
         ctx.notifier.on_ticks = ticker.notify
         app[OUTBOX] = outbox
         app[TICKER] = ticker
         await outbox.start()
         await ticker.start()
+        await automation.start()
         log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
         yield
+        await automation.stop()
         await ticker.stop()
         await outbox.stop()
         if own:

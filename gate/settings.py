@@ -32,6 +32,8 @@ class Settings:
     switch_webhook_url: str | None = None
     data_dir: str = "var"
     log_level: str = "INFO"
+    smtp_url: str | None = None
+    mail_from: str = "Gate <gate@localhost>"
     # Tunables that tests shrink; not part of the documented contract.
     cut_poll_ms: int = 50
     auth_cache_s: float = 5.0
@@ -63,6 +65,8 @@ ENV = {
     "switch_webhook_url": "GATE_SWITCH_WEBHOOK_URL",
     "data_dir": "GATE_DATA_DIR",
     "log_level": "GATE_LOG_LEVEL",
+    "smtp_url": "GATE_SMTP_URL",
+    "mail_from": "GATE_MAIL_FROM",
 }
 
 
@@ -90,6 +94,8 @@ def _parse(name: str, raw: str) -> Any:
         )
     if name == "switch_webhook_url" and not raw.startswith(("http://", "https://")):
         raise SettingsError(f"{var}={raw!r}: expected an http:// or https:// URL")
+    if name == "smtp_url" and not raw.startswith(("smtp://", "smtps://")):
+        raise SettingsError(f"{var}={raw!r}: expected smtp://user:password@host:port or smtps://")
     if name == "log_level" and raw.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"{var}={raw!r}: expected DEBUG, INFO, WARNING or ERROR")
     return raw

@@ -55,6 +55,7 @@ end
 local function hold(c, held)
   if held ~= c.held then
     rcall('HINCRBY', wallet, 'reserved', held - c.held)
+    if held > c.held then watch(ws, wallet, events, now_ms) end
     c.held = held
   end
 end

@@ -6,12 +6,13 @@ import asyncio
 import hashlib
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from gate.context import Context
+from gate.delivery.events import iso_ms
 from gate.errors import (
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
@@ -26,8 +27,13 @@ from gate.store import keys
 from gate.store.redis_client import entries, text
 from gate.store.scripts import Code
 from gate.tenancy.workspaces import Workspace, Workspaces
+from gate.wallet.automation import month_of
 from gate.wallet.payments import PaymentError, PaymentProvider
 
+AUTO_RECHARGE_CAP_MICROS = 1_000_000_000  # default monthly cap of automatic charges
+AUTOMATION_FIELDS = (
+    "ar_state", "ar_last", "ar_since", "ar_next", "ar_error", "ar_month", "ar_spent", "lb_state",
+)  # fmt: skip
 TOPUP_MIN_MICROS = 1_000_000
 TOPUP_MAX_MICROS = 1_000_000_000
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
@@ -43,6 +49,7 @@ class WalletView:
     status: str
     live_calls: int
     version: int
+    automation: dict[str, str] = field(default_factory=dict)  # ar_*/lb_* wallet fields
 
     @property
     def available_micros(self) -> int:
@@ -55,7 +62,8 @@ class WalletView:
         # never gets 304 for a wallet that changed.
         state = (
             f"{self.workspace.id}:{self.version}:{self.balance_micros}:"
-            f"{self.reserved_micros}:{self.live_calls}:{self.status}"
+            f"{self.reserved_micros}:{self.live_calls}:{self.status}:"
+            f"{sorted(self.automation.items())}"
         )
         return f'W/"{hashlib.sha256(state.encode()).hexdigest()[:24]}"'
 
@@ -71,6 +79,7 @@ class WalletView:
                 "enabled": raw.get("ar_enabled") == "1",
                 "threshold_usd": _opt_usd(raw.get("ar_threshold_micros")),
                 "topup_usd": _opt_usd(raw.get("ar_topup_micros")),
+                **self._auto_recharge_state(),
             },
             "balance_micros": self.balance_micros,
             "reserved_usd": usd(self.reserved_micros),
@@ -82,11 +91,34 @@ class WalletView:
                 "enabled": raw.get("lb_enabled") == "1",
                 "threshold_usd": _opt_usd(raw.get("lb_threshold_micros")),
                 "email": raw.get("lb_email"),
+                "state": "triggered" if self.automation.get("lb_state") == "triggered" else "armed",
             },
             "payment_method_id": raw.get("payment_method_id"),
             "live_calls": self.live_calls,
             "minutes_left_estimate": estimate,
         }
+
+    def _auto_recharge_state(self) -> dict[str, Any]:
+        """State of the automatic charges (lua/_watch.lua): idle, charging or failed."""
+        a = self.automation
+        cap = int(self.workspace.raw.get("ar_cap_micros") or AUTO_RECHARGE_CAP_MICROS)
+        spent = int(a.get("ar_spent") or 0) if a.get("ar_month") == self._month() else 0
+        failed = a.get("ar_state") == "failed"
+        return {
+            "state": a.get("ar_state") or "idle",
+            "last_attempt_at": _opt_iso(a.get("ar_last") or a.get("ar_since")),
+            "next_attempt_at": _opt_iso(a.get("ar_next")) if failed else None,
+            "last_error": a.get("ar_error") if failed else None,
+            "monthly_cap_usd": usd(cap),
+            "spent_this_month_usd": usd(spent),
+        }
+
+    def _month(self) -> str:
+        return self.automation.get("_month", "")
+
+
+def _opt_iso(value: str | None) -> str | None:
+    return None if not value else iso_ms(int(value))
 
 
 def _opt_usd(value: str | None) -> float | None:
@@ -192,7 +224,8 @@ class Wallet:
             pipe.hmget(k.wallet, "balance", "reserved", "status", "version")
             # The live-calls hash is the truth: the call scripts keep no separate counter.
             pipe.hlen(k.live)
-            ws_raw, w, live = await pipe.execute()
+            pipe.hmget(k.wallet, AUTOMATION_FIELDS)
+            ws_raw, w, live, auto = await pipe.execute()
         if not ws_raw:
             raise NotFound("no such workspace")
         return WalletView(
@@ -202,6 +235,12 @@ class Wallet:
             status=text(w[2]),
             live_calls=int(live),
             version=int(w[3]),
+            automation={
+                name: text(value)
+                for name, value in zip(AUTOMATION_FIELDS, auto, strict=True)
+                if value is not None
+            }
+            | {"_month": month_of(self.ctx.clock.now_ms())[0]},
         )
 
     async def payments_check(self, workspace_id: str, payment_method_id: str) -> None:
@@ -230,6 +269,11 @@ class Wallet:
         if not TOPUP_MIN_MICROS <= amount_micros <= TOPUP_MAX_MICROS:
             raise ValidationFailed(
                 "amount_usd must be from 1 to 1000 (presets: 10, 25, 50, 100)",
+                field="amount_usd",
+            )
+        if amount_micros % 10_000:
+            raise ValidationFailed(
+                "amount_usd must have at most 2 decimal places: a card is charged in whole cents",
                 field="amount_usd",
             )
         await self.payments_check(workspace_id, payment_method_id)
