@@ -16,6 +16,7 @@ from gate.api.http import (
     CALLS,
     CTX,
     MAX_BODY,
+    METHODS,
     OUTBOX,
     RATES,
     TICKER,
@@ -35,6 +36,7 @@ from gate.store.scripts import Scripts
 from gate.tenancy.auth import Authenticator
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.automation import Automation
+from gate.wallet.methods import PaymentMethods
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.service import Wallet
 
@@ -72,6 +74,7 @@ def create_app(
         app[WORKSPACES] = workspaces
         provider = payments or SandboxProvider()
         app[WALLET] = Wallet(ctx, workspaces, provider)
+        app[METHODS] = PaymentMethods(ctx, workspaces, provider)
         app[CALLS] = Calls(ctx, rates)
         outbox = Outbox(ctx)
         ticker = Ticker(ctx)

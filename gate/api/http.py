@@ -27,6 +27,7 @@ from gate.errors import (
 from gate.tenancy.auth import Authenticator, Principal, Role
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.automation import Automation
+from gate.wallet.methods import PaymentMethods
 from gate.wallet.service import Wallet
 
 log = logging.getLogger("gate.api.http")
@@ -42,6 +43,7 @@ RATES = web.AppKey("rates", RateBook)
 CALLS = web.AppKey("calls", Calls)
 TICKER = web.AppKey("ticker", Ticker)
 AUTOMATION = web.AppKey("automation", Automation)
+METHODS = web.AppKey("methods", PaymentMethods)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -13,6 +13,7 @@ from gate import __version__
 from gate.api import calls as api_calls
 from gate.api import events as api_events
 from gate.api import ops as api_ops
+from gate.api import payment_methods as api_methods
 from gate.api import schemas
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
@@ -48,6 +49,15 @@ ROUTES = [
     Route("POST", "/v1/wallet/topup", api_wallet.topup, "Add funds", "admin", schemas.Topup),
     Route("PATCH", "/v1/wallet/settings", api_wallet.patch_settings,
           "Auto-recharge and low-balance alert", "admin", schemas.WalletSettings),
+    Route("GET", "/v1/wallet/payment_methods", api_methods.list_methods,
+          "Payment methods on file and the default", "agent"),
+    Route("POST", "/v1/wallet/payment_methods", api_methods.add_method,
+          "Add a payment method after a verification charge", "admin",
+          schemas.AddPaymentMethod),
+    Route("PATCH", "/v1/wallet/payment_methods/{method_id}", api_methods.patch_method,
+          "Make a payment method the default", "admin", schemas.PaymentMethodPatch),
+    Route("DELETE", "/v1/wallet/payment_methods/{method_id}", api_methods.delete_method,
+          "Delete a payment method", "admin"),
     Route("GET", "/v1/wallet/transactions", api_wallet.transactions,
           "Ledger rows, newest first", "agent"),
     Route("GET", "/v1/usage/export", api_wallet.export, "CSV of all matching rows", "admin"),

@@ -44,7 +44,16 @@ class CreateKey(Body):
 
 class Topup(Body):
     amount_usd: Usd
+    payment_method_id: Id | None = None  # None: the default payment method
+
+
+class AddPaymentMethod(Body):
     payment_method_id: Id
+    default: bool = False
+
+
+class PaymentMethodPatch(Body):
+    default: Literal[True]
 
 
 class Adjustment(Body):

@@ -67,7 +67,16 @@ async def topup(request: web.Request) -> web.StreamResponse:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise ValidationFailed("Idempotency-Key must be 1 to 255 characters")
-    row = await request.app[WALLET].topup(who.workspace(), amount, body.payment_method_id, key)
+    method = body.payment_method_id
+    if method is None:
+        method = (await request.app[WORKSPACES].get(who.workspace())).payment_method_id
+        if method is None:
+            raise ValidationFailed(
+                "no payment method on file: add one with POST /v1/wallet/payment_methods "
+                "or send payment_method_id",
+                field="payment_method_id",
+            )
+    row = await request.app[WALLET].topup(who.workspace(), amount, method, key)
     return json(row.to_json() | {"balance_usd": row.to_json()["balance_after_usd"]}, 201)
 
 
