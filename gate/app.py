@@ -39,6 +39,7 @@ from gate.wallet.automation import Automation
 from gate.wallet.methods import PaymentMethods
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.service import Wallet
+from gate.wallet.stripe_provider import StripeProvider
 
 log = logging.getLogger("gate")
 
@@ -72,7 +73,7 @@ def create_app(
         app[CTX] = ctx
         app[AUTH] = Authenticator(redis, settings.platform_key, settings.auth_cache_s)
         app[WORKSPACES] = workspaces
-        provider = payments or SandboxProvider()
+        provider = payments or _provider(settings, redis)
         app[WALLET] = Wallet(ctx, workspaces, provider)
         app[METHODS] = PaymentMethods(ctx, workspaces, provider)
         app[CALLS] = Calls(ctx, rates)
@@ -103,8 +104,18 @@ def create_app(
         await automation.stop()
         await ticker.stop()
         await outbox.stop()
+        if isinstance(provider, StripeProvider):
+            await provider.close()
         if own:
             await redis.aclose()
 
     app.cleanup_ctx.append(services)
     return app
+
+
+def _provider(settings: Settings, redis: Redis | RedisCluster) -> PaymentProvider:
+    """GATE_PAYMENTS: the sandbox (default) or Stripe."""
+    if settings.payments == "stripe":
+        assert settings.stripe_api_key, "settings.load checks GATE_STRIPE_API_KEY"
+        return StripeProvider(redis, settings.stripe_api_key, settings.stripe_api_base)
+    return SandboxProvider()

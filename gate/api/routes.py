@@ -14,6 +14,7 @@ from gate.api import calls as api_calls
 from gate.api import events as api_events
 from gate.api import ops as api_ops
 from gate.api import payment_methods as api_methods
+from gate.api import providers as api_providers
 from gate.api import schemas
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
@@ -58,6 +59,8 @@ ROUTES = [
           "Make a payment method the default", "admin", schemas.PaymentMethodPatch),
     Route("DELETE", "/v1/wallet/payment_methods/{method_id}", api_methods.delete_method,
           "Delete a payment method", "admin"),
+    Route("POST", "/v1/providers/stripe/webhook", api_providers.stripe_webhook,
+          "Stripe events, verified by Stripe-Signature"),
     Route("GET", "/v1/wallet/transactions", api_wallet.transactions,
           "Ledger rows, newest first", "agent"),
     Route("GET", "/v1/usage/export", api_wallet.export, "CSV of all matching rows", "admin"),
