@@ -123,6 +123,8 @@ class WsCheck:
     gate_only_leak_s: int = 0
     allowed_negative_micros: int = 0
     min_balance: int = 0
+    auto_recharges: int = 0
+    auto_recharged_micros: int = 0
 
     def problem(self, micros: int, text: str) -> None:
         self.mismatched_micros += abs(micros)
@@ -144,6 +146,8 @@ class WsCheck:
             "leakage_micros": self.leakage_micros,
             "min_balance_micros": self.min_balance,
             "allowed_negative_micros": self.allowed_negative_micros,
+            "auto_recharges": self.auto_recharges,
+            "auto_recharged_micros": self.auto_recharged_micros,
             "problems": self.problems[:20],
             "problem_count": len(self.problems),
         }
@@ -161,9 +165,20 @@ def reconcile(
     each credit row its amount; nothing is missing or extra; nothing is left reserved.
     """
     balance = int(wallet["balance_micros"])
+    # Auto-recharges are Gate's own credits: each must be a positive whole-cent amount,
+    # credited once per payment, and they join the books.
+    auto: dict[str, int] = {}
+    payments: set[str] = set()
+    for row in rows:
+        if row["type"] == "recharge" and row.get("source") == "auto_recharge":
+            auto[str(row["id"])] = int(row["amount_micros"])
+            ref = str(row.get("reference") or "")
+            if ref in payments:
+                auto[str(row["id"])] = 0  # reported below as unexpected
+            payments.add(ref)
     check = WsCheck(
         workspace_id=books.id,
-        expected_balance=books.expected_balance,
+        expected_balance=books.expected_balance + sum(auto.values()),
         balance=balance,
         reserved=int(wallet["reserved_micros"]),
         live_calls=int(wallet.get("live_calls") or 0),
@@ -195,6 +210,10 @@ def reconcile(
             running = after  # report each break once, not every row after it
         lowest = min(lowest, after)
         if row_id in books.opening_rows:
+            continue
+        if auto.get(row_id, 0) > 0 and amount % 10_000 == 0:
+            check.auto_recharges += 1
+            check.auto_recharged_micros += amount
             continue
         if row_id in books.credits:
             want = books.credits[row_id]

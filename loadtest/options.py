@@ -33,6 +33,10 @@ Examples:
 """
 
 
+AUTO_RECHARGE_THRESHOLD_USD = 20  # what --auto-recharge-share workspaces are given
+AUTO_RECHARGE_TOPUP_USD = 10
+
+
 @dataclass(frozen=True)
 class Options:
     url: str | None
@@ -73,6 +77,7 @@ class Options:
     legs: tuple[str, ...]
     pg_url: str
     pg_sync: str
+    auto_recharge_share: float = 0.0
 
 
 LEGS = ("bare", "http", "lua", "pg")
@@ -275,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
         "hangs them all up (default max-call-s + 15)",
     )
     t.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    t.add_argument(
+        "--auto-recharge-share",
+        type=_share,
+        default=0.0,
+        help="share of workspaces with auto-recharge on (sandbox card, threshold "
+        f"${AUTO_RECHARGE_THRESHOLD_USD}, top-up ${AUTO_RECHARGE_TOPUP_USD}; default 0)",
+    )
     o = p.add_argument_group("output")
     o.add_argument(
         "--out",
@@ -383,4 +395,5 @@ def parse(argv: list[str] | None) -> Options:
         legs=a.legs,
         pg_url=a.pg_url,
         pg_sync=a.pg_sync,
+        auto_recharge_share=a.auto_recharge_share,
     )

@@ -158,7 +158,7 @@ async def scenario(
     try:
         workspaces = await tenants.create_all(
             setup, platform_key, receiver, opts.workspaces, opts.balances, run_id,
-            opts.max_concurrent,
+            opts.max_concurrent, opts.auto_recharge_share,
         )  # fmt: skip
         before = await scrape(client)
         rec = Recorder()
@@ -167,6 +167,8 @@ async def scenario(
         async with progress(console, opts.quiet, fleet, rec, receiver):
             await fleet.run(platform_key)
         await settle_webhooks(receiver)
+        if opts.auto_recharge_share:
+            await tenants.settle_auto_recharges(setup, workspaces)
         after = await scrape(client)
         checks = []
         for wb in workspaces:
@@ -200,6 +202,8 @@ async def scenario(
         "hangups": dict(sorted(fleet.hangups.items())),
         "unknown_ends": fleet.unknown_ends,
         "credits": fleet.credits,
+        "auto_recharges": sum(c.auto_recharges for c in checks),
+        "auto_recharged_micros": sum(c.auto_recharged_micros for c in checks),
         "checks": fleet.checks,
         "requests": dict(sorted(rec.counts.items())),
         "refusals": dict(sorted(rec.refusals.items())),

@@ -114,6 +114,36 @@ def test_books_catch_double_billing_extra_rows_and_money_left_reserved() -> None
     assert "billed twice" in text and "unexpected recharge row" in text and "reserved" in text
 
 
+def test_books_take_auto_recharges_once_per_payment() -> None:
+    wb, rows = _books()
+    rows.append({"id": "4000-0", "type": "recharge", "amount_micros": 10_000_000,
+                 "balance_after_micros": 12_580_000, "reference": "pay_auto",
+                 "source": "auto_recharge"})  # fmt: skip
+    check = reconcile(wb, _wallet(12_580_000), rows, Receiver(lambda *_: None))
+    assert check.problems == [], check.problems
+    assert (check.auto_recharges, check.auto_recharged_micros) == (1, 10_000_000)
+    rows.append(rows[-1] | {"id": "5000-0", "balance_after_micros": 22_580_000})
+    check = reconcile(wb, _wallet(22_580_000), rows, Receiver(lambda *_: None))
+    assert any("unexpected recharge row 5000-0" in p for p in check.problems)
+    assert check.mismatched_micros >= 10_000_000
+
+
+@pytest.mark.timeout(60)
+def test_run_with_auto_recharge_reconciles_to_the_micro(tmp_path: Path) -> None:
+    code, r, output = run_harness(
+        tmp_path,
+        "--workspaces", "2", "--balance", "0.5,25", "--rate", "20", "--duration", "4",
+        "--mean-call-s", "5", "--max-call-s", "8", "--tick-s", "1", "--buffer-s", "3",
+        "--grace-s", "2", "--auto-recharge-share", "1",
+    )  # fmt: skip
+    assert code == 0, output
+    rec = r["reconciliation"]
+    assert rec["ok"], rec["problems"]
+    assert r["mismatched_micros"] == 0
+    assert r["auto_recharges"] >= 1
+    assert r["auto_recharged_micros"] == sum(w["auto_recharged_micros"] for w in rec["workspaces"])
+
+
 def test_books_see_overspend_that_no_cut_grace_or_leak_explains() -> None:
     wb = WsBooks("ws_0000000000000002", "admin", "switch", grace_s=3)
     wb.opening_rows.add("1000-0")
@@ -230,5 +260,5 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
                  "--rate", "--duration", "--mean-call-s", "--max-call-s", "--inbound-share",
                  "--ai-share", "--mode", "--topup-rate", "--repeat-end-share",
                  "--retry-start-share", "--unknown-end-share", "--seed", "--out", "--quiet",
-                 "--compare", "--pg-url"):  # fmt: skip
+                 "--compare", "--pg-url", "--auto-recharge-share"):  # fmt: skip
         assert flag in text
