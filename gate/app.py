@@ -84,7 +84,11 @@ def create_app(
         else:
             alert_mailer = mailer or LogMailer()
         automation = Automation(
-            ctx, provider, alert_mailer, per_min_micros=rates.typical_per_min_micros
+            ctx,
+            provider,
+            alert_mailer,
+            per_min_micros=rates.typical_per_min_micros,
+            recover=app[WALLET].recover_topups,
         )
         app[AUTOMATION] = automation
 

@@ -21,6 +21,10 @@ from tests.conftest import PLATFORM, Client, assert_invariants, auth, new_worksp
 from tests.helpers import all_rows, wallet_json
 
 
+class Crash(Exception):
+    """Stands for the Gate process dying at that point."""
+
+
 class CountingProvider(SandboxProvider):
     """The sandbox, counting charge calls; `gate` (when set) holds every charge until set."""
 
@@ -28,6 +32,7 @@ class CountingProvider(SandboxProvider):
         super().__init__()
         self.calls: list[tuple[str, int, str]] = []
         self.gate: asyncio.Event | None = None
+        self.crash_keys: set[str] = set()  # charge these, then "die" before the credit
 
     async def charge(
         self, workspace_id: str, payment_method_id: str, amount_micros: int, idempotency_key: str
@@ -35,7 +40,13 @@ class CountingProvider(SandboxProvider):
         self.calls.append((payment_method_id, amount_micros, idempotency_key))
         if self.gate is not None:
             await self.gate.wait()
-        return await super().charge(workspace_id, payment_method_id, amount_micros, idempotency_key)
+        payment = await super().charge(
+            workspace_id, payment_method_id, amount_micros, idempotency_key
+        )
+        if idempotency_key in self.crash_keys:
+            self.crash_keys.discard(idempotency_key)
+            raise Crash("the process died after the provider charged")
+        return payment
 
 
 @pytest.fixture
@@ -300,3 +311,35 @@ async def test_the_background_worker_finds_the_crossing_by_itself(
         await asyncio.sleep(0.01)
     assert [r["amount_micros"] for r in await recharges(client, ws)] == [10_000_000]
     assert len(provider.calls) == 1
+
+
+async def test_topup_charged_but_not_credited_is_recovered_once(
+    client: Client, provider: CountingProvider, clock: ManualClock, redis: Redis
+) -> None:
+    ws = await new_workspace(client)
+    headers = {**auth(ws["key"]), "Idempotency-Key": "crash-1"}
+    body = {"amount_usd": 30, "payment_method_id": "pm_card_visa"}
+    provider.crash_keys.add("crash-1")
+    resp = await client.post("/v1/wallet/topup", json=body, headers=headers)
+    assert resp.status == 500  # the charge went through; the credit did not happen
+    assert len(provider.charges) == 1
+    assert (await wallet_json(client, ws["key"]))["balance_micros"] == 10_000_000
+    automation = client.server.app[AUTOMATION]
+    await automation.rescan()
+    await work(client)
+    assert not await recharges(client, ws), "the request's claim still holds"
+    clock.advance(31)  # the dead request's Idempotency-Key claim lapses
+    await automation.rescan()
+    await work(client, lambda: _has_recharge(client, ws))
+    rows = await recharges(client, ws)
+    assert [r["reference"] for r in rows] == list(provider.charges)
+    assert rows[0]["amount_micros"] == 30_000_000
+    # The customer's retry with the same key answers that row; nothing is charged anew.
+    again = await client.post("/v1/wallet/topup", json=body, headers=headers)
+    assert again.status == 201, await again.text()
+    assert (await again.json())["id"] == rows[0]["id"]
+    await automation.rescan()
+    await work(client)
+    assert len(await recharges(client, ws)) == 1
+    assert len(provider.charges) == 1
+    assert await redis.hlen(f"{keys.for_workspace(ws['id']).ws}:pending_topups") == 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 
@@ -80,6 +80,7 @@ class Automation:
         mailer: mail.Mailer,
         *,
         per_min_micros: Callable[[], int | None] = lambda: None,
+        recover: Callable[[str], Awaitable[int]] | None = None,
         lease_ms: int = 30_000,
         poll_ms: int = 200,
         rescan_s: float = 30.0,
@@ -88,6 +89,7 @@ class Automation:
         self.payments = payments
         self.mailer = mailer
         self.per_min_micros = per_min_micros
+        self.recover = recover  # finishes top-ups that died between charge and credit
         self.index = DueIndex(ctx.scripts, keys.AUTOMATION_INDEX)
         self.owner = f"auto-{uuid.uuid4().hex[:12]}"
         self.lease_ms = lease_ms
@@ -150,11 +152,14 @@ class Automation:
         async with self.ctx.client.pipeline(transaction=False) as pipe:
             for workspace_id in ids:
                 pipe.hmget(keys.for_workspace(workspace_id).wallet, _WATCHED)
+                pipe.hlen(f"{keys.for_workspace(workspace_id).ws}:pending_topups")
             replies = await pipe.execute()
         now = self.ctx.clock.now_ms()
         due = {}
-        for workspace_id, fields in zip(ids, replies, strict=True):
-            at = due_of(fields, now)
+        for i, workspace_id in enumerate(ids):
+            at = due_of(replies[2 * i], now)
+            if replies[2 * i + 1] and self.recover is not None:
+                at = now  # a top-up between charge and credit, or one still running
             if at is not None:
                 due[workspace_id] = at
         await self.index.notify_many(due)
@@ -194,6 +199,8 @@ class Automation:
     async def _work(self, workspace_id: str) -> None:
         self._active.add(workspace_id)
         try:
+            if self.recover is not None:
+                await self.recover(workspace_id)
             due = await self.recharge(workspace_id)
             mail_due = await mail.deliver(
                 self.ctx, self.mailer, workspace_id, self.per_min_micros()

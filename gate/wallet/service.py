@@ -117,6 +117,11 @@ class WalletView:
         return self.automation.get("_month", "")
 
 
+def _pending_key(workspace_id: str) -> str:
+    """Hash of top-ups charged or about to be: key -> JSON (amount, method, idem, digest)."""
+    return f"{keys.for_workspace(workspace_id).ws}:pending_topups"
+
+
 def _opt_iso(value: str | None) -> str | None:
     return None if not value else iso_ms(int(value))
 
@@ -312,6 +317,23 @@ class Wallet:
                 )
             await asyncio.sleep(0.02)
 
+        # Written before the charge: if this process dies between the charge and the credit,
+        # the recovery pass (recover_topups) finds the top-up and finishes it.
+        pending = orjson.dumps(
+            {"amount_micros": amount_micros, "pm": payment_method_id, "idem": idem,
+             "digest": digest}
+        )  # fmt: skip
+        await self.ctx.client.hset(_pending_key(workspace_id), key, pending)
+        row = await self._charge_and_credit(
+            workspace_id, amount_micros, payment_method_id, key, idem
+        )
+        await self.workspaces.update(workspace_id, {"payment_method_id": payment_method_id})
+        return row
+
+    async def _charge_and_credit(
+        self, workspace_id: str, amount_micros: int, payment_method_id: str, key: str, idem: str
+    ) -> ledger.Row:
+        """Charge once per key and credit once per payment; the idem record is claimed."""
         try:
             payment = await self.payments.charge(
                 workspace_id, payment_method_id, amount_micros, key
@@ -319,6 +341,7 @@ class Wallet:
         except PaymentError as err:
             message = str(err) + " Use another payment method, or try again later."
             await idem_fail(self.ctx, idem, orjson.dumps({"message": message}).decode())
+            await self.ctx.client.hdel(_pending_key(workspace_id), key)
             raise PaymentDeclined(message) from err
         posted = await post(
             self.ctx,
@@ -332,12 +355,46 @@ class Wallet:
             idem=idem,
             extra=[("source", "card"), ("payment_method_id", payment_method_id)],
         )
+        await self.ctx.client.hdel(_pending_key(workspace_id), key)
         if posted.code == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
         self._posted(workspace_id, posted)
-        await self.workspaces.update(workspace_id, {"payment_method_id": payment_method_id})
         assert posted.row_id is not None
         return await self.row(workspace_id, posted.row_id)
+
+    async def recover_topups(self, workspace_id: str) -> int:
+        """Finish top-ups whose request died between the charge and the credit.
+
+        Each pending top-up whose Idempotency-Key claim has lapsed is claimed again, charged
+        with the same key (the provider answers with the same payment) and credited once by
+        payment id. Returns how many were credited now.
+        """
+        pending = _pending_key(workspace_id)
+        credited = 0
+        for raw_key, raw in (await self.ctx.client.hgetall(pending)).items():
+            key, record = text(raw_key), orjson.loads(raw)
+            claim = await idem_claim(
+                self.ctx,
+                workspace_id,
+                record["idem"],
+                self.ctx.clock.now_ms(),
+                record["digest"],
+                IDEMPOTENCY_LEASE_MS,
+                IDEMPOTENCY_TTL_MS,
+            )
+            if claim.code == Code.IN_PROGRESS:
+                continue  # its request is still alive, or another pass is on it
+            if claim.code != Code.OK:  # finished (or the workspace is gone)
+                await self.ctx.client.hdel(pending, key)
+                continue
+            try:
+                await self._charge_and_credit(
+                    workspace_id, record["amount_micros"], record["pm"], key, record["idem"]
+                )
+                credited += 1
+            except PaymentDeclined:
+                pass  # recorded on the key: its retry answers the decline
+        return credited
 
     async def adjust(
         self,
