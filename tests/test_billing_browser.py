@@ -1,0 +1,339 @@
+"""The billing page in a real browser: Debian's chromium, driven by Playwright, against a real
+Gate listening on a TCP port with the test redis-server.
+
+Screenshots of both views at desktop and phone width go to docs/screenshots/ (cleaned at the
+start of this module, ignored by git; the README's two pictures are copies in docs/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import unused_port
+from redis.asyncio import Redis
+
+from gate.app import create_app
+from gate.clock import ManualClock
+from gate.settings import Settings
+from gate.store import keys
+from tests.conftest import PLATFORM, assert_invariants, auth
+
+CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+MINUS = "\u2212"  # the page writes debits with a real minus sign
+WAIT_MS = 10_000  # generous: two cores shared with other work
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="chromium not found: `make install` installs it with apt-get"
+    ),
+]
+
+if CHROMIUM is not None:
+    from playwright.async_api import Browser, Page, async_playwright, expect
+
+
+class LiveGate:
+    """A Gate on a real port, which a test can stop and start again (a restart)."""
+
+    def __init__(self, settings: Settings, clock: ManualClock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.port = unused_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self.runner = web.AppRunner(create_app(self.settings, clock=self.clock), shutdown_timeout=1)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def api(
+        self, method: str, path: str, key: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        headers = auth(key) if key else PLATFORM
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self.url + path, headers=headers, **kwargs) as resp,
+        ):
+            assert resp.status < 300, await resp.text()
+            body: dict[str, Any] = await resp.json()
+            return body
+
+
+@pytest.fixture(scope="module", autouse=True)
+def screenshots() -> Path:
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+    return SHOTS
+
+
+@pytest_asyncio.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            # Playwright gives every launch a fresh temporary user-data-dir.
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+async def gate(settings: Settings, redis: Redis) -> AsyncIterator[LiveGate]:
+    before = await redis.smembers(keys.WORKSPACES)
+    live = LiveGate(settings, ManualClock(time.time_ns() // 1_000_000))
+    await live.start()
+    yield live
+    await live.stop()
+    await assert_invariants(redis, before)
+
+
+class Watched:
+    """A page, and everything it asked for or complained about."""
+
+    def __init__(self, page: Page, origin: str) -> None:
+        self.page = page
+        self.origin = origin
+        self.requests: list[str] = []
+        self.problems: list[str] = []
+        page.on("request", lambda r: self.requests.append(r.url))
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on(
+            "console",
+            lambda m: (
+                self.problems.append(m.text)
+                if m.type == "error" and "Content Security Policy" in m.text
+                else None
+            ),
+        )
+
+    def check(self) -> None:
+        outside = [
+            u for u in self.requests if not u.startswith((self.origin + "/", "data:", "blob:"))
+        ]
+        assert not outside, f"requests to other origins: {outside}"
+        assert not self.problems, self.problems
+
+
+@pytest_asyncio.fixture
+async def page(browser: Browser, gate: LiveGate) -> AsyncIterator[Watched]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    watched = Watched(await context.new_page(), gate.url)
+    watched.page.set_default_timeout(WAIT_MS)
+    yield watched
+    await context.close()
+    watched.check()
+
+
+async def sign_in(page: Page, url: str, key: str) -> None:
+    await page.goto(url + "/billing")
+    await page.get_by_label("API key", exact=True).fill(key)
+    await page.get_by_role("button", name="Sign in", exact=True).click()
+    await expect(page.locator("#app")).to_be_visible()
+
+
+async def call(gate: LiveGate, switch: str, call_id: str, seconds: int, **who: str) -> None:
+    """A call from start to end over the switch API, `seconds` long on the gate's clock."""
+    body = {"call_id": call_id, "direction": "outbound", "from": "+14155550100",
+            "to": "+14155550123"} | who  # fmt: skip
+    await gate.api("POST", "/v1/calls", switch, json=body)
+    gate.clock.advance(seconds)
+    await gate.api("POST", f"/v1/calls/{call_id}/end", switch, json={"duration_s": seconds})
+
+
+async def test_admin_wallet_live_and_usage(page: Watched, gate: LiveGate) -> None:
+    p = page.page
+    ws = await gate.api("POST", "/v1/workspaces", json={"name": "Acme Voice"})
+    # Switch keys are the platform's to issue (DESIGN §3/§9).
+    switch = await gate.api("POST", f"/v1/workspaces/{ws['id']}/keys", json={"role": "switch"})
+    # A wrong key: a clear sign-in error, nothing else shown.
+    await p.goto(gate.url + "/billing")
+    await p.get_by_label("API key", exact=True).fill(f"gk_{ws['id']}_not-a-real-secret")
+    await p.get_by_role("button", name="Sign in", exact=True).click()
+    await expect(p.locator("#signin-error")).to_contain_text("not accepted")
+    await expect(p.locator("#app")).to_be_hidden()
+
+    await sign_in(p, gate.url, ws["key"])
+    await expect(p.locator("#balance")).to_have_text("$10.00")
+    await expect(p.locator("#who")).to_contain_text("Acme Voice · admin key")
+    await expect(p.locator("#live")).to_have_text("Live")
+    # The key lives in this tab's sessionStorage only: no cookie, no URL.
+    assert await p.evaluate("sessionStorage.getItem('gate.billing.key')") == ws["key"]
+    assert await p.context.cookies() == []
+    assert all(ws["key"] not in u for u in page.requests)
+
+    # Top up $25 with a preset: the balance and a new row appear.
+    await p.get_by_role("button", name="$25", exact=True).click()
+    await p.get_by_label("Payment method", exact=True).fill("pm_card_visa")
+    await p.locator("#topup-submit").click()
+    await expect(p.locator("#balance")).to_have_text("$35.00")
+    first_row = p.locator("#tx-table tbody tr").first
+    await expect(first_row).to_contain_text("Recharge")
+    await expect(first_row).to_contain_text("+$25.00")
+    await expect(first_row).to_contain_text("$35.00")
+
+    # A double click charges once.
+    await p.get_by_role("button", name="$10", exact=True).click()
+    await p.locator("#topup-submit").dblclick()
+    await expect(p.locator("#balance")).to_have_text("$45.00")
+    await p.wait_for_timeout(500)
+    recharges = await gate.api("GET", "/v1/wallet/transactions?type=recharge", ws["key"])
+    assert len(recharges["data"]) == 2
+    assert (await gate.api("GET", "/v1/wallet", ws["key"]))["balance_micros"] == 45_000_000
+
+    # Out of range: the API's message beside the field, nothing charged.
+    await p.get_by_label("Amount in USD ($1 to $1,000)", exact=True).fill("0.5")
+    await p.locator("#topup-submit").click()
+    await expect(p.locator("#err-amount_usd")).to_contain_text("amount_usd must be from 1 to 1000")
+    await p.get_by_label("Amount in USD ($1 to $1,000)", exact=True).fill("12.3456789")
+    await p.locator("#topup-submit").click()
+    await expect(p.locator("#err-amount_usd")).to_contain_text("more than 6 decimal places")
+    await p.get_by_label("Amount in USD ($1 to $1,000)", exact=True).fill("")
+    await expect(p.locator("#err-amount_usd")).to_have_text("")  # editing clears the old error
+    assert (await gate.api("GET", "/v1/wallet", ws["key"]))["balance_micros"] == 45_000_000
+
+    # Settings: the API's validation message beside its field, then a low-balance alert.
+    await p.get_by_label("Recharge automatically", exact=True).check()
+    await p.get_by_label("Recharge when below (USD)", exact=True).fill("5")
+    await p.get_by_label("Recharge amount (USD)", exact=True).fill("5000")
+    await p.get_by_role("button", name="Save settings", exact=True).click()
+    await expect(p.locator("[id='err-auto_recharge.topup_usd']")).to_contain_text("from 1 to 1000")
+    await p.get_by_label("Recharge automatically", exact=True).uncheck()
+    await p.get_by_label("Recharge amount (USD)", exact=True).fill("25")
+    await p.get_by_label("Email me when the balance is low", exact=True).check()
+    await p.get_by_label("Alert when below (USD)", exact=True).fill("40")
+    await p.get_by_role("button", name="Save settings", exact=True).click()
+    await expect(p.locator("#settings-result")).to_have_text("Settings saved.")
+    await expect(p.locator("#low-bar")).to_be_hidden()
+
+    # A call started over the API shows up live; its cost lands in the list; crossing the
+    # alert threshold turns the bar red.
+    body = {"call_id": "c1", "direction": "outbound", "from": "+14155550100",
+            "to": "+14155550123", "user": "alice", "group": "sales"}  # fmt: skip
+    await gate.api("POST", "/v1/calls", switch["key"], json=body)
+    await expect(p.locator("#live-calls")).to_have_text("1")
+    await expect(p.locator("#reserved")).to_have_text("$0.20")
+    gate.clock.advance(1800)
+    await gate.api("POST", "/v1/calls/c1/end", switch["key"], json={"duration_s": 1800})
+    await expect(first_row).to_contain_text(f"{MINUS}$6.00")
+    await expect(first_row).to_contain_text("Call")
+    await expect(p.locator("#balance")).to_have_text("$39.00")
+    await expect(p.locator("#low-bar")).to_be_visible()
+    await expect(p.locator("#low-bar")).to_contain_text("below your alert threshold of $40.00")
+    assert await p.locator("#low-bar").evaluate("e => getComputedStyle(e).backgroundColor") == (
+        "rgb(180, 35, 24)"
+    )
+    await expect(p.locator("#live-calls")).to_have_text("0")
+    await expect(p.locator("#events")).to_contain_text(f"Call {MINUS}$6.00")
+    await call(gate, switch["key"], "c2", 60, user="bob", group="support")
+    await expect(first_row).to_contain_text(f"{MINUS}$0.20")
+    await p.screenshot(path=SHOTS / "wallet-desktop.png", full_page=True)
+    await phone_screenshot(p, "wallet-phone.png")
+    await p.set_viewport_size({"width": 1280, "height": 900})
+
+    # Usage: every row, a chart, filters that narrow, a CSV with the table's rows.
+    await p.get_by_role("button", name="Usage history", exact=True).click()
+    usage_rows = p.locator("#usage-table tbody tr")
+    await expect(usage_rows).to_have_count(5)  # signup credit, 2 recharges, 2 calls
+    await expect(p.locator("#chart svg rect.bar")).to_have_count(1)  # both calls on one day
+    await expect(p.locator("#chart-legend")).to_contain_text("Calling: $6.20")
+    await p.get_by_label("User", exact=True).fill("alice")
+    await p.get_by_role("button", name="Apply filters", exact=True).click()
+    await expect(usage_rows).to_have_count(1)
+    await expect(usage_rows.first).to_contain_text("alice")
+    await expect(p.locator("#chart-legend")).to_contain_text("Calling: $6.00")
+    await p.get_by_label("User", exact=True).fill("")
+    await p.get_by_label("Service", exact=True).select_option("calling")
+    await p.get_by_role("button", name="Apply filters", exact=True).click()
+    await expect(usage_rows).to_have_count(2)
+    async with p.expect_download() as info:
+        await p.get_by_role("button", name="Export CSV", exact=True).click()
+    download = await info.value
+    today = time.strftime("%Y-%m-%d", time.gmtime(gate.clock.now_ms() / 1000))
+    assert download.suggested_filename == f"usage-history-{today}.csv"
+    text = await asyncio.to_thread(Path(await download.path()).read_text)
+    exported = list(csv.DictReader(io.StringIO(text)))
+    shown = await usage_rows.evaluate_all("rows => rows.map(r => r.dataset.id)")
+    assert [r["id"] for r in exported] == shown
+    assert {r["user"] for r in exported} == {"alice", "bob"}
+    await p.screenshot(path=SHOTS / "usage-desktop.png", full_page=True)
+    await phone_screenshot(p, "usage-phone.png")
+
+
+async def phone_screenshot(p: Page, name: str) -> None:
+    """At 360 px nothing but the tables' own scroll areas may be wider than the screen."""
+    await p.set_viewport_size({"width": 360, "height": 780})
+    await p.wait_for_timeout(100)
+    assert await p.evaluate("document.documentElement.scrollWidth") <= 360
+    await p.screenshot(path=SHOTS / name, full_page=True)
+
+
+async def test_agent_key_sees_the_wallet_not_the_top_up(page: Watched, gate: LiveGate) -> None:
+    p = page.page
+    ws = await gate.api("POST", "/v1/workspaces", json={"name": "Agents Inc"})
+    keys_path = f"/v1/workspaces/{ws['id']}/keys"
+    agent = await gate.api("POST", keys_path, ws["key"], json={"role": "agent"})
+    await sign_in(p, gate.url, agent["key"])
+    await expect(p.locator("#balance")).to_have_text("$10.00")
+    await expect(p.locator("#who")).to_contain_text("agent key")
+    await expect(p.locator("#tx-table tbody tr")).to_have_count(1)
+    for hidden in ("#topup-form", "#settings-form", "#export"):
+        await expect(p.locator(hidden)).to_be_hidden()
+    await expect(p.locator("#role-note")).to_contain_text("need an admin key")
+    await p.get_by_role("button", name="Usage history", exact=True).click()
+    await expect(p.locator("#usage-table tbody tr")).to_have_count(1)
+    await expect(p.get_by_role("button", name="Export CSV", exact=True)).to_have_count(0)
+
+
+async def test_reconnects_when_gate_restarts(page: Watched, gate: LiveGate) -> None:
+    p = page.page
+    ws = await gate.api("POST", "/v1/workspaces", json={"name": "Restart Ltd"})
+    await sign_in(p, gate.url, ws["key"])
+    await expect(p.locator("#live")).to_have_text("Live")
+    await gate.stop()
+    await expect(p.locator("#live")).to_have_text("Reconnecting…")
+    await gate.start()
+    await expect(p.locator("#live")).to_have_text("Live", timeout=20_000)
+    await gate.api(
+        "POST",
+        "/v1/wallet/topup",
+        ws["key"],
+        json={"amount_usd": 50, "payment_method_id": "pm_card_visa"},
+    )
+    await expect(p.locator("#tx-table tbody tr").first).to_contain_text("+$50.00")
+    await expect(p.locator("#balance")).to_have_text("$60.00")
+    # A reload keeps the session (sessionStorage), and signing out forgets the key.
+    await p.reload()
+    await expect(p.locator("#balance")).to_have_text("$60.00")
+    await p.get_by_role("button", name="Sign out", exact=True).click()
+    await expect(p.locator("#signin")).to_be_visible()
+    assert await p.evaluate("sessionStorage.length") == 0
