@@ -110,7 +110,8 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 async def gate(settings: Settings, redis: Redis) -> AsyncIterator[LiveGate]:
     before = await redis.smembers(keys.WORKSPACES)
-    live = LiveGate(settings, ManualClock(time.time_ns() // 1_000_000))
+    # Three days ago, so the usage chart has days to show as the test moves the clock on.
+    live = LiveGate(settings, ManualClock(time.time_ns() // 1_000_000 - 3 * 86_400_000))
     await live.start()
     yield live
     await live.stop()
@@ -256,6 +257,13 @@ async def test_admin_wallet_live_and_usage(page: Watched, gate: LiveGate) -> Non
     await expect(p.locator("#events")).to_contain_text(f"Call {MINUS}$6.00")
     await call(gate, switch["key"], "c2", 60, user="bob", group="support")
     await expect(first_row).to_contain_text(f"{MINUS}$0.20")
+    # Two more days of usage, one of them an AI agent's, for the chart.
+    gate.clock.advance(86400)
+    await call(gate, switch["key"], "a1", 300, user="alice", group="sales", service="ai_agent")
+    gate.clock.advance(86400)
+    await call(gate, switch["key"], "c3", 120, user="bob", group="support")
+    await expect(first_row).to_contain_text(f"{MINUS}$0.40")
+    await expect(p.locator("#balance")).to_have_text("$33.95")  # 38.80 - 4.45 - 0.40
     await p.screenshot(path=SHOTS / "wallet-desktop.png", full_page=True)
     await phone_screenshot(p, "wallet-phone.png")
     await p.set_viewport_size({"width": 1280, "height": 900})
@@ -263,18 +271,30 @@ async def test_admin_wallet_live_and_usage(page: Watched, gate: LiveGate) -> Non
     # Usage: every row, a chart, filters that narrow, a CSV with the table's rows.
     await p.get_by_role("button", name="Usage history", exact=True).click()
     usage_rows = p.locator("#usage-table tbody tr")
-    await expect(usage_rows).to_have_count(5)  # signup credit, 2 recharges, 2 calls
-    await expect(p.locator("#chart svg rect.bar")).to_have_count(1)  # both calls on one day
-    await expect(p.locator("#chart-legend")).to_contain_text("Calling: $6.20")
+    await expect(usage_rows).to_have_count(7)  # signup credit, 2 recharges, 4 calls
+    # One bar per day and service: calls on day 1, the agent on day 2, a call on day 3.
+    bars = p.locator("#chart svg rect.bar")
+    await expect(bars).to_have_count(3)
+    assert await bars.evaluate_all("bs => bs.map(b => b.dataset.service)") == [
+        "call",
+        "ai_agent",
+        "call",
+    ]
+    await expect(p.locator("#chart-legend")).to_contain_text("Calling: $6.60")
+    await expect(p.locator("#chart-legend")).to_contain_text("AI agent: $4.45")
+    await p.screenshot(path=SHOTS / "usage-desktop.png", full_page=True)
+    await phone_screenshot(p, "usage-phone.png")
+    await p.set_viewport_size({"width": 1280, "height": 900})
     await p.get_by_label("User", exact=True).fill("alice")
     await p.get_by_role("button", name="Apply filters", exact=True).click()
-    await expect(usage_rows).to_have_count(1)
-    await expect(usage_rows.first).to_contain_text("alice")
+    await expect(usage_rows).to_have_count(2)
+    await expect(usage_rows.first).to_contain_text("AI agent")
     await expect(p.locator("#chart-legend")).to_contain_text("Calling: $6.00")
     await p.get_by_label("User", exact=True).fill("")
     await p.get_by_label("Service", exact=True).select_option("calling")
     await p.get_by_role("button", name="Apply filters", exact=True).click()
-    await expect(usage_rows).to_have_count(2)
+    await expect(usage_rows).to_have_count(3)
+    await expect(bars).to_have_count(2)
     async with p.expect_download() as info:
         await p.get_by_role("button", name="Export CSV", exact=True).click()
     download = await info.value
@@ -285,14 +305,12 @@ async def test_admin_wallet_live_and_usage(page: Watched, gate: LiveGate) -> Non
     shown = await usage_rows.evaluate_all("rows => rows.map(r => r.dataset.id)")
     assert [r["id"] for r in exported] == shown
     assert {r["user"] for r in exported} == {"alice", "bob"}
-    await p.screenshot(path=SHOTS / "usage-desktop.png", full_page=True)
-    await phone_screenshot(p, "usage-phone.png")
 
 
 async def phone_screenshot(p: Page, name: str) -> None:
     """At 360 px nothing but the tables' own scroll areas may be wider than the screen."""
     await p.set_viewport_size({"width": 360, "height": 780})
-    await p.wait_for_timeout(100)
+    await p.wait_for_timeout(300)  # the chart redraws at its new width
     assert await p.evaluate("document.documentElement.scrollWidth") <= 360
     await p.screenshot(path=SHOTS / name, full_page=True)
 

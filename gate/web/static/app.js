@@ -16,6 +16,7 @@ const state = {
   api: null, role: null, etag: null, wallet: null, live: null, poll: null,
   txCursor: null, txIds: new Set(), usageCursor: null, usageParams: {},
   pending: null, busy: false, settingsDirty: false, usageShown: false, refreshTimer: null,
+  chart: null,
 };
 
 // ---- small DOM helpers -------------------------------------------------------------------
@@ -108,7 +109,7 @@ function signOut(message = "") {
   clearInterval(state.poll);
   forgetKey();
   Object.assign(state, { api: null, role: null, etag: null, wallet: null, live: null, poll: null,
-    txCursor: null, pending: null, usageShown: false, settingsDirty: false });
+    txCursor: null, pending: null, usageShown: false, settingsDirty: false, chart: null });
   state.txIds.clear();
   for (const id of ["tx-table", "usage-table", "plan-table"]) $(id).tBodies[0].replaceChildren();
   $("events").replaceChildren();
@@ -413,9 +414,18 @@ async function loadChart(params) {
     cursor = page.next_cursor;
     pages += 1;
   } while (cursor && pages < CHART_PAGES);
-  const { svg, totals } = spendChart(rows, { from: params.from, to: params.to }, usd);
+  state.chart = { rows, params, truncated: Boolean(cursor) };
+  drawChart();
+}
+
+// Drawn at the width it gets (again when the window changes size), so text stays readable.
+function drawChart() {
+  if (!state.chart) return;
+  const { rows, params, truncated } = state.chart;
+  const width = $("chart").clientWidth || 640;
+  const { svg, totals } = spendChart(rows, { from: params.from, to: params.to }, usd, width);
   $("chart").replaceChildren(svg);
-  $("chart-title").textContent = "Daily spend per service" + (cursor ? ` (newest ${rows.length} rows)` : "");
+  $("chart-title").textContent = "Daily spend per service" + (truncated ? ` (newest ${rows.length} rows)` : "");
   const legend = $("chart-legend");
   legend.replaceChildren();
   for (const [key, label] of SERVICES) {
@@ -549,6 +559,8 @@ function wire() {
   $("filters").addEventListener("submit", applyFilters);
   $("f-reset").addEventListener("click", () => { $("filters").reset(); applyFilters(); });
   $("export").addEventListener("click", exportCsv);
+  let resizing = null;
+  window.addEventListener("resize", () => { clearTimeout(resizing); resizing = setTimeout(drawChart, 100); });
 }
 
 wire();

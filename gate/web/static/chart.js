@@ -25,14 +25,20 @@ function days(fromDay, toDay) {
   return out;
 }
 
-// rows: ledger rows (any order); range: {from, to} as YYYY-MM-DD or empty.
-// Returns {svg, totals} where totals is micros spent per service key.
-export function spendChart(rows, range, formatUsd) {
+// rows: ledger rows (any order); range: {from, to} as YYYY-MM-DD or empty; width: the pixels
+// the chart gets, so its text stays readable on a phone. Returns {svg, totals} where totals
+// is micros spent per service key.
+export function spendChart(rows, range, formatUsd, width = 640) {
   const debits = rows.filter((r) => Number(r.amount_micros) < 0 && r.type !== "adjustment");
   const newest = debits.reduce((m, r) => (r.at > m ? r.at : m), "");
   let toDay = range.to || (newest ? newest.slice(0, 10) : new Date().toISOString().slice(0, 10));
   let fromDay = range.from;
-  if (!fromDay) fromDay = new Date(Date.parse(toDay + "T00:00:00Z") - 29 * 86400000).toISOString().slice(0, 10);
+  if (!fromDay) {
+    // No range chosen: the days that have spend (a week at least, a month at most).
+    const oldest = debits.reduce((m, r) => (r.at < m ? r.at : m), newest || toDay).slice(0, 10);
+    const back = (n) => new Date(Date.parse(toDay + "T00:00:00Z") - n * 86400000).toISOString().slice(0, 10);
+    fromDay = oldest < back(29) ? back(29) : oldest > back(6) ? back(6) : oldest;
+  }
   if (fromDay > toDay) [fromDay, toDay] = [toDay, fromDay];
   let span = days(fromDay, toDay);
   if (span.length > 92) span = span.slice(-92);  // at most a quarter, newest days
@@ -47,7 +53,7 @@ export function spendChart(rows, range, formatUsd) {
     totals[s] = (totals[s] || 0) + m;
   }
   const max = Math.max(1, ...[...perDay.values()].map((d) => Object.values(d).reduce((a, b) => a + b, 0)));
-  const W = 640, H = 220, left = 56, bottom = 24, top = 8, plotH = H - top - bottom;
+  const W = Math.max(280, Math.min(Math.round(width), 1000)), H = 220, left = 56, bottom = 24, top = 8, plotH = H - top - bottom;
   const slot = (W - left - 8) / span.length;
   const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "chart-svg-title" });
   const sum = Object.values(totals).reduce((a, b) => a + b, 0);
