@@ -320,14 +320,24 @@ async def test_agent_key_sees_the_wallet_not_the_top_up(page: Watched, gate: Liv
     ws = await gate.api("POST", "/v1/workspaces", json={"name": "Agents Inc"})
     keys_path = f"/v1/workspaces/{ws['id']}/keys"
     agent = await gate.api("POST", keys_path, ws["key"], json={"role": "agent"})
-    await sign_in(p, gate.url, agent["key"])
+    # Keyboard only: the skip link, then the key field; Enter signs in.
+    await p.goto(gate.url + "/billing")
+    await p.keyboard.press("Tab")
+    await p.keyboard.press("Tab")
+    assert await p.evaluate("document.activeElement.id") == "key"
+    await p.keyboard.type(agent["key"])
+    await p.keyboard.press("Enter")
     await expect(p.locator("#balance")).to_have_text("$10.00")
     await expect(p.locator("#who")).to_contain_text("agent key")
     await expect(p.locator("#tx-table tbody tr")).to_have_count(1)
     for hidden in ("#topup-form", "#settings-form", "#export"):
         await expect(p.locator(hidden)).to_be_hidden()
     await expect(p.locator("#role-note")).to_contain_text("need an admin key")
-    await p.get_by_role("button", name="Usage history", exact=True).click()
+    for _ in range(10):  # Tab through the header to the view tabs
+        await p.keyboard.press("Tab")
+        if await p.evaluate("document.activeElement.id") == "tab-usage":
+            break
+    await p.keyboard.press("Enter")
     await expect(p.locator("#usage-table tbody tr")).to_have_count(1)
     await expect(p.get_by_role("button", name="Export CSV", exact=True)).to_have_count(0)
 
