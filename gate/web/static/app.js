@@ -522,10 +522,8 @@ function showView(name) {
   const usage = name === "usage";
   $("wallet-view").hidden = usage;
   $("usage-view").hidden = !usage;
-  $("tab-wallet").toggleAttribute("aria-current", !usage);
-  $("tab-usage").toggleAttribute("aria-current", usage);
-  if (!usage) $("tab-wallet").setAttribute("aria-current", "page");
-  else $("tab-usage").setAttribute("aria-current", "page");
+  $(usage ? "tab-usage" : "tab-wallet").setAttribute("aria-current", "page");
+  $(usage ? "tab-wallet" : "tab-usage").removeAttribute("aria-current");
   if (usage && state.api && !state.usageShown) {
     state.usageShown = true;
     applyFilters();
