@@ -202,8 +202,18 @@ async def test_admin_wallet_live_and_usage(page: Watched, gate: LiveGate) -> Non
     assert await p.context.cookies() == []
     assert all(ws["key"] not in u for u in page.requests)
 
-    # Top up $25 with a preset: the balance and a new row appear.
+    # No method on file and none typed, then a declined card: the API's message, no charge.
+    topup_form = p.locator("#topup-form")
     await p.get_by_role("button", name="$25", exact=True).click()
+    no_method = await gate.refusal("POST", "/v1/wallet/topup", ws["key"], json={"amount_usd": "25"})
+    await p.locator("#topup-submit").click()
+    await expect(topup_form).to_contain_text(no_method)
+    await p.get_by_label("Payment method", exact=True).fill("pm_card_chargeDeclined")
+    await p.locator("#topup-submit").click()
+    await expect(p.locator("#err-topup")).to_contain_text("declined")
+    await expect(p.locator("#balance")).to_have_text("$10.00")
+
+    # Top up $25 with a preset: the balance and a new row appear.
     await p.get_by_label("Payment method", exact=True).fill("pm_card_visa")
     await p.locator("#topup-submit").click()
     await expect(p.locator("#balance")).to_have_text("$35.00")

@@ -12,9 +12,10 @@ export class ApiError extends Error {
   }
 }
 
-// msgspec validation messages name the field as "at `$.amount_usd`".
+// msgspec validation messages name the field as "at `$.amount_usd`" or
+// "missing required field `payment_method_id`".
 function fieldOf(message) {
-  const m = /at `\$\.([\w.]+)`/.exec(message);
+  const m = /at `\$\.([\w.]+)`/.exec(message) || /required field `([\w.]+)`/.exec(message);
   return m ? m[1] : null;
 }
 

@@ -191,7 +191,7 @@ function fillSettings(w) {
   setValue("ar-topup", ar.topup_usd);
   setValue("lb-enabled", lb.enabled);
   setValue("lb-threshold", lb.threshold_usd);
-  setValue("lb-email", lb.email);
+  setValue("lb-email", Array.isArray(lb.email) ? lb.email.join(", ") : lb.email);
 }
 
 async function refreshWallet() {
@@ -319,7 +319,8 @@ async function topup(event) {
   try {
     const { body } = await state.api.json("/v1/wallet/topup", {
       method: "POST",
-      body: { amount_usd: amount, payment_method_id: method },
+      // No method typed: let Gate charge the default on file (or say that it needs one).
+      body: method ? { amount_usd: amount, payment_method_id: method } : { amount_usd: amount },
       headers: { "Idempotency-Key": state.pending.key },
     });
     state.pending = null;
@@ -354,7 +355,9 @@ async function saveSettings(event) {
   if ($("ar-threshold").value.trim()) ar.threshold_usd = $("ar-threshold").value.trim();
   if ($("ar-topup").value.trim()) ar.topup_usd = $("ar-topup").value.trim();
   if ($("lb-threshold").value.trim()) lb.threshold_usd = $("lb-threshold").value.trim();
-  if ($("lb-email").value.trim()) lb.email = $("lb-email").value.trim();
+  // Several addresses (comma-separated) go as a list, one as a string.
+  const emails = $("lb-email").value.split(",").map((e) => e.trim()).filter(Boolean);
+  if (emails.length) lb.email = emails.length > 1 ? emails : emails[0];
   try {
     const r = await state.api.json("/v1/wallet/settings", {
       method: "PATCH", body: { auto_recharge: ar, low_balance_alert: lb },
