@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -387,3 +388,32 @@ async def test_reconnects_when_gate_restarts(page: Watched, gate: LiveGate) -> N
     await p.get_by_role("button", name="Sign out", exact=True).click()
     await expect(p.locator("#signin")).to_be_visible()
     assert await p.evaluate("sessionStorage.length") == 0
+
+
+async def test_cut_and_empty_wallet_show_live(
+    page: Watched, gate: LiveGate, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    p = page.page
+    ws = await gate.api("POST", "/v1/workspaces", json={"name": "Thin Margins"})
+    keys_path = f"/v1/workspaces/{ws['id']}/keys"
+    switch = await gate.api("POST", keys_path, json={"role": "switch"})
+    adjust = {"amount_usd": "-9.70", "type": "adjustment", "description": "test: leave $0.30"}
+    await gate.api("POST", f"/v1/workspaces/{ws['id']}/adjustments", json=adjust)
+    await sign_in(p, gate.url, ws["key"])
+    await expect(p.locator("#balance")).to_have_text("$0.30")
+    await expect(p.locator("#live")).to_have_text("Live")
+    body = {"call_id": "short", "direction": "outbound", "from": "+14155550100",
+            "to": "+14155550123"}  # fmt: skip
+    await gate.api("POST", "/v1/calls", switch["key"], json=body)
+    # $0.30 pays 90 s at $0.20/min: the ticker cuts the call at 90 s on the gate's clock.
+    gate.clock.advance(60)
+    await expect(p.locator("#available")).to_have_text("$0.00")
+    gate.clock.advance(40)
+    await expect(p.locator("#events")).to_contain_text("Call short cut (balance)")
+    await gate.api("POST", "/v1/calls/short/end", switch["key"], json={"duration_s": 90})
+    await expect(p.locator("#tx-table tbody tr").first).to_contain_text(f"{MINUS}$0.30")
+    await expect(p.locator("#balance")).to_have_text("$0.00")
+    await expect(p.locator("#low-bar")).to_contain_text("No money available")
+    assert '"GET /billing HTTP/1.1" 200' in caplog.text  # the access log was captured...
+    assert ws["key"] not in caplog.text  # ...and the key is in no log line, not even DEBUG
