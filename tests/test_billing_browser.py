@@ -417,3 +417,37 @@ async def test_cut_and_empty_wallet_show_live(
     await expect(p.locator("#low-bar")).to_contain_text("No money available")
     assert '"GET /billing HTTP/1.1" 200' in caplog.text  # the access log was captured...
     assert ws["key"] not in caplog.text  # ...and the key is in no log line, not even DEBUG
+
+
+async def test_load_more_follows_the_cursor_without_gaps(page: Watched, gate: LiveGate) -> None:
+    p = page.page
+    ws = await gate.api("POST", "/v1/workspaces", json={"name": "Busy Desk"})
+
+    async def adjustments(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            body = {"amount_usd": "0.01", "type": "adjustment", "description": f"credit {n}"}
+            await gate.api("POST", f"/v1/workspaces/{ws['id']}/adjustments", json=body)
+
+    async def ids_shown() -> list[str]:
+        rows = p.locator("#tx-table tbody tr")
+        shown: list[str] = await rows.evaluate_all("rows => rows.map(r => r.dataset.id)")
+        return shown
+
+    async def ids_in_ledger() -> list[str]:
+        rows = await gate.api("GET", "/v1/wallet/transactions?limit=200", ws["key"])
+        return [r["id"] for r in rows["data"]]
+
+    await adjustments(1, 24)  # 25 rows with the signup credit: more than one page of 20
+    await sign_in(p, gate.url, ws["key"])
+    await expect(p.locator("#tx-table tbody tr")).to_have_count(20)
+    await p.get_by_role("button", name="Load more", exact=True).click()
+    await expect(p.locator("#tx-table tbody tr")).to_have_count(25)
+    await expect(p.get_by_role("button", name="Load more", exact=True)).to_be_hidden()
+    assert await ids_shown() == await ids_in_ledger()
+    # More new rows than a page arrive at once: the list starts over instead of leaving a gap.
+    await adjustments(25, 22)
+    await expect(p.locator("#tx-table tbody tr").first).to_contain_text("credit 46")
+    await expect(p.locator("#balance")).to_have_text("$10.46")
+    shown = await ids_shown()
+    assert shown == (await ids_in_ledger())[: len(shown)]
+    assert len(set(shown)) == len(shown)

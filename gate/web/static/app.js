@@ -92,8 +92,8 @@ async function signIn(key, { quiet = false } = {}) {
   note.textContent = "This agent key can see the wallet and its history. Adding funds, " +
     "changing settings and exporting CSV need an admin key.";
   renderWallet(wallet.body, wallet.etag);
-  await loadTx(true);
   startLive();
+  await loadTx(true).catch(() => {});  // the event stream's catch-up fills it in later
   return true;
 }
 
@@ -233,6 +233,9 @@ async function loadTx(reset) {
 async function newTx() {
   const { body: page } = await state.api.json("/v1/wallet/transactions" + query({ limit: TX_PAGE }));
   const fresh = (page.data || []).filter((r) => !state.txIds.has(r.id));
+  if (page.next_cursor && fresh.length === (page.data || []).length) {
+    return loadTx(true);  // more new rows than a page: start over rather than leave a gap
+  }
   const tbody = $("tx-table").tBodies[0];
   for (const r of fresh.reverse()) {
     state.txIds.add(r.id);
