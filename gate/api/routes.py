@@ -18,6 +18,7 @@ from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
 from gate.api.call_schemas import EndCall, Heartbeat, StartCall, SyncCalls
 from gate.api.http import Handler
+from gate.web import pages as web_pages
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ ROUTES = [
     Route("GET", "/v1/calls", api_calls.list_calls, "Live calls (?state=live)", "agent"),
     Route("POST", "/v1/admin/rates/reload", api_calls.reload_rates,
           "Reload the rate card; live calls keep their rate", "platform"),
+    Route("GET", "/billing", web_pages.billing, "The billing page (sign in with a key)"),
+    Route("GET", "/billing/assets/{name}", web_pages.asset, "A script or style of the page"),
 ]  # fmt: skip
 
 
