@@ -13,6 +13,7 @@ from gate.api import routes
 from gate.api.http import (
     AUTH,
     CALLS,
+    CHARGES,
     CTX,
     MAX_BODY,
     OUTBOX,
@@ -32,6 +33,7 @@ from gate.store import redis_client
 from gate.store.scripts import Scripts
 from gate.tenancy.auth import Authenticator
 from gate.tenancy.workspaces import Workspaces
+from gate.wallet.charges import Charges
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.service import Wallet
 
@@ -68,6 +70,7 @@ def create_app(
         app[WORKSPACES] = workspaces
         app[WALLET] = Wallet(ctx, workspaces, payments or SandboxProvider())
         app[CALLS] = Calls(ctx, rates)
+        app[CHARGES] = Charges(app[WALLET], lambda: rates.card)
         outbox = Outbox(ctx)
         ticker = Ticker(ctx)
         ctx.notifier.on_events = outbox.notify

@@ -50,3 +50,20 @@ class SyncCalls(Body):
     """The calls the switch has up right now (CGRateS' channel sync)."""
 
     call_ids: Annotated[list[CallId], Meta(max_length=100_000)]
+
+
+class Charge(Body):
+    """One-off usage: sms/mms (text or segments), fax (pages), chat (messages)."""
+
+    charge_id: Id
+    service: Literal["sms", "mms", "fax", "chat"]
+    text: Annotated[str, Meta(max_length=1600)] | None = None
+    segments: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    pages: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    messages: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    direction: Literal["outbound", "inbound"] = "outbound"
+    from_: E164 | None = field(default=None, name="from")
+    to: E164 | None = None
+    user: Id | None = None
+    group: Id | None = None
+    message_id: Id | None = None

@@ -26,6 +26,7 @@ from gate.errors import (
 )
 from gate.tenancy.auth import Authenticator, Principal, Role
 from gate.tenancy.workspaces import Workspaces
+from gate.wallet.charges import Charges
 from gate.wallet.service import Wallet
 
 log = logging.getLogger("gate.api.http")
@@ -40,6 +41,7 @@ OUTBOX = web.AppKey("outbox", Outbox)
 RATES = web.AppKey("rates", RateBook)
 CALLS = web.AppKey("calls", Calls)
 TICKER = web.AppKey("ticker", Ticker)
+CHARGES = web.AppKey("charges", Charges)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

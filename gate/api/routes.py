@@ -16,7 +16,7 @@ from gate.api import ops as api_ops
 from gate.api import schemas
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
-from gate.api.call_schemas import EndCall, Heartbeat, StartCall, SyncCalls
+from gate.api.call_schemas import Charge, EndCall, Heartbeat, StartCall, SyncCalls
 from gate.api.http import Handler
 from gate.web import pages as web_pages
 
@@ -55,6 +55,8 @@ ROUTES = [
     Route("GET", "/v1/events", api_events.stream, "Server-Sent Events, resumable", "agent"),
     Route("POST", "/v1/calls", api_calls.start, "A call wants to start: allow or refuse",
           "switch", StartCall),
+    Route("POST", "/v1/charges", api_calls.charge,
+          "One-off usage: SMS, MMS, fax, chat; idempotent by charge_id", "switch", Charge),
     Route("POST", "/v1/calls/sync", api_calls.sync,
           "The calls the switch has up: end the others as lost", "switch", SyncCalls),
     Route("POST", "/v1/calls/{call_id}/answer", api_calls.answer, "Billing starts now",
