@@ -52,6 +52,8 @@ ROUTES = [
     Route("GET", "/v1/wallet/transactions", api_wallet.transactions,
           "Ledger rows, newest first", "agent"),
     Route("GET", "/v1/usage/export", api_wallet.export, "CSV of all matching rows", "admin"),
+    Route("GET", "/v1/usage/summary", api_wallet.usage_summary,
+          "The month's spend per service, counts, top users and groups", "agent"),
     Route("GET", "/v1/events", api_events.stream, "Server-Sent Events, resumable", "agent"),
     Route("POST", "/v1/calls", api_calls.start, "A call wants to start: allow or refuse",
           "switch", StartCall),
