@@ -16,6 +16,7 @@ from gate.api.http import (
     CHARGES,
     CTX,
     MAX_BODY,
+    NUMBERS,
     OUTBOX,
     RATES,
     TICKER,
@@ -34,6 +35,7 @@ from gate.store.scripts import Scripts
 from gate.tenancy.auth import Authenticator
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.charges import Charges
+from gate.wallet.numbers import Numbers, Renewals
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.service import Wallet
 
@@ -71,6 +73,8 @@ def create_app(
         app[WALLET] = Wallet(ctx, workspaces, payments or SandboxProvider())
         app[CALLS] = Calls(ctx, rates)
         app[CHARGES] = Charges(app[WALLET], lambda: rates.card)
+        app[NUMBERS] = numbers = Numbers(ctx, rates)
+        renewals = Renewals(numbers)
         outbox = Outbox(ctx)
         ticker = Ticker(ctx)
         ctx.notifier.on_events = outbox.notify
@@ -79,8 +83,10 @@ def create_app(
         app[TICKER] = ticker
         await outbox.start()
         await ticker.start()
+        await renewals.start()
         log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
         yield
+        await renewals.stop()
         await ticker.stop()
         await outbox.stop()
         if own:

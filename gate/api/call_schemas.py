@@ -67,3 +67,7 @@ class Charge(Body):
     user: Id | None = None
     group: Id | None = None
     message_id: Id | None = None
+
+
+class RentNumber(Body):
+    number: E164

@@ -27,6 +27,7 @@ from gate.errors import (
 from gate.tenancy.auth import Authenticator, Principal, Role
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.charges import Charges
+from gate.wallet.numbers import Numbers
 from gate.wallet.service import Wallet
 
 log = logging.getLogger("gate.api.http")
@@ -42,6 +43,7 @@ RATES = web.AppKey("rates", RateBook)
 CALLS = web.AppKey("calls", Calls)
 TICKER = web.AppKey("ticker", Ticker)
 CHARGES = web.AppKey("charges", Charges)
+NUMBERS = web.AppKey("numbers", Numbers)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -12,11 +12,12 @@ from aiohttp import web
 from gate import __version__
 from gate.api import calls as api_calls
 from gate.api import events as api_events
+from gate.api import numbers as api_numbers
 from gate.api import ops as api_ops
 from gate.api import schemas
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
-from gate.api.call_schemas import Charge, EndCall, Heartbeat, StartCall, SyncCalls
+from gate.api.call_schemas import Charge, EndCall, Heartbeat, RentNumber, StartCall, SyncCalls
 from gate.api.http import Handler
 from gate.web import pages as web_pages
 
@@ -57,6 +58,11 @@ ROUTES = [
     Route("GET", "/v1/events", api_events.stream, "Server-Sent Events, resumable", "agent"),
     Route("POST", "/v1/calls", api_calls.start, "A call wants to start: allow or refuse",
           "switch", StartCall),
+    Route("POST", "/v1/numbers", api_numbers.rent,
+          "Rent a number: the first month is charged now", "admin", RentNumber),
+    Route("GET", "/v1/numbers", api_numbers.list_numbers, "The rented numbers", "agent"),
+    Route("DELETE", "/v1/numbers/{number}", api_numbers.release, "Stop renting a number",
+          "admin"),
     Route("POST", "/v1/charges", api_calls.charge,
           "One-off usage: SMS, MMS, fax, chat; idempotent by charge_id", "switch", Charge),
     Route("POST", "/v1/calls/sync", api_calls.sync,
