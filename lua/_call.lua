@@ -202,6 +202,28 @@ local function trim_ended(now_ms)
   end
 end
 
+-- The cost split by the rate's components (c.cmp = "name=micros per minute;..."): each part
+-- is floor(part rate x billable / 60), and what rounding leaves (the cost is rounded up once,
+-- the parts down) goes to the largest part, the first listed on a tie, so the parts and the
+-- connect fee add up to the cost exactly. Appends (name, micros) pairs to `out`.
+local function split_cost(c, duration, amount, out)
+  if not c.cmp or c.cmp == '' or amount == 0 then return end
+  local b = billable(c, duration)
+  local parts, left, big = {}, amount - c.fee, 1
+  for name, rate in string.gmatch(c.cmp, '([%w_]+)=(%d+)') do
+    local share = idiv(tonumber(rate) * b, 60)
+    parts[#parts + 1] = {name, share, tonumber(rate)}
+    left = left - share
+    if tonumber(rate) > parts[big][3] then big = #parts end
+  end
+  if #parts == 0 then return end
+  parts[big][2] = parts[big][2] + left
+  for _, p in ipairs(parts) do
+    out[#out + 1] = 'component_' .. p[1] .. '_micros'
+    out[#out + 1] = p[2]
+  end
+end
+
 -- Flags of a call that never connected: nothing to bill, so no ledger row either.
 local UNBILLED = {ring_timeout = true, never_started = true}
 
@@ -225,6 +247,9 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   if leak > 0 then extra[#extra + 1] = 'leak_s'; extra[#extra + 1] = leak end
   if flag ~= '' then extra[#extra + 1] = 'flag'; extra[#extra + 1] = flag end
   if c.nr == 1 then extra[#extra + 1] = 'no_rate'; extra[#extra + 1] = 'true' end
+  local split = {}
+  split_cost(c, duration, amount, split)
+  for i = 1, #split do extra[#extra + 1] = split[i] end
   clamped = clamped or c.clp == 1
   if clamped then extra[#extra + 1] = 'duration_clamped'; extra[#extra + 1] = 'true' end
   local id, balance = '', nil
@@ -237,7 +262,8 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   rcall('ZREM', due, c.id)
   rcall('SREM', cuts, c.id)
   local result = cmsgpack.pack({cost = amount, row = id, balance = balance,
-    duration = duration, leak = leak, flag = flag, clamped = clamped and 1 or 0})
+    duration = duration, leak = leak, flag = flag, clamped = clamped and 1 or 0,
+    parts = split})
   rcall('HSET', ended, c.id, result)
   rcall('ZADD', ended_at, now_ms, c.id)
   trim_ended(now_ms)
