@@ -37,10 +37,20 @@ local function clock_bound(c, now_ms, tolerance_s)
   return bound
 end
 
+-- Whether the switch reports this call's liveness (heartbeats or syncs), and the last
+-- moment it showed the call up (records from before evidence was kept: the last heartbeat).
+local function reports(c)
+  return c.rep == 1 or c.hms > 0
+end
+
+local function evidence_ms(c)
+  return math.max(c.evm or 0, c.hms, c.ans)
+end
+
 -- Seconds of talk time the last evidence shows (0 when the answer is all there is).
 local function evidence_s(c)
-  if c.ans == 0 or (c.evm or 0) <= c.ans then return 0 end
-  return math.floor((c.evm - c.ans) / 1000)
+  if c.ans == 0 then return 0 end
+  return math.floor((evidence_ms(c) - c.ans) / 1000)
 end
 
 local function load_call(id)
@@ -72,6 +82,12 @@ end
 
 local function max_duration(c)
   if c.cut == 0 then return -1 end
+  return c.hz + grace_of(c)
+end
+
+-- Seconds of talk the call was granted: its horizon, plus the grace of a limited inbound call.
+local function granted_s(c)
+  if c.cut == 0 then return c.hz end
   return c.hz + grace_of(c)
 end
 
@@ -234,7 +250,7 @@ local UNBILLED = {ring_timeout = true, never_started = true}
 local function finish(c, duration, now_ms, cause, flag, clamped)
   local amount = cost(c, duration)
   hold(c, 0)
-  local granted = c.hz + (c.cut ~= 0 and grace_of(c) or 0)
+  local granted = granted_s(c)
   local leak = 0
   if c.cut ~= 0 and duration > granted then leak = duration - granted end
   local rtype = c.svc == 'ai_agent' and 'ai_agent' or 'call'
@@ -276,8 +292,6 @@ end
 -- gate's own clock or max_call_s.
 local function stale_duration(c, e)
   local base = c.bs
-  if c.rep == 1 then base = evidence_s(c) end
-  local granted = c.hz
-  if c.cut ~= 0 then granted = c.hz + grace_of(c) end
-  return math.max(math.min(base + c.tk, e, granted, c.max), 0)
+  if reports(c) then base = evidence_s(c) end
+  return math.max(math.min(base + c.tk, e, granted_s(c), c.max), 0)
 end
