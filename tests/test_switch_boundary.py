@@ -91,6 +91,7 @@ async def test_a_start_behind_a_paused_redis_answers_503_and_never_commits(
             os.kill(server.pid, signal.SIGCONT)
         assert resp.status == 503, await resp.text()
         assert (await resp.json())["error"]["code"] == "gate_timeout"
+        print(f"paused Redis: start answered 503 after {waited * 1000:.0f} ms (deadline 300 ms)")
         assert waited < 1.5, f"answered after {waited:.2f} s; the deadline was 0.3 s"
         # Redis resumes and runs the queued start: past its deadline, it must change nothing.
         check = Redis.from_url(server.url)
