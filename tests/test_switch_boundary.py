@@ -408,3 +408,42 @@ async def test_a_switch_without_heartbeats_cuts_no_healthy_call_and_every_unpaid
     assert (await end.json())["cost_micros"] == 1_000_000
     poor_rows = await all_rows(client, poor["key"], "type=call")
     assert poor_rows[0]["amount_micros"] == -500_000 and "leak_s" not in poor_rows[0]
+
+
+BUSY_LUA = """
+local t0 = redis.call('TIME')
+local start = t0[1] * 1000000 + t0[2]
+while true do
+  local t = redis.call('TIME')
+  if t[1] * 1000000 + t[2] - start > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+async def test_starts_queued_behind_a_busy_redis_past_their_deadline_never_commit(
+    make_client: MakeClient, redis: Redis
+) -> None:
+    """Under load: a hundred starts wait behind a script that holds Redis for 300 ms; each
+    answered 503 must leave nothing behind when Redis gets to it."""
+    client = await make_client(auth_cache_s=60.0)  # warm auth: the starts' scripts queue
+    ws = await new_workspace(client)
+    sw = auth(await new_switch_key(client, ws["id"]))
+    await client.get("/v1/wallet", headers=sw)
+    evalsha_before = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    blocker = asyncio.create_task(redis.eval(BUSY_LUA, 0, 300_000))
+    await asyncio.sleep(0.05)
+    answers = await asyncio.gather(*(
+        client.post("/v1/calls", json=START | {"call_id": f"q{i}", "timeout_ms": 100}, headers=sw)
+        for i in range(100)
+    ))  # fmt: skip
+    await blocker
+    statuses = [a.status for a in answers]
+    k = keys.for_workspace(ws["id"])
+    assert statuses.count(503) > 90, statuses
+    await asyncio.sleep(0.1)
+    ran = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] - evalsha_before
+    assert ran >= 100, "the late starts did reach Redis, after their deadline"
+    assert await redis.hlen(k.live) == statuses.count(201), "a 503 start was committed"
+    for i, status in enumerate(statuses):
+        if status == 201:
+            await client.post(f"/v1/calls/q{i}/end", json={"duration_s": 0}, headers=sw)
