@@ -13,7 +13,7 @@ from gate.store import keys
 from gate.wallet.numbers import add_months
 from tests.conftest import PLATFORM, Client, auth, new_workspace
 from tests.helpers import all_rows, wallet_json
-from tests.test_calls import set_balance
+from tests.test_calls import credit, set_balance
 
 NUMBER = "+14155550199"
 
@@ -27,15 +27,6 @@ def test_anniversaries_clamp_to_the_end_of_short_months() -> None:
     assert add_months(jan31, 1) == ms("2027-02-28T10:00:00")
     assert add_months(jan31, 2) == ms("2027-03-31T10:00:00")
     assert add_months(jan31, 13) == ms("2028-02-29T10:00:00")
-
-
-async def adjust(client: Client, ws: dict[str, Any], micros: int) -> None:
-    resp = await client.post(
-        f"/v1/workspaces/{ws['id']}/adjustments",
-        json={"amount_usd": str(micros / 1e6), "type": "adjustment", "description": "test"},
-        headers=PLATFORM,
-    )
-    assert resp.status == 201, await resp.text()
 
 
 async def rent(client: Client, ws: dict[str, Any], number: str = NUMBER) -> Any:
@@ -73,7 +64,7 @@ async def test_a_year_of_anniversaries_charges_each_month_exactly_once(
     client: Client, clock: ManualClock
 ) -> None:
     ws = await new_workspace(client)
-    await adjust(client, ws, 10_000_000)  # $20: enough for the 13 months
+    await credit(client, ws, 10_000_000)  # $20: enough for the 13 months
     rented = clock.now_ms()
     assert (await rent(client, ws)).status == 201
     numbers = client.server.app[NUMBERS]
@@ -95,7 +86,7 @@ async def test_a_failed_renewal_is_told_once_and_retried_daily(
     ws = await new_workspace(client)
     rented = clock.now_ms()
     assert (await rent(client, ws)).status == 201
-    await adjust(client, ws, -7_850_000)  # $1 left: not enough for the second month
+    await credit(client, ws, -7_850_000)  # $1 left: not enough for the second month
     numbers = client.server.app[NUMBERS]
     clock.advance((add_months(rented, 1) - rented) / 1000 + 1)
     await numbers.run_once()
@@ -106,7 +97,7 @@ async def test_a_failed_renewal_is_told_once_and_retried_daily(
     events = await redis.xrange(keys.for_workspace(ws["id"]).events)
     failed = [e for _, e in events if e[b"type"] == b"number.renewal_failed"]
     assert len(failed) == 1
-    await adjust(client, ws, 5_000_000)
+    await credit(client, ws, 5_000_000)
     clock.advance(86400)
     await numbers.run_once()
     listed = (await (await client.get("/v1/numbers", headers=auth(ws["key"]))).json())["data"]
