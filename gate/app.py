@@ -14,9 +14,11 @@ from gate.api.http import (
     AUTH,
     AUTOMATION,
     CALLS,
+    CHARGES,
     CTX,
     MAX_BODY,
     METHODS,
+    NUMBERS,
     OUTBOX,
     RATES,
     TICKER,
@@ -36,7 +38,9 @@ from gate.store.scripts import Scripts
 from gate.tenancy.auth import Authenticator
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.automation import Automation
+from gate.wallet.charges import Charges
 from gate.wallet.methods import PaymentMethods
+from gate.wallet.numbers import Numbers, Renewals
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.service import Wallet
 from gate.wallet.stripe_provider import StripeProvider
@@ -77,6 +81,9 @@ def create_app(
         app[WALLET] = Wallet(ctx, workspaces, provider)
         app[METHODS] = PaymentMethods(ctx, workspaces, provider)
         app[CALLS] = Calls(ctx, rates)
+        app[CHARGES] = Charges(app[WALLET], lambda: rates.card)
+        app[NUMBERS] = numbers = Numbers(ctx, rates)
+        renewals = Renewals(numbers)
         outbox = Outbox(ctx)
         ticker = Ticker(ctx)
         if mailer is None and settings.smtp_url:
@@ -103,8 +110,10 @@ def create_app(
         await outbox.start()
         await ticker.start()
         await automation.start()
+        await renewals.start()
         log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
         yield
+        await renewals.stop()
         await automation.stop()
         await ticker.stop()
         await outbox.stop()

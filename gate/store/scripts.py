@@ -45,6 +45,7 @@ class Code(IntEnum):
     SUSPENDED = -7
     INVALID_STATE = -8
     BALANCE_LIMIT = -9
+    DEADLINE = -10
 
 
 @dataclass(frozen=True, slots=True)
