@@ -23,6 +23,8 @@ class CallEntry:
     how: str = ""  # plan | cut | heartbeat | drain | failed_start | unknown
     end_sent_ms: float = 0.0
     start_limit: int | None = None  # max_duration_s of the start answer
+    start_grant: int = 0  # granted_s of the start answer
+    no_heartbeat: bool = False  # its switch followed hangup_at and events, no heartbeats
     gate_cost: int | None = None  # cost_micros of the end answer
     gate_leak_s: int = 0
     # A lost end (the switch hung up and never sent it): `duration` is what Gate billed, once

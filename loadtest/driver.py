@@ -328,6 +328,8 @@ class Fleet:
             self.checks["rate_mismatch"] += 1
         limit = a.get("max_duration_s")
         entry.start_limit = None if limit is None else int(limit)
+        entry.start_grant = int(a.get("granted_s") or 0)
+        entry.no_heartbeat = plan.follow
         entry.answer_ms = answered_ms
         # Gate answered (its first evidence) between our send and its answer.
         channel = Channel(t_send * 1000, answered_ms)
@@ -574,7 +576,7 @@ class Fleet:
             return
         loop = asyncio.get_running_loop()
         last = max(self._settle_by(e) for e in self.lost.values())
-        deadline = loop.time() + max(last / 1000 - time.time(), 0) + 15
+        deadline = loop.time() + max(last / 1000 - time.time(), 0) + 10
         while self.lost and loop.time() < deadline:
             now_ms = time.time() * 1000
             for (ws_id, call_id), e in list(self.lost.items()):

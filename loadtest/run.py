@@ -120,6 +120,8 @@ def write_calls(path: Path, workspaces: list[WsBooks], receiver: Receiver) -> No
                     "start_ms": e.t_send_ms,
                     "end_sent_ms": round(e.end_sent_ms),
                     "start_limit_s": e.start_limit,
+                    "start_granted_s": e.start_grant,
+                    "no_heartbeat": e.no_heartbeat,
                     "gate_leak_s": e.gate_leak_s,
                     "lost_end": e.lost,
                     "true_duration_s": e.true_duration if e.lost else None,
