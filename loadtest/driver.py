@@ -93,8 +93,10 @@ def far_end(rng: random.Random) -> tuple[str, str | None]:
         return ("+4420" if rng.random() < 0.5 else "+447") + _digits(rng, 8), None
     if kind == "in":
         return f"+919{_digits(rng, 9)}", None
-    number = f"+1{rng.choice(_US_AREAS)}{_digits(rng, 7)}"
-    return number, "local" if kind == "local" else None
+    # "local" is no longer the switch's to claim (issue 8): Gate derives number types from
+    # the card's [[number_types]], and a claim the card does not make is refused. The cards
+    # the harness uses list no local prefixes, so these are plain US calls.
+    return f"+1{rng.choice(_US_AREAS)}{_digits(rng, 7)}", None
 
 
 class Fleet:
@@ -489,7 +491,13 @@ class Fleet:
         entry.gate_leak_s = int(answer.body.get("leakage_s") or 0)
         if entry.gate_cost != entry.cost:
             self.checks["end_cost_mismatch"] += 1
-        if how == "unknown" and not answer.body.get("unauthorized_call"):
+        if how == "unknown" and duration == 0:
+            # A 0 s end of a call Gate never saw is the failure policy's cleanup: remembered,
+            # no ledger row (issue 8). The books drop it; a row would show up as unexpected.
+            if answer.body.get("flag") != "never_started" or answer.body.get("transaction_id"):
+                self.checks["unauthorized_not_flagged"] += 1
+            wb.calls.pop(entry.call_id, None)
+        elif how == "unknown" and not answer.body.get("unauthorized_call"):
             self.checks["unauthorized_not_flagged"] += 1
         if plan.repeat_end:
             again = await self.api.call("call_end", "POST", path, body, wb.switch_key, retries=6)

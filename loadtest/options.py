@@ -13,7 +13,7 @@ What a run does: starts Gate (`gate serve` with its own private redis-server) un
 is given, creates the workspaces with their balances and a switch key each, points their
 webhooks at the harness's receiver, then for --duration seconds acts like a switch fleet:
 Poisson call arrivals, exponential call lengths, outbound/inbound, voice/AI agent, far ends
-in the US (60%), toll-free (10%), local (free, 5%), UK (15%) and India (10%); heartbeats,
+in the US (65%), toll-free (10%), UK (15%) and India (10%); heartbeats,
 top-ups and adjustments mid-call, repeated ends, retried starts, ends of calls Gate never
 saw. Every call.cut webhook is verified and obeyed like a switch would; with
 --no-heartbeat-share some switches send no heartbeats and hang up at hangup_at unless
