@@ -55,6 +55,10 @@ class Plan:
         }
         if self.number_type is not None:
             body["number_type"] = self.number_type
+        if self.heartbeat:
+            body["heartbeat_s"] = (
+                1  # a promise: their silence, even before the first, is a lost end
+            )
         return body
 
 

@@ -327,11 +327,6 @@ def test_lost_ends_of_heartbeat_switches_are_swept_at_evidence_plus_one_tick(
     assert all(c["ended_by"] == "stale" for c in _calls(tmp_path) if c["lost_end"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Gate gap: a call whose end is lost before its first heartbeat has rep = 0, so "
-    "the stale sweep never ends it (billed to its cut or max_call_s); only a sync saves it",
-)
 @pytest.mark.timeout(90)
 def test_lost_ends_before_the_first_heartbeat_are_swept_too(tmp_path: Path) -> None:
     args = list(HEARTBEAT_LOST)
