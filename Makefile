@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml
 	  echo "Kamailio packages missing: installing them with apt-get (the switch tests use them)"; \
 	  (apt-get update -qq && apt-get install -y -qq $(KAMAILIO_PKGS)) || \
 	  echo "Kamailio could not be installed; the Kamailio tests will skip"; }
+	@test -x /usr/bin/chromium || { \
+	  echo "chromium is missing (the billing page's browser tests drive it): installing it"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium) || \
+	  echo "chromium could not be installed; the browser tests will skip"; }
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,loadtest]'

@@ -33,7 +33,7 @@ CLAMPS = Counter(
 )
 CALL_ENDINGS = Counter(
     "gate_call_endings_total",
-    "Calls the gate ended itself, by reason (lost_end, stale, never_started, ring_timeout)",
+    "Calls a call sync ended because the switch no longer listed them, by flag",
     ["reason"],
     registry=REGISTRY,
 )

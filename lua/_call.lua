@@ -37,10 +37,20 @@ local function clock_bound(c, now_ms, tolerance_s)
   return bound
 end
 
+-- Whether the switch reports this call's liveness (heartbeats or syncs), and the last
+-- moment it showed the call up (records from before evidence was kept: the last heartbeat).
+local function reports(c)
+  return c.rep == 1 or c.hms > 0
+end
+
+local function evidence_ms(c)
+  return math.max(c.evm or 0, c.hms, c.ans)
+end
+
 -- Seconds of talk time the last evidence shows (0 when the answer is all there is).
 local function evidence_s(c)
-  if c.ans == 0 or (c.evm or 0) <= c.ans then return 0 end
-  return math.floor((c.evm - c.ans) / 1000)
+  if c.ans == 0 then return 0 end
+  return math.floor((evidence_ms(c) - c.ans) / 1000)
 end
 
 local function load_call(id)
@@ -75,6 +85,12 @@ local function max_duration(c)
   return c.hz + grace_of(c)
 end
 
+-- Seconds of talk the call was granted: its horizon, plus the grace of a limited inbound call.
+local function granted_s(c)
+  if c.cut == 0 then return c.hz end
+  return c.hz + grace_of(c)
+end
+
 -- The moment the money granted so far lasts: the cut when limited, else the horizon.
 local function hangup_ms(c)
   if c.cut ~= 0 then return c.cut end
@@ -82,15 +98,17 @@ local function hangup_ms(c)
 end
 
 -- Keep the switch's own timer (armed at hangup_at) ahead of a healthy call: a call.extended
--- event once less than half the buffer is left before what it was last told, or at once when
--- a limit moves it (an inbound limit already says so in its call.limit). At most one event
--- per call per half buffer; heartbeat answers carry hangup_at, so they reset `ha` instead.
+-- event once less than half the buffer (and at least two ticks, so a tick's lateness and a
+-- switch timer rounded to the second never meet it) is left before what the switch was last
+-- told, or at once when a limit moves it (an inbound limit says so in its call.limit). At
+-- most one event per call per half buffer; heartbeat answers carry hangup_at, so they reset
+-- `ha` instead.
 local function announce(c, now_ms)
   if c.ans == 0 then return end
   local h = hangup_ms(c)
   local told = c.ha or 0
   if h <= told then return end
-  if c.cut ~= 0 or told - now_ms <= c.buf * 500 then
+  if c.cut ~= 0 or told - now_ms <= math.max(c.buf * 500, c.tk * 2000) then
     c.ha = h
     if not (c.cut ~= 0 and c.dir == 'inbound') then
       emit(events, wallet, now_ms, 'call.extended', {'call_id', c.id, 'hangup_at_ms', h,
@@ -102,6 +120,7 @@ end
 local function hold(c, held)
   if held ~= c.held then
     rcall('HINCRBY', wallet, 'reserved', held - c.held)
+    if held > c.held then watch(ws, wallet, events, now_ms) end
     c.held = held
   end
 end
@@ -202,6 +221,28 @@ local function trim_ended(now_ms)
   end
 end
 
+-- The cost split by the rate's components (c.cmp = "name=micros per minute;..."): each part
+-- is floor(part rate x billable / 60), and what rounding leaves (the cost is rounded up once,
+-- the parts down) goes to the largest part, the first listed on a tie, so the parts and the
+-- connect fee add up to the cost exactly. Appends (name, micros) pairs to `out`.
+local function split_cost(c, duration, amount, out)
+  if not c.cmp or c.cmp == '' or amount == 0 then return end
+  local b = billable(c, duration)
+  local parts, left, big = {}, amount - c.fee, 1
+  for name, rate in string.gmatch(c.cmp, '([%w_]+)=(%d+)') do
+    local share = idiv(tonumber(rate) * b, 60)
+    parts[#parts + 1] = {name, share, tonumber(rate)}
+    left = left - share
+    if tonumber(rate) > parts[big][3] then big = #parts end
+  end
+  if #parts == 0 then return end
+  parts[big][2] = parts[big][2] + left
+  for _, p in ipairs(parts) do
+    out[#out + 1] = 'component_' .. p[1] .. '_micros'
+    out[#out + 1] = p[2]
+  end
+end
+
 -- Flags of a call that never connected: nothing to bill, so no ledger row either.
 local UNBILLED = {ring_timeout = true, never_started = true}
 
@@ -212,7 +253,7 @@ local UNBILLED = {ring_timeout = true, never_started = true}
 local function finish(c, duration, now_ms, cause, flag, clamped)
   local amount = cost(c, duration)
   hold(c, 0)
-  local granted = c.hz + (c.cut ~= 0 and grace_of(c) or 0)
+  local granted = granted_s(c)
   local leak = 0
   if c.cut ~= 0 and duration > granted then leak = duration - granted end
   local rtype = c.svc == 'ai_agent' and 'ai_agent' or 'call'
@@ -225,6 +266,9 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   if leak > 0 then extra[#extra + 1] = 'leak_s'; extra[#extra + 1] = leak end
   if flag ~= '' then extra[#extra + 1] = 'flag'; extra[#extra + 1] = flag end
   if c.nr == 1 then extra[#extra + 1] = 'no_rate'; extra[#extra + 1] = 'true' end
+  local split = {}
+  split_cost(c, duration, amount, split)
+  for i = 1, #split do extra[#extra + 1] = split[i] end
   clamped = clamped or c.clp == 1
   if clamped then extra[#extra + 1] = 'duration_clamped'; extra[#extra + 1] = 'true' end
   local id, balance = '', nil
@@ -237,7 +281,8 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   rcall('ZREM', due, c.id)
   rcall('SREM', cuts, c.id)
   local result = cmsgpack.pack({cost = amount, row = id, balance = balance,
-    duration = duration, leak = leak, flag = flag, clamped = clamped and 1 or 0})
+    duration = duration, leak = leak, flag = flag, clamped = clamped and 1 or 0,
+    parts = split})
   rcall('HSET', ended, c.id, result)
   rcall('ZADD', ended_at, now_ms, c.id)
   trim_ended(now_ms)
@@ -250,8 +295,6 @@ end
 -- gate's own clock or max_call_s.
 local function stale_duration(c, e)
   local base = c.bs
-  if c.rep == 1 then base = evidence_s(c) end
-  local granted = c.hz
-  if c.cut ~= 0 then granted = c.hz + grace_of(c) end
-  return math.max(math.min(base + c.tk, e, granted, c.max), 0)
+  if reports(c) then base = evidence_s(c) end
+  return math.max(math.min(base + c.tk, e, granted_s(c), c.max), 0)
 end

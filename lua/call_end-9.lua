@@ -10,10 +10,10 @@
 --                                duration_s beyond the gate's time since answer plus this
 --                                (or beyond max_call_s) is clamped and flagged
 -- ARGV[6]  max_call_s   integer  the longest call, for calls the gate never saw
--- ARGV[7..18] optional: how to rate a call the gate never saw (billed as unauthorized_call),
+-- ARGV[7..19] optional: how to rate a call the gate never saw (billed as unauthorized_call),
 --   sent only after a {-5} reply, so a normal end carries no rating: direction,
 --   service, from, to, user, group, rate, fee, first, next, number_type, no_rate
---   (1 when no rate matched: recorded at zero for review, never dropped)
+--   (1 when no rate matched: recorded at zero for review, never dropped), components
 -- Replies:
 --   {0, result, woken}  billed now; result = MessagePack {cost, row, balance, duration, leak,
 --                       flag, clamped}; woken = limited calls made due now by the released
@@ -46,12 +46,12 @@ if c then
   local bound = clock_bound(c, now_ms, tolerance_s)
   if duration > bound then duration, clamped = bound, true end
 else
-  if #ARGV < 18 then return {-5} end
+  if #ARGV < 19 then return {-5} end
   flag = duration == 0 and 'never_started' or 'unauthorized_call'
   c = {id = call_id, dir = ARGV[7], svc = ARGV[8], from = ARGV[9], to = ARGV[10],
     user = ARGV[11], grp = ARGV[12], rate = tonumber(ARGV[13]), fee = tonumber(ARGV[14]),
     f = tonumber(ARGV[15]), n = tonumber(ARGV[16]), nt = ARGV[17], held = 0, hz = 0, cut = 0,
-    grace = 0, nr = tonumber(ARGV[18])}
+    grace = 0, nr = tonumber(ARGV[18]), cmp = ARGV[19] or ''}
   if duration > max_call_s then duration, clamped = max_call_s, true end
 end
 local had_hold = c.held > 0

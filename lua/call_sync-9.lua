@@ -50,9 +50,7 @@ for _, id in ipairs(rcall('HKEYS', calls)) do
     if now_ms - c.t0 >= min_age_ms then
       local duration, flag = 0, 'never_started'
       if c.ans > 0 then
-        local granted = c.hz
-        if c.cut ~= 0 then granted = c.hz + grace_of(c) end
-        duration, flag = math.min(evidence_s(c), granted, c.max), 'lost_end'
+        duration, flag = math.min(evidence_s(c), granted_s(c), c.max), 'lost_end'
       end
       released = released or c.held > 0
       lost[#lost + 1] = id

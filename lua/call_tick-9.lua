@@ -5,7 +5,8 @@
 -- ARGV[1] now_ms         integer
 -- ARGV[2] batch          integer  most calls handled in one run
 -- ARGV[3] stale_after_s  integer  silence of a reporting switch (heartbeats or syncs), or
---                                  time past an unanswered cut, after which a call is finalized
+--                                  time a call stays up past a cut it was sent, after which
+--                                  the call is finalized
 -- Replies:
 --   {0, handled, next_due_ms, cuts_sent, events, lag_ms...}  next_due_ms = -1 when no call
 --     is scheduled any more; events = how many events were written; one lag (now - due)
@@ -46,7 +47,7 @@ for i = 1, #items, 2 do
       end
     else
       local e = math.max(math.floor((now_ms - c.ans) / 1000), 0)
-      local silent = c.rep == 1 and now_ms - (c.evm or c.ans) > stale_ms
+      local silent = reports(c) and now_ms - evidence_ms(c) > stale_ms
       local ignored_cut = c.cs == 1 and c.cut ~= 0 and now_ms - c.cut > stale_ms
       if silent or ignored_cut or e >= c.max then
         send_cut(c, now_ms, 'stale')

@@ -91,6 +91,7 @@ async def test_a_start_behind_a_paused_redis_answers_503_and_never_commits(
             os.kill(server.pid, signal.SIGCONT)
         assert resp.status == 503, await resp.text()
         assert (await resp.json())["error"]["code"] == "gate_timeout"
+        print(f"paused Redis: start answered 503 after {waited * 1000:.0f} ms (deadline 300 ms)")
         assert waited < 1.5, f"answered after {waited:.2f} s; the deadline was 0.3 s"
         # Redis resumes and runs the queued start: past its deadline, it must change nothing.
         check = Redis.from_url(server.url)
@@ -407,3 +408,70 @@ async def test_a_switch_without_heartbeats_cuts_no_healthy_call_and_every_unpaid
     assert (await end.json())["cost_micros"] == 1_000_000
     poor_rows = await all_rows(client, poor["key"], "type=call")
     assert poor_rows[0]["amount_micros"] == -500_000 and "leak_s" not in poor_rows[0]
+
+
+BUSY_LUA = """
+local t0 = redis.call('TIME')
+local start = t0[1] * 1000000 + t0[2]
+while true do
+  local t = redis.call('TIME')
+  if t[1] * 1000000 + t[2] - start > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+async def test_starts_queued_behind_a_busy_redis_past_their_deadline_never_commit(
+    make_client: MakeClient, redis: Redis
+) -> None:
+    """Under load: a hundred starts wait behind a script that holds Redis for 300 ms; each
+    answered 503 must leave nothing behind when Redis gets to it."""
+    client = await make_client(auth_cache_s=60.0)  # warm auth: the starts' scripts queue
+    ws = await new_workspace(client)
+    sw = auth(await new_switch_key(client, ws["id"]))
+    await client.get("/v1/wallet", headers=sw)
+    evalsha_before = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    blocker = asyncio.create_task(redis.eval(BUSY_LUA, 0, 300_000))
+    await asyncio.sleep(0.05)
+    answers = await asyncio.gather(*(
+        client.post("/v1/calls", json=START | {"call_id": f"q{i}", "timeout_ms": 100}, headers=sw)
+        for i in range(100)
+    ))  # fmt: skip
+    await blocker
+    statuses = [a.status for a in answers]
+    k = keys.for_workspace(ws["id"])
+    assert statuses.count(503) > 90, statuses
+    await asyncio.sleep(0.1)
+    ran = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] - evalsha_before
+    assert ran >= 100, "the late starts did reach Redis, after their deadline"
+    assert await redis.hlen(k.live) == statuses.count(201), "a 503 start was committed"
+    for i, status in enumerate(statuses):
+        if status == 201:
+            await client.post(f"/v1/calls/q{i}/end", json={"duration_s": 0}, headers=sw)
+
+
+async def test_a_promised_heartbeat_that_never_comes_ends_the_call_as_stale(
+    client: Client, clock: ManualClock
+) -> None:
+    """A heartbeat switch whose call (and end) is lost before its first heartbeat: the start's
+    heartbeat_s is the promise, so its silence counts from the answer."""
+    ws = await new_workspace(client)
+    sw = auth(await new_switch_key(client, ws["id"]))
+    body = START | {"heartbeat_s": 10}
+    assert (await client.post("/v1/calls", json=body, headers=sw)).status == 201
+    await tick(client, clock, 110)  # stale_after_s = 90, no heartbeat ever
+    state = await (await client.get("/v1/calls/c1", headers=sw)).json()
+    assert state["state"] == "ended" and state["stale"] is True
+    assert state["duration_s"] == 10, "the answer (0 s) plus one tick"
+
+
+async def test_answers_carry_hangup_at_in_milliseconds(client: Client, clock: ManualClock) -> None:
+    ws = await new_workspace(client)
+    sw = auth(await new_switch_key(client, ws["id"]))
+    clock.advance(0.7)  # not on a whole second: hangup_at (seconds) rounds down, _ms is exact
+    start = await (await client.post("/v1/calls", json=START, headers=sw)).json()
+    assert start["hangup_at_ms"] == clock.now_ms() + 60_000
+    assert start["hangup_at"] == start["hangup_at_ms"] // 1000
+    clock.advance(5)
+    hb = {"elapsed_s": 5, "seq": 1}
+    beat = await (await client.post("/v1/calls/c1/heartbeat", json=hb, headers=sw)).json()
+    assert beat["hangup_at_ms"] == start["hangup_at_ms"] + 5_000

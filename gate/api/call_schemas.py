@@ -36,6 +36,9 @@ class StartCall(Body):
     timeout_ms: Annotated[int, Meta(ge=50, le=60_000)] | None = None
     # With the service-wide switch key: the workspace the call is billed to.
     workspace_id: WorkspaceId | None = None
+    # The switch promises heartbeats for this call (every heartbeat_s): their silence for
+    # GATE_STALE_AFTER_S, even before the first one, then ends the call as a lost end.
+    heartbeat_s: Annotated[int, Meta(ge=1, le=3600)] | None = None
 
 
 class Heartbeat(Body):
@@ -64,3 +67,26 @@ class SyncCalls(Body):
     call_ids: Annotated[list[CallId], Meta(max_length=100_000)]
     # With the service-wide switch key: sync one workspace (default: every workspace).
     workspace_id: WorkspaceId | None = None
+
+
+class Charge(Body):
+    """One-off usage: sms/mms (text or segments), fax (pages), chat (messages)."""
+
+    charge_id: Id
+    service: Literal["sms", "mms", "fax", "chat"]
+    text: Annotated[str, Meta(max_length=1600)] | None = None
+    segments: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    pages: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    messages: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    direction: Literal["outbound", "inbound"] = "outbound"
+    from_: E164 | None = field(default=None, name="from")
+    to: E164 | None = None
+    user: Id | None = None
+    group: Id | None = None
+    message_id: Id | None = None
+    # With the service-wide switch key: the workspace the usage is billed to.
+    workspace_id: WorkspaceId | None = None
+
+
+class RentNumber(Body):
+    number: E164

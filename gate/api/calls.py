@@ -9,8 +9,15 @@ import time
 from aiohttp import web
 
 from gate import metrics
-from gate.api.call_schemas import CALL_ID_PATTERN, EndCall, Heartbeat, StartCall, SyncCalls
-from gate.api.http import CALLS, CTX, RATES, decode, json, principal, query_int
+from gate.api.call_schemas import (
+    CALL_ID_PATTERN,
+    Charge,
+    EndCall,
+    Heartbeat,
+    StartCall,
+    SyncCalls,
+)
+from gate.api.http import CALLS, CHARGES, CTX, RATES, decode, json, principal, query_int
 from gate.calls.numbers import to_e164
 from gate.calls.owners import CallOwners
 from gate.calls.service import RateCardError, StartParams
@@ -18,6 +25,7 @@ from gate.errors import GateTimeout, ValidationFailed
 from gate.store import keys
 from gate.store.redis_client import text
 from gate.tenancy.auth import Principal, Role
+from gate.wallet.charges import ChargeRequest
 
 _CALL_ID = re.compile(CALL_ID_PATTERN)
 
@@ -92,6 +100,7 @@ async def start(request: web.Request) -> web.StreamResponse:
                     body.number_type,
                     body.answered,
                     timeout_ms,
+                    body.heartbeat_s,
                 ),
                 deadline_ms=arrival + timeout_ms - _commit_margin_ms(timeout_ms),
             )
@@ -189,3 +198,27 @@ async def reload_rates(request: web.Request) -> web.StreamResponse:
     except RateCardError as err:
         raise ValidationFailed(f"rate card not reloaded, the old one stays: {err}") from err
     return json({"reloaded": True, "source": book.source, "rates": len(card.rates)})
+
+
+async def charge(request: web.Request) -> web.StreamResponse:
+    """One-off usage billed by the switch (SMS, MMS, fax, chat): 201 new, 200 a repeat."""
+    who = await principal(request, Role.switch)
+    body = await decode(request, Charge)
+    row, new = await request.app[CHARGES].charge(
+        who.workspace(body.workspace_id),
+        ChargeRequest(
+            charge_id=body.charge_id,
+            service=body.service,
+            text=body.text,
+            segments=body.segments,
+            pages=body.pages,
+            messages=body.messages,
+            direction=body.direction,
+            from_=body.from_,
+            to=body.to,
+            user=body.user,
+            group=body.group,
+            message_id=body.message_id,
+        ),
+    )
+    return json(row.to_json(), 201 if new else 200)

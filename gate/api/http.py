@@ -26,6 +26,10 @@ from gate.errors import (
 )
 from gate.tenancy.auth import Authenticator, Principal, Role
 from gate.tenancy.workspaces import Workspaces
+from gate.wallet.automation import Automation
+from gate.wallet.charges import Charges
+from gate.wallet.methods import PaymentMethods
+from gate.wallet.numbers import Numbers
 from gate.wallet.service import Wallet
 
 log = logging.getLogger("gate.api.http")
@@ -40,6 +44,10 @@ OUTBOX = web.AppKey("outbox", Outbox)
 RATES = web.AppKey("rates", RateBook)
 CALLS = web.AppKey("calls", Calls)
 TICKER = web.AppKey("ticker", Ticker)
+AUTOMATION = web.AppKey("automation", Automation)
+METHODS = web.AppKey("methods", PaymentMethods)
+CHARGES = web.AppKey("charges", Charges)
+NUMBERS = web.AppKey("numbers", Numbers)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

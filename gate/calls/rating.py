@@ -30,6 +30,7 @@ _NANP_TOLL_FREE = re.compile(r"\+1(800|888|877|866|855|844|833)[0-9]{7}")
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _PREFIX = re.compile(r"\+[1-9][0-9]{0,14}")
 _INCREMENT = re.compile(r"([0-9]+)/([0-9]+)")
+_COMPONENT = re.compile(r"[A-Za-z0-9_]{1,40}")
 
 
 class RateCardError(Exception):
@@ -362,6 +363,12 @@ def _rate(entry: object, source: str, where: str) -> Rate:
             f"{source}: {where}.components: must be a table of USD per minute, like"
             ' { voice_base = "0.10", telephony = "0.05" }'
         )
+    for name in raw_components:
+        if not _COMPONENT.fullmatch(name):
+            raise RateCardError(
+                f"{source}: {where}.components: name {_show(name)} must be letters, digits "
+                "and underscores, like voice_base"
+            )
     components = {
         name: _money(value, source, f"{where}.components.{name}")
         for name, value in raw_components.items()

@@ -112,6 +112,17 @@ class Ended(msgspec.Struct, frozen=True):
     leak: int = 0
     flag: str = ""
     clamped: int = 0
+    parts: list[str | int] | dict[str, Any] = msgspec.field(default_factory=list)
+
+    def components(self) -> dict[str, int]:
+        """The cost by the rate's components, micros (empty for a one-part rate)."""
+        if not isinstance(self.parts, list):
+            return {}
+        names, values = self.parts[0::2], self.parts[1::2]
+        return {
+            str(n).removeprefix("component_").removesuffix("_micros"): int(v)
+            for n, v in zip(names, values, strict=True)
+        }
 
 
 _record = msgspec.msgpack.Decoder(Record)
@@ -126,6 +137,13 @@ def _first_due(rec: Record, now_ms: int) -> int:
     if rec.cut and not rec.cs:
         due = min(due, rec.cut)
     return min(due, rec.ans + rec.max * 1000)
+
+
+def _components(rate: Rate) -> str:
+    """A rate's parts as call_start and call_end take them: "name=micros per minute;..."."""
+    if len(rate.components) < 2:
+        return ""
+    return ";".join(f"{name}={micros}" for name, micros in rate.components.items())
 
 
 def _seconds(ms: int) -> int:
@@ -170,6 +188,7 @@ class StartParams:
     number_type: str | None
     answered: bool
     timeout_ms: int | None = None
+    heartbeat_s: int | None = None
 
 
 class Calls:
@@ -246,6 +265,8 @@ class Calls:
                 s.inbound_grace_max_s,
                 s.max_concurrent_calls_max,
                 s.ring_timeout_s,
+                _components(rate),
+                0 if p.heartbeat_s is None else 1,
             ],
         )
         code = reply[0]
@@ -443,10 +464,11 @@ class Calls:
         except NoRate:
             log.warning("unseen call %s has no rate: recorded at zero, flagged no_rate", p.call_id)
             return [p.direction, p.service, p.from_, p.to, p.user or "", p.group or "",
-                    0, 0, 1, 1, nt, 1]  # fmt: skip
+                    0, 0, 1, 1, nt, 1, ""]  # fmt: skip
         return [p.direction, p.service, p.from_, p.to, p.user or "", p.group or "",
                 rate.per_min_micros, rate.connect_fee_micros, rate.increment.first,
-                rate.increment.next, nt if nt != "any" else rate.number_type, 0]  # fmt: skip
+                rate.increment.next, nt if nt != "any" else rate.number_type, 0,
+                _components(rate)]  # fmt: skip
 
     async def sync(self, workspace_id: str, call_ids: list[str]) -> dict[str, Any]:
         """The switch's list of the calls it has up: every other live call (older than
@@ -491,6 +513,10 @@ class Calls:
             "lost_end": ended.flag == "lost_end",
             "duration_clamped": bool(ended.clamped),
             "flag": ended.flag or None,
+            "components": {
+                name: {"cost_usd": usd(micros), "cost_micros": micros}
+                for name, micros in ended.components().items()
+            },
         }
 
     def live_view(self, rec: Record) -> dict[str, Any]:
