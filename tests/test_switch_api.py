@@ -255,6 +255,14 @@ async def test_one_switch_key_serves_every_workspace(
     await until(lambda: receiver.hits)
     Webhook(SERVICE_SECRET).verify(receiver.hits[0].body, receiver.hits[0].headers)
     assert {h.event["type"][:5] for h in receiver.hits} == {"call."}
+    # one-off usage names its workspace too
+    chat = {"charge_id": "ch1", "service": "chat", "messages": 2, "workspace_id": a["id"]}
+    charged = await client.post("/v1/charges", json=chat, headers=sw)
+    assert charged.status == 201, await charged.text()
+    nameless_charge = await client.post("/v1/charges", json=chat | {"workspace_id": None},
+                                        headers=sw)  # fmt: skip
+    assert nameless_charge.status == 400
+
     # the service key is a switch key: it reads no tenant's wallet and creates nothing
     assert (await client.get("/v1/wallet", headers=sw)).status == 400
     made = await client.post("/v1/workspaces", json={"name": "x"}, headers=sw)
