@@ -16,6 +16,11 @@ from gate.money import parse_usd
 from gate.tenancy.auth import Role
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# The extended ISO 8601 forms a person or a program writes; Python would also take week dates
+# (2027-W05) and basic forms (20270201), which a history filter should not guess at.
+_DATE_TIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
+)
 
 
 async def get_wallet(request: web.Request) -> web.StreamResponse:
@@ -105,6 +110,8 @@ def _date_ms(request: web.Request, name: str, *, end: bool = False) -> int | Non
     if not raw:
         return None
     try:
+        if not _DATE_TIME.match(raw):
+            raise ValueError(raw)
         parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise ValidationFailed(
@@ -132,6 +139,43 @@ def _month_range(raw: str) -> tuple[int, int]:
             "month must look like 2026-11 (from 1970-01 to 9999-11)", field="month"
         ) from None
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+# Query parameters of the history routes; anything else is refused, so that a misspelt
+# filter (`?ofice=x`) cannot silently export everything.
+FILTER_PARAMS = (
+    "type",
+    "service",
+    "user",
+    "group",
+    "month",
+    "from",
+    "to",
+    "min_amount_usd",
+    "max_amount_usd",
+    "source",
+    "workspace_id",
+)
+PAGE_PARAMS = ("limit", "cursor")
+
+
+def check_params(request: web.Request, allowed: tuple[str, ...]) -> None:
+    """400 naming every unknown or repeated query parameter."""
+    q = request.query
+    unknown = sorted({name for name in q if name not in allowed})
+    if unknown:
+        raise ValidationFailed(
+            f"unknown query parameter(s): {', '.join(unknown)}; "
+            f"the known ones are {', '.join(allowed)}",
+            field=unknown[0],
+        )
+    repeated = sorted({name for name in q if len(q.getall(name)) > 1})
+    if repeated:
+        raise ValidationFailed(
+            f"query parameter(s) given more than once: {', '.join(repeated)}; send each once "
+            "(several types go comma-separated in one: type=call,sms)",
+            field=repeated[0],
+        )
 
 
 def filters_from(request: web.Request) -> ledger.Filters:
@@ -166,6 +210,7 @@ def filters_from(request: web.Request) -> ledger.Filters:
 
 async def transactions(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.agent)
+    check_params(request, FILTER_PARAMS + PAGE_PARAMS)
     workspace_id = who.workspace(request.query.get("workspace_id"))
     await request.app[WORKSPACES].get(workspace_id)
     limit = query_int(request, "limit", 50, 1, 200)
@@ -180,6 +225,7 @@ async def transactions(request: web.Request) -> web.StreamResponse:
 
 async def export(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.admin)
+    check_params(request, FILTER_PARAMS)
     workspace_id = who.workspace(request.query.get("workspace_id"))
     await request.app[WORKSPACES].get(workspace_id)
     filters = filters_from(request)

@@ -223,10 +223,23 @@ CSV_COLUMNS = (
 )
 
 
+# OWASP "CSV injection": a spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Columns Gate formats itself as numbers: left as they are, so a spreadsheet can sum them.
+_NUMERIC_COLUMNS = frozenset({4, 5, 15})
+
+
+def safe_cell(value: str) -> str:
+    """A cell a spreadsheet shows as text: formula-looking values get a leading quote."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def csv_lines(rows: Iterable[Row], workspace_column: str | None = None) -> Iterable[str]:
-    """CSV text for rows; the header first when called on the start of an export."""
+    """CSV lines for rows; every cell that came from outside is guarded against injection."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    # "\r\n" makes the writer quote cells holding a carriage return (with "\n" it leaves
+    # them bare and a lone \r splits the row in two); each line still ends in "\n".
+    writer = csv.writer(buf, lineterminator="\r\n")
     for row in rows:
         rate = row.extra.get("rate_micros")
         values = [
@@ -242,10 +255,11 @@ def csv_lines(rows: Iterable[Row], workspace_column: str | None = None) -> Itera
             row.extra.get("increment", ""),
             row.extra.get("source", ""),
         ]
+        values = [v if i in _NUMERIC_COLUMNS else safe_cell(v) for i, v in enumerate(values)]
         if workspace_column is not None:
-            values.insert(0, workspace_column)
+            values.insert(0, safe_cell(workspace_column))
         writer.writerow(values)
-        yield buf.getvalue()
+        yield buf.getvalue()[:-2] + "\n"
         buf.seek(0)
         buf.truncate()
 
