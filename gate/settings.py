@@ -32,6 +32,11 @@ class Settings:
     switch_webhook_url: str | None = None
     data_dir: str = "var"
     log_level: str = "INFO"
+    # The ledger archive (gate.history): unset, `gate serve` uses SQLite in data_dir.
+    database_url: str | None = None
+    ledger_keep_s: int = 7 * 86400
+    ledger_keep_rows: int = 10_000
+    archive_interval_s: float = 2.0
     # Tunables that tests shrink; not part of the documented contract.
     cut_poll_ms: int = 50
     auth_cache_s: float = 5.0
@@ -46,6 +51,8 @@ _INT_FIELDS = {
     "inbound_grace_s": (0, 3600),
     "stale_after_s": (1, 86400),
     "max_call_s": (1, 7 * 86400),
+    "ledger_keep_s": (0, 366 * 86400),
+    "ledger_keep_rows": (0, 10_000_000),
 }
 ENV = {
     "redis_url": "GATE_REDIS_URL",
@@ -63,6 +70,10 @@ ENV = {
     "switch_webhook_url": "GATE_SWITCH_WEBHOOK_URL",
     "data_dir": "GATE_DATA_DIR",
     "log_level": "GATE_LOG_LEVEL",
+    "database_url": "GATE_DATABASE_URL",
+    "ledger_keep_s": "GATE_LEDGER_KEEP_S",
+    "ledger_keep_rows": "GATE_LEDGER_KEEP_ROWS",
+    "archive_interval_s": "GATE_ARCHIVE_INTERVAL_S",
 }
 
 
@@ -88,6 +99,18 @@ def _parse(name: str, raw: str) -> Any:
         raise SettingsError(
             f"{var}={raw!r}: expected a redis://, rediss://, unix:// or redis+cluster:// URL"
         )
+    if name == "database_url" and not raw.startswith(("postgresql://", "postgres://", "sqlite:")):
+        raise SettingsError(
+            f"{var}: expected a postgresql:// URL or sqlite:///path (unset: SQLite in ./var/)"
+        )
+    if name == "archive_interval_s":
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not 0.05 <= seconds <= 3600:
+            raise SettingsError(f"{var}={raw!r}: expected seconds from 0.05 to 3600")
+        return seconds
     if name == "switch_webhook_url" and not raw.startswith(("http://", "https://")):
         raise SettingsError(f"{var}={raw!r}: expected an http:// or https:// URL")
     if name == "log_level" and raw.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from aiohttp import web
 from msgspec import UNSET
@@ -11,16 +10,9 @@ from msgspec import UNSET
 from gate.api.http import CTX, RATES, WALLET, WORKSPACES, decode, json, principal, query_int
 from gate.api.schemas import Topup, WalletSettings
 from gate.errors import ValidationFailed
-from gate.history import ledger
+from gate.history import ledger, query
 from gate.money import parse_usd
 from gate.tenancy.auth import Role
-
-_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-# The extended ISO 8601 forms a person or a program writes; Python would also take week dates
-# (2027-W05) and basic forms (20270201), which a history filter should not guess at.
-_DATE_TIME = re.compile(
-    r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
-)
 
 
 async def get_wallet(request: web.Request) -> web.StreamResponse:
@@ -100,135 +92,28 @@ async def patch_settings(request: web.Request) -> web.StreamResponse:
     return json(view.to_json(per_min), headers={"ETag": view.etag})
 
 
-def _date_ms(request: web.Request, name: str, *, end: bool = False) -> int | None:
-    """Milliseconds of an ISO 8601 date or time (UTC unless it says otherwise).
-
-    A bare date as the end of a range means the whole of that day: to=2026-11-05 keeps
-    the rows of November 5th, as a person picking dates in a history filter expects.
-    """
-    raw = request.query.get(name)
-    if not raw:
-        return None
-    try:
-        if not _DATE_TIME.match(raw):
-            raise ValueError(raw)
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationFailed(
-            f"{name} must be an ISO 8601 date or time, like 2026-11-01", field=name
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        if end and _DATE_ONLY.match(raw):
-            parsed += timedelta(days=1)
-        # Stream ids are unsigned: a date before 1970 is simply "from the start".
-        return max(int(parsed.timestamp() * 1000), 0)
-    except (OverflowError, ValueError):
-        raise ValidationFailed(f"{name} is out of range", field=name) from None
-
-
-def _month_range(raw: str) -> tuple[int, int]:
-    try:
-        start = datetime.strptime(raw, "%Y-%m").replace(tzinfo=UTC)
-        end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-        if start.year < 1970:
-            raise ValueError(raw)
-    except ValueError:
-        raise ValidationFailed(
-            "month must look like 2026-11 (from 1970-01 to 9999-11)", field="month"
-        ) from None
-    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-
-
-# Query parameters of the history routes; anything else is refused, so that a misspelt
-# filter (`?ofice=x`) cannot silently export everything.
-FILTER_PARAMS = (
-    "type",
-    "service",
-    "user",
-    "group",
-    "month",
-    "from",
-    "to",
-    "min_amount_usd",
-    "max_amount_usd",
-    "source",
-    "workspace_id",
-)
-PAGE_PARAMS = ("limit", "cursor")
-
-
-def check_params(request: web.Request, allowed: tuple[str, ...]) -> None:
-    """400 naming every unknown or repeated query parameter."""
-    q = request.query
-    unknown = sorted({name for name in q if name not in allowed})
-    if unknown:
-        raise ValidationFailed(
-            f"unknown query parameter(s): {', '.join(unknown)}; "
-            f"the known ones are {', '.join(allowed)}",
-            field=unknown[0],
-        )
-    repeated = sorted({name for name in q if len(q.getall(name)) > 1})
-    if repeated:
-        raise ValidationFailed(
-            f"query parameter(s) given more than once: {', '.join(repeated)}; send each once "
-            "(several types go comma-separated in one: type=call,sms)",
-            field=repeated[0],
-        )
-
-
-def filters_from(request: web.Request) -> ledger.Filters:
-    """The history filters of the query string (shared by the list and the CSV export)."""
-    q = request.query
-    start, end = _date_ms(request, "from"), _date_ms(request, "to", end=True)
-    if month := q.get("month"):
-        if start is not None or end is not None:
-            raise ValidationFailed("send either month or from/to, not both", field="month")
-        start, end = _month_range(month)
-    if start is not None and end is not None and start >= end:
-        raise ValidationFailed("from must be before to", field="from")
-    amount_min = q.get("min_amount_usd") or None
-    amount_max = q.get("max_amount_usd") or None
-    low = None if amount_min is None else parse_usd(amount_min, "min_amount_usd")
-    high = None if amount_max is None else parse_usd(amount_max, "max_amount_usd")
-    if low is not None and high is not None and low > high:
-        raise ValidationFailed(
-            "min_amount_usd must not be above max_amount_usd", field="min_amount_usd"
-        )
-    return ledger.Filters(
-        types=ledger.types_for(q.get("type"), q.get("service")),
-        user=q.get("user"),
-        group=q.get("group"),
-        source=q.get("source"),
-        start_ms=start,
-        end_ms=end,
-        min_micros=low,
-        max_micros=high,
-    )
-
-
 async def transactions(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.agent)
-    check_params(request, FILTER_PARAMS + PAGE_PARAMS)
+    query.check_params(request.query, query.FILTER_PARAMS + query.PAGE_PARAMS)
     workspace_id = who.workspace(request.query.get("workspace_id"))
     await request.app[WORKSPACES].get(workspace_id)
     limit = query_int(request, "limit", 50, 1, 200)
     cursor = request.query.get("cursor")
     if cursor is not None:
         cursor = ledger.check_cursor(cursor)
+    ctx = request.app[CTX]
     rows, next_cursor = await ledger.page(
-        request.app[CTX].client, workspace_id, filters_from(request), limit, cursor
+        ctx.client, workspace_id, query.filters(request.query), limit, cursor, ctx.archive
     )
     return json({"data": [r.to_json() for r in rows], "next_cursor": next_cursor})
 
 
 async def export(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.admin)
-    check_params(request, FILTER_PARAMS)
+    query.check_params(request.query, query.FILTER_PARAMS)
     workspace_id = who.workspace(request.query.get("workspace_id"))
     await request.app[WORKSPACES].get(workspace_id)
-    filters = filters_from(request)
+    filters = query.filters(request.query)
     today = datetime.fromtimestamp(request.app[CTX].clock.now_ms() / 1000, UTC).date()
     response = web.StreamResponse(
         headers={
@@ -237,14 +122,8 @@ async def export(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    await response.write(ledger.csv_header().encode())
-    chunk: list[str] = []
-    async for row in ledger.scan(request.app[CTX].client, workspace_id, filters):
-        chunk.extend(ledger.csv_lines([row]))
-        if len(chunk) >= 200:
-            await response.write("".join(chunk).encode())
-            chunk.clear()
-    if chunk:
-        await response.write("".join(chunk).encode())
+    ctx = request.app[CTX]
+    async for chunk in ledger.csv_chunks(ctx.client, workspace_id, filters, ctx.archive):
+        await response.write(chunk.encode())
     await response.write_eof()
     return response

@@ -12,7 +12,7 @@ import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis, RedisCluster
 
@@ -20,6 +20,9 @@ from gate.errors import InvalidCursor, ValidationFailed
 from gate.money import usd, usd_str
 from gate.store import keys
 from gate.store.redis_client import entries, text
+
+if TYPE_CHECKING:
+    from gate.history.archive import Archive
 
 ROW_TYPES = (
     "recharge",
@@ -47,6 +50,7 @@ _INT_TEXT = re.compile(r"^-?\d{1,18}$")
 _CORE = {"type", "desc", "amount", "balance", "ref"}
 _INT_EXTRAS = {"duration_s", "billable_s", "segments", "pages", "quantity", "rate_micros"}
 _BATCH = 500
+_ARCHIVE_BATCH = 2000
 
 
 def iso_ms(ms: int) -> str:
@@ -116,6 +120,9 @@ class Filters:
     user: str | None = None
     group: str | None = None
     source: str | None = None
+    direction: str | None = None
+    number: str | None = None  # the from or the to number
+    contact: str | None = None  # the user, the group or the contact (seed 001's one box)
     start_ms: int | None = None  # inclusive
     end_ms: int | None = None  # exclusive
     min_micros: int | None = None  # on the absolute amount
@@ -129,6 +136,17 @@ class Filters:
         if self.group is not None and row.extra.get("group") != self.group:
             return False
         if self.source is not None and self.source not in row.extra.get("source", "").split("+"):
+            return False
+        x = row.extra
+        if self.direction is not None and x.get("direction") != self.direction:
+            return False
+        if self.number is not None and self.number not in (x.get("from"), x.get("to")):
+            return False
+        if self.contact is not None and self.contact not in (
+            x.get("user"),
+            x.get("group"),
+            x.get("contact"),
+        ):
             return False
         size = abs(row.amount_micros)
         if self.min_micros is not None and size < self.min_micros:
@@ -163,8 +181,39 @@ async def scan(
     workspace_id: str,
     filters: Filters,
     cursor: str | None = None,
+    archive: Archive | None = None,
 ) -> AsyncIterator[Row]:
-    """Every matching row, newest first, starting after `cursor`."""
+    """Every matching row, newest first, starting after `cursor`: Redis, then the archive.
+
+    The seam has no gap and no double row: Redis is read down to its oldest row first; the
+    archive then gives only rows older than the oldest row Redis showed. A row leaves Redis
+    only after it is committed to the archive, and new rows are always newer, so whatever
+    Redis no longer had when it was read is in the archive.
+    """
+    oldest_seen: str | None = None
+    async for row, seen in _scan_redis(client, workspace_id, filters, cursor):
+        oldest_seen = seen
+        if row is not None:
+            yield row
+    if archive is None:
+        return
+    before = oldest_seen or cursor
+    while True:
+        rows = await archive.rows_before(workspace_id, filters, before, _ARCHIVE_BATCH)
+        for row in rows:
+            yield row
+        if len(rows) < _ARCHIVE_BATCH:
+            return
+        before = rows[-1].id
+
+
+async def _scan_redis(
+    client: Redis | RedisCluster,
+    workspace_id: str,
+    filters: Filters,
+    cursor: str | None,
+) -> AsyncIterator[tuple[Row | None, str]]:
+    """(matching row or None, id of the row read) for every Redis row, newest first."""
     stream = keys.for_workspace(workspace_id).ledger
     high = f"({cursor}" if cursor else "+"
     if filters.end_ms is not None and (
@@ -178,8 +227,7 @@ async def scan(
         batch = entries(await client.xrevrange(stream, high, low, count=_BATCH))
         for entry_id, raw in batch:
             row = Row.parse(entry_id, raw)
-            if filters.keep(row):
-                yield row
+            yield (row if filters.keep(row) else None), row.id
         if len(batch) < _BATCH:
             return
         high = f"({text(batch[-1][0])}"
@@ -191,10 +239,11 @@ async def page(
     filters: Filters,
     limit: int,
     cursor: str | None,
+    archive: Archive | None = None,
 ) -> tuple[list[Row], str | None]:
     """One page of rows newest first and the cursor of the next page (None at the end)."""
     rows: list[Row] = []
-    async for row in scan(client, workspace_id, filters, cursor):
+    async for row in scan(client, workspace_id, filters, cursor, archive):
         if len(rows) == limit:
             return rows, rows[-1].id
         rows.append(row)
@@ -267,3 +316,23 @@ def csv_lines(rows: Iterable[Row], workspace_column: str | None = None) -> Itera
 def csv_header(with_workspace: bool = False) -> str:
     cols = ("workspace", *CSV_COLUMNS) if with_workspace else CSV_COLUMNS
     return ",".join(cols) + "\n"
+
+
+async def csv_chunks(
+    client: Redis | RedisCluster,
+    workspace_id: str,
+    filters: Filters,
+    archive: Archive | None = None,
+    rows_per_chunk: int = 500,
+) -> AsyncIterator[str]:
+    """The whole CSV export, header first, in chunks of a few hundred rows: memory stays
+    flat however many rows match (the HTTP export and `gate export` both stream these)."""
+    yield csv_header()
+    chunk: list[str] = []
+    async for row in scan(client, workspace_id, filters, archive=archive):
+        chunk.extend(csv_lines([row]))
+        if len(chunk) >= rows_per_chunk:
+            yield "".join(chunk)
+            chunk.clear()
+    if chunk:
+        yield "".join(chunk)
