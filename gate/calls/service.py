@@ -32,6 +32,7 @@ from gate.errors import (
     ValidationFailed,
     WorkspaceSuspended,
 )
+from gate.history import replay
 from gate.money import usd
 from gate.store import keys
 from gate.store.redis_client import as_bytes
@@ -343,6 +344,10 @@ class Calls:
         k = keys.for_workspace(workspace_id)
         args: list[str | int] = [self.ctx.clock.now_ms(), call_id, duration_s, cause or ""]
         reply = await self.ctx.scripts.call("call_end", k.call_keys, args)
+        if reply[0] == Code.NOT_FOUND and (
+            first := await replay.call_end(self.ctx, workspace_id, call_id)
+        ):  # ended before Redis forgot it: the archive has its first result
+            return False, self.ended_answer(call_id, Ended(**first))
         if reply[0] == Code.NOT_FOUND:
             rate, nt = self._rate_args(
                 fallback.service,
