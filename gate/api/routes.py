@@ -13,6 +13,7 @@ from gate import __version__
 from gate.api import calls as api_calls
 from gate.api import events as api_events
 from gate.api import ops as api_ops
+from gate.api import organizations as api_orgs
 from gate.api import schemas
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
@@ -64,6 +65,13 @@ ROUTES = [
     Route("GET", "/v1/calls", api_calls.list_calls, "Live calls (?state=live)", "agent"),
     Route("POST", "/v1/admin/rates/reload", api_calls.reload_rates,
           "Reload the rate card; live calls keep their rate", "platform"),
+    Route("POST", "/v1/organizations", api_orgs.create_organization,
+          "Create an organization (a company of workspaces)", "platform",
+          schemas.CreateOrganization),
+    Route("GET", "/v1/organizations/{organization_id}/wallets", api_orgs.wallets,
+          "Every office's wallet", "org_admin"),
+    Route("GET", "/v1/organizations/{organization_id}/usage/export", api_orgs.export,
+          "CSV of every office's matching rows, with a workspace column", "org_admin"),
 ]  # fmt: skip
 
 

@@ -78,3 +78,7 @@ class WorkspacePatch(Body):
     inbound_limit_threshold_usd: Usd | UnsetType | None = UNSET
     inbound_grace_s: Annotated[int, Meta(ge=0, le=3600)] | UnsetType | None = UNSET
     max_concurrent_calls: Annotated[int, Meta(ge=1, le=1000000)] | UnsetType | None = UNSET
+
+
+class CreateOrganization(Body):
+    name: Name

@@ -32,13 +32,14 @@ async def topup(request: web.Request) -> web.StreamResponse:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise ValidationFailed("Idempotency-Key must be 1 to 255 characters")
-    row = await request.app[WALLET].topup(who.workspace(), amount, body.payment_method_id, key)
+    workspace_id = who.workspace(request.query.get("workspace_id"))  # org_admin: any office
+    row = await request.app[WALLET].topup(workspace_id, amount, body.payment_method_id, key)
     return json(row.to_json() | {"balance_usd": row.to_json()["balance_after_usd"]}, 201)
 
 
 async def patch_settings(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.admin)
-    workspace_id = who.workspace()
+    workspace_id = who.workspace(request.query.get("workspace_id"))  # org_admin: any office
     body = await decode(request, WalletSettings)
     wallet = request.app[WALLET]
     current = (await request.app[WORKSPACES].get(workspace_id)).raw

@@ -5,17 +5,23 @@ from __future__ import annotations
 from aiohttp import web
 from msgspec import UNSET
 
-from gate.api.http import OUTBOX, WALLET, WORKSPACES, decode, json, principal
+from gate.api.http import CTX, OUTBOX, WALLET, WORKSPACES, decode, json, principal
 from gate.api.schemas import Adjustment, CreateKey, CreateWorkspace, WorkspacePatch
-from gate.errors import ValidationFailed
+from gate.errors import Forbidden, ValidationFailed
 from gate.money import parse_usd
 from gate.tenancy.auth import Role
+from gate.tenancy.organizations import Organizations
 
 
 async def create_workspace(request: web.Request) -> web.StreamResponse:
     await principal(request, Role.platform)
     body = await decode(request, CreateWorkspace)
+    orgs = Organizations(request.app[CTX])
+    if body.organization_id is not None:
+        await orgs.get(body.organization_id)  # 404 for an organization that does not exist
     created = await request.app[WORKSPACES].create(body.name, body.organization_id)
+    if body.organization_id is not None:
+        await orgs.add_workspace(body.organization_id, created.id)
     return json(
         {
             "id": created.id,
@@ -37,6 +43,17 @@ async def create_key(request: web.Request) -> web.StreamResponse:
     body = await decode(request, CreateKey)
     role = Role[body.role]
     who.require(role)  # nobody mints a key stronger than their own
+    if role is Role.switch and who.role is Role.org_admin:
+        # A company admin runs offices, not the platform's switches (DESIGN §9).
+        raise Forbidden("switch keys are issued by the platform, not by an org_admin")
+    if role is Role.org_admin:
+        workspace = await request.app[WORKSPACES].get(workspace_id)
+        if workspace.organization_id is None:
+            raise ValidationFailed(
+                "org_admin keys are for workspaces inside an organization; create the "
+                "workspace with organization_id, or make an admin key",
+                field="role",
+            )
     key, key_id = await request.app[WORKSPACES].create_key(workspace_id, role)
     return json({"key": key, "role": role.name, "id": key_id}, 201)
 
