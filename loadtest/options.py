@@ -73,6 +73,7 @@ class Options:
     legs: tuple[str, ...]
     pg_url: str
     pg_sync: str
+    archive: bool = False
 
 
 LEGS = ("bare", "http", "lua", "pg")
@@ -165,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rate card: 'default' (the card Gate ships), 'mixed' (connect fees and "
         "1/1, 6/6, 30/6, 60/60 increments) or a TOML path; the books read the "
         "same file",
+    )
+    g.add_argument(
+        "--archive",
+        action="store_true",
+        help="archive hard: a pass a second and a recent window of 100 rows, so ledger rows "
+        "move to SQL during the run and the reconciliation reads across the seam; the end "
+        "reports Redis memory per workspace",
     )
     w = p.add_argument_group("workspaces")
     w.add_argument("--workspaces", type=int, default=20, help="how many (default 20)")
@@ -383,4 +391,5 @@ def parse(argv: list[str] | None) -> Options:
         legs=a.legs,
         pg_url=a.pg_url,
         pg_sync=a.pg_sync,
+        archive=a.archive,
     )
