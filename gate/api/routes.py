@@ -10,6 +10,7 @@ import msgspec
 from aiohttp import web
 
 from gate import __version__
+from gate.api import alerts as api_alerts
 from gate.api import calls as api_calls
 from gate.api import events as api_events
 from gate.api import ops as api_ops
@@ -65,6 +66,11 @@ ROUTES = [
     Route("GET", "/v1/calls", api_calls.list_calls, "Live calls (?state=live)", "agent"),
     Route("POST", "/v1/admin/rates/reload", api_calls.reload_rates,
           "Reload the rate card; live calls keep their rate", "platform"),
+    Route("GET", "/v1/wallet/spending-alerts", api_alerts.get_alerts,
+          "Monthly budget thresholds and the spike alert", "admin"),
+    Route("PUT", "/v1/wallet/spending-alerts", api_alerts.put_alerts,
+          "Set the monthly budget thresholds and the spike alert", "admin",
+          schemas.SpendingAlerts),
     Route("POST", "/v1/organizations", api_orgs.create_organization,
           "Create an organization (a company of workspaces)", "platform",
           schemas.CreateOrganization),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from gate import metrics
 from gate.context import Context
+from gate.history import alerts
 from gate.history.archive import Archive, Cursor
 from gate.history.ledger import Row
 from gate.store import keys
@@ -148,6 +149,11 @@ class Archiver:
                 break
         if after is None:
             return 0, 0, 0, None
+        if copied:
+            try:  # spending changed: budget thresholds and spikes (gate.history.alerts)
+                await alerts.check(self.ctx, workspace_id)
+            except Exception as err:  # an alert must never stop the archive
+                log.warning("spending alerts of %s not checked: %r", workspace_id, err)
         # Archived rows also age out of the time window with no new rows: trim those now and
         # then, not on every pass of every quiet workspace.
         if not copied and self.status.passes % _QUIET_TRIM_EVERY:
