@@ -110,6 +110,17 @@ def split_id(row_id: str) -> tuple[int, int]:
     return int(at_ms), int(seq)
 
 
+def _before(row_id: str) -> ColumnElement[bool]:
+    """Rows older than row_id, written so every database walks the (at_ms, seq) index."""
+    at_ms, seq = split_id(row_id)
+    return and_(_C.at_ms <= at_ms, or_(_C.at_ms < at_ms, _C.seq < seq))
+
+
+def _after(row_id: str) -> ColumnElement[bool]:
+    at_ms, seq = split_id(row_id)
+    return and_(_C.at_ms >= at_ms, or_(_C.at_ms > at_ms, _C.seq > seq))
+
+
 def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -278,7 +289,7 @@ class Archive:
         """Up to `limit` matching rows older than the row id `before`, newest first."""
         conds = where(workspace_id, filters)
         if before is not None:
-            conds.append(tuple_(_C.at_ms, _C.seq) < tuple_(*split_id(before)))
+            conds.append(_before(before))
         q = (
             select(ledger_rows)
             .where(and_(*conds))
@@ -293,11 +304,11 @@ class Archive:
     ) -> list[Row]:
         """Up to `limit` rows after `after` and up to `until` (ids), oldest first."""
         conds: list[ColumnElement[bool]] = [_C.workspace_id == workspace_id]
-        key = tuple_(_C.at_ms, _C.seq)
         if after is not None:
-            conds.append(key > tuple_(*split_id(after)))
+            conds.append(_after(after))
         if until is not None:
-            conds.append(key <= tuple_(*split_id(until)))
+            at_ms, seq = split_id(until)
+            conds.append(and_(_C.at_ms <= at_ms, or_(_C.at_ms < at_ms, _C.seq <= seq)))
         q = select(ledger_rows).where(and_(*conds)).order_by(_C.at_ms, _C.seq).limit(limit)
         async with self.engine.connect() as conn:
             return [from_record(r) for r in await conn.execute(q)]

@@ -191,7 +191,11 @@ async def scan(
     Redis no longer had when it was read is in the archive.
     """
     oldest_seen: str | None = None
-    async for row, seen in _scan_redis(client, workspace_id, filters, cursor):
+    # Redis is read only above the archive's cursor: rows at or below it are committed to
+    # SQL, whose indexes serve the filters far better than a walk through the stream.
+    archived = await archive.cursor(workspace_id) if archive is not None else None
+    above = archived.row_id if archived is not None else None
+    async for row, seen in _scan_redis(client, workspace_id, filters, cursor, above):
         oldest_seen = seen
         if row is not None:
             yield row
@@ -212,8 +216,10 @@ async def _scan_redis(
     workspace_id: str,
     filters: Filters,
     cursor: str | None,
+    above: str | None = None,
 ) -> AsyncIterator[tuple[Row | None, str]]:
-    """(matching row or None, id of the row read) for every Redis row, newest first."""
+    """(matching row or None, id of the row read) for every Redis row newer than `above`,
+    newest first."""
     stream = keys.for_workspace(workspace_id).ledger
     high = f"({cursor}" if cursor else "+"
     if filters.end_ms is not None and (
@@ -221,6 +227,8 @@ async def _scan_redis(
     ):
         high = f"({filters.end_ms}-0"
     low = "-" if filters.start_ms is None else f"{filters.start_ms}-0"
+    if above is not None and (filters.start_ms is None or (filters.start_ms, 0) <= _id_key(above)):
+        low = f"({above}"
     if high == "(0-0":
         return  # nothing is older than the first possible id (and Redis rejects the range)
     while True:
@@ -231,6 +239,11 @@ async def _scan_redis(
         if len(batch) < _BATCH:
             return
         high = f"({text(batch[-1][0])}"
+
+
+def _id_key(row_id: str) -> tuple[int, int]:
+    at_ms, seq = row_id.split("-", 1)
+    return int(at_ms), int(seq)
 
 
 async def page(
