@@ -172,10 +172,23 @@ def _print(body: Any) -> None:
 
 
 async def _workspace_create(ctx: Any, name: str, org: str | None) -> int:
+    from gate.tenancy.organizations import Organizations
     from gate.tenancy.workspaces import Workspaces
 
+    if org is not None:
+        await Organizations(ctx).get(org)  # "no such organization" before anything is made
     created = await Workspaces(ctx).create(name, org)
+    if org is not None:
+        await Organizations(ctx).add_workspace(org, created.id)
     _print({"id": created.id, "name": created.name, "key": created.key, "role": "admin"})
+    return 0
+
+
+async def _organization_create(ctx: Any, name: str) -> int:
+    from gate.tenancy.organizations import Organizations
+
+    org = await Organizations(ctx).create(name)
+    _print({"id": org.id, "name": org.name})
     return 0
 
 
@@ -273,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     create = ws.add_parser("create", help="create a workspace; prints its id and admin key")
     create.add_argument("name")
     create.add_argument("--organization-id")
+    orgs = sub.add_parser("organization", help="organizations").add_subparsers(
+        dest="verb", required=True
+    )
+    orgs.add_parser("create", help="create an organization; prints its id").add_argument("name")
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="verb", required=True)
     key_create = key.add_parser("create", help="create a key; prints it once")
     key_create.add_argument("workspace")
@@ -328,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     work: Callable[[Any], Awaitable[int]]
     if args.command == "workspace":
         work = lambda ctx: _workspace_create(ctx, args.name, args.organization_id)  # noqa: E731
+    elif args.command == "organization":
+        work = lambda ctx: _organization_create(ctx, args.name)  # noqa: E731
     elif args.command == "key":
         work = lambda ctx: _key_create(ctx, args.workspace, args.role)  # noqa: E731
     elif args.command == "wallet":

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from typing import Any
 
+import orjson
 import pytest
+from redis.asyncio import Redis
 
+from gate.store import keys
+from gate.store.redis_proc import RedisServer
 from tests.conftest import PLATFORM, Client, auth
 
 
@@ -167,3 +172,25 @@ async def test_who_may_make_organizations_and_org_admin_keys(
         "/v1/workspace", json={"organization_id": world["globex"]}, headers=world["boss"]
     )
     assert resp.status == 400
+
+
+async def test_cli_makes_organizations_and_offices_inside(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    from tests.test_cli import clean_env, gate
+
+    env = clean_env(GATE_REDIS_URL=redis_server.url)
+    done = await asyncio.to_thread(gate, "organization", "create", "Initech", env=env)
+    assert done.returncode == 0, done.stderr
+    org_id = orjson.loads(done.stdout)["id"]
+    done = await asyncio.to_thread(
+        gate, "workspace", "create", "Austin", "--organization-id", org_id, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    office_id = orjson.loads(done.stdout)["id"]
+    assert await redis.sismember(keys.for_organization(org_id).workspaces, office_id)
+    done = await asyncio.to_thread(
+        gate, "workspace", "create", "x", "--organization-id", "org_0000000000000000", env=env
+    )
+    assert done.returncode == 1
+    assert "no such organization" in done.stderr
