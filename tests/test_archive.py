@@ -441,3 +441,37 @@ async def test_gate_export_and_check_read_the_archive_too(
     done = await asyncio.to_thread(gate, "check", ws["id"], env=env)
     assert done.returncode == 0, done.stdout
     assert "all invariants hold" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATE_DATABASE_URL", "mysql://u:secret@h/db"),
+        ("GATE_LEDGER_KEEP_ROWS", "-1"),
+        ("GATE_LEDGER_KEEP_S", "ten"),
+        ("GATE_ARCHIVE_INTERVAL_S", "0"),
+    ],
+)
+def test_bad_archive_settings_name_the_variable(variable: str, value: str) -> None:
+    from gate.settings import SettingsError, load
+
+    with pytest.raises(SettingsError) as err:
+        load({variable: value})
+    assert str(err.value).startswith(variable)
+    assert "secret" not in str(err.value)  # a database URL may carry a password
+
+
+def test_archive_settings_are_read() -> None:
+    from gate.settings import load
+
+    loaded = load(
+        {
+            "GATE_DATABASE_URL": "postgresql://gate@db:5432/gate",
+            "GATE_LEDGER_KEEP_S": "3600",
+            "GATE_LEDGER_KEEP_ROWS": "500",
+            "GATE_ARCHIVE_INTERVAL_S": "0.5",
+        }
+    )
+    assert loaded.database_url == "postgresql://gate@db:5432/gate"
+    assert (loaded.ledger_keep_s, loaded.ledger_keep_rows) == (3600, 500)
+    assert loaded.archive_interval_s == 0.5
