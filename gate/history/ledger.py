@@ -182,8 +182,12 @@ async def scan(
     filters: Filters,
     cursor: str | None = None,
     archive: Archive | None = None,
+    batch: int = _ARCHIVE_BATCH,
 ) -> AsyncIterator[Row]:
     """Every matching row, newest first, starting after `cursor`: Redis, then the archive.
+
+    `batch` is how many rows one SQL query asks for: a page asks for what it shows, so a
+    selective filter stops at the first matches instead of searching for thousands.
 
     The seam has no gap and no double row: Redis is read down to its oldest row first; the
     archive then gives only rows older than the oldest row Redis showed. A row leaves Redis
@@ -203,10 +207,10 @@ async def scan(
         return
     before = oldest_seen or cursor
     while True:
-        rows = await archive.rows_before(workspace_id, filters, before, _ARCHIVE_BATCH)
+        rows = await archive.rows_before(workspace_id, filters, before, batch)
         for row in rows:
             yield row
-        if len(rows) < _ARCHIVE_BATCH:
+        if len(rows) < batch:
             return
         before = rows[-1].id
 
@@ -256,7 +260,7 @@ async def page(
 ) -> tuple[list[Row], str | None]:
     """One page of rows newest first and the cursor of the next page (None at the end)."""
     rows: list[Row] = []
-    async for row in scan(client, workspace_id, filters, cursor, archive):
+    async for row in scan(client, workspace_id, filters, cursor, archive, batch=limit + 1):
         if len(rows) == limit:
             return rows, rows[-1].id
         rows.append(row)
