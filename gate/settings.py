@@ -30,6 +30,12 @@ class Settings:
     max_call_s: int = 14400
     signup_credit_micros: int = 10_000_000
     switch_webhook_url: str | None = None
+    start_timeout_ms: int = 500
+    ring_timeout_s: int = 120
+    inbound_grace_max_s: int = 60
+    max_concurrent_calls_max: int = 100_000
+    clock_tolerance_s: int = 5
+    sync_min_age_s: int = 5
     data_dir: str = "var"
     log_level: str = "INFO"
     # The ledger archive (gate.history): unset, `gate serve` uses SQLite in data_dir.
@@ -37,6 +43,12 @@ class Settings:
     ledger_keep_s: int = 7 * 86400
     ledger_keep_rows: int = 10_000
     archive_interval_s: float = 2.0
+    smtp_url: str | None = None
+    mail_from: str = "Gate <gate@localhost>"
+    payments: str = "sandbox"
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
     # Tunables that tests shrink; not part of the documented contract.
     cut_poll_ms: int = 50
     auth_cache_s: float = 5.0
@@ -53,6 +65,12 @@ _INT_FIELDS = {
     "max_call_s": (1, 7 * 86400),
     "ledger_keep_s": (0, 366 * 86400),
     "ledger_keep_rows": (0, 10_000_000),
+    "start_timeout_ms": (50, 60_000),
+    "ring_timeout_s": (1, 86400),
+    "inbound_grace_max_s": (0, 3600),
+    "max_concurrent_calls_max": (1, 1_000_000),
+    "clock_tolerance_s": (0, 300),
+    "sync_min_age_s": (0, 3600),
 }
 ENV = {
     "redis_url": "GATE_REDIS_URL",
@@ -68,12 +86,24 @@ ENV = {
     "max_call_s": "GATE_MAX_CALL_S",
     "signup_credit_micros": "GATE_SIGNUP_CREDIT_USD",
     "switch_webhook_url": "GATE_SWITCH_WEBHOOK_URL",
+    "start_timeout_ms": "GATE_START_TIMEOUT_MS",
+    "ring_timeout_s": "GATE_RING_TIMEOUT_S",
+    "inbound_grace_max_s": "GATE_INBOUND_GRACE_MAX_S",
+    "max_concurrent_calls_max": "GATE_MAX_CONCURRENT_CALLS_MAX",
+    "clock_tolerance_s": "GATE_CLOCK_TOLERANCE_S",
+    "sync_min_age_s": "GATE_SYNC_MIN_AGE_S",
     "data_dir": "GATE_DATA_DIR",
     "log_level": "GATE_LOG_LEVEL",
     "database_url": "GATE_DATABASE_URL",
     "ledger_keep_s": "GATE_LEDGER_KEEP_S",
     "ledger_keep_rows": "GATE_LEDGER_KEEP_ROWS",
     "archive_interval_s": "GATE_ARCHIVE_INTERVAL_S",
+    "smtp_url": "GATE_SMTP_URL",
+    "mail_from": "GATE_MAIL_FROM",
+    "payments": "GATE_PAYMENTS",
+    "stripe_api_key": "GATE_STRIPE_API_KEY",
+    "stripe_webhook_secret": "GATE_STRIPE_WEBHOOK_SECRET",
+    "stripe_api_base": "GATE_STRIPE_API_BASE",
 }
 
 
@@ -113,6 +143,12 @@ def _parse(name: str, raw: str) -> Any:
         return seconds
     if name == "switch_webhook_url" and not raw.startswith(("http://", "https://")):
         raise SettingsError(f"{var}={raw!r}: expected an http:// or https:// URL")
+    if name == "smtp_url" and not raw.startswith(("smtp://", "smtps://")):
+        raise SettingsError(f"{var}={raw!r}: expected smtp://user:password@host:port or smtps://")
+    if name == "payments" and raw not in ("sandbox", "stripe"):
+        raise SettingsError(f"{var}={raw!r}: expected sandbox or stripe")
+    if name == "stripe_api_base" and not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"{var}={raw!r}: expected an http:// or https:// URL")
     if name == "log_level" and raw.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"{var}={raw!r}: expected DEBUG, INFO, WARNING or ERROR")
     return raw
@@ -129,4 +165,14 @@ def load(env: Mapping[str, str] | None = None, **overrides: str | None) -> Setti
         if raw is None or raw == "":
             continue
         values[name] = _parse(name, str(raw))
-    return Settings(**values)
+    if values.get("payments") == "stripe" and not values.get("stripe_api_key"):
+        raise SettingsError(
+            "GATE_PAYMENTS=stripe needs GATE_STRIPE_API_KEY (sk_live_... or sk_test_...)"
+        )
+    settings = Settings(**values)
+    if settings.inbound_grace_s > settings.inbound_grace_max_s:
+        raise SettingsError(
+            f"GATE_INBOUND_GRACE_S={settings.inbound_grace_s} is above the ceiling "
+            f"GATE_INBOUND_GRACE_MAX_S={settings.inbound_grace_max_s}: lower one or raise the other"
+        )
+    return settings

@@ -29,7 +29,8 @@
 --   {-9, balance, reserved}          an adjustment or refund would take the balance past
 --                                    $1,000,000,000 (nothing changed)
 -- Side effects: ledger row, transaction.created event, wallet.recharged event for recharges;
--- a credit makes the limited live calls due now (their limit is lifted at the next tick).
+-- a credit makes the limited live calls due now (their limit is lifted at the next tick);
+-- a recharge ends a declined auto-recharge's back-off; the wallet's watch (lua/_watch.lua).
 local rcall = redis.call
 local ws, wallet, ledger, events, refs, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local cuts, due = KEYS[7], KEYS[8]
@@ -41,10 +42,14 @@ for i = 7, #ARGV do extra[#extra + 1] = ARGV[i] end
 
 --!include _post.lua
 
+local CHARGES = {sms = true, mms = true, fax = true, chat = true}
+
 if rcall('EXISTS', ws) == 0 then return {-1} end
--- Operators' references live apart from payment ids: a refund may quote the top-up's id.
+-- Operators' references live apart from payment ids: a refund may quote the top-up's id;
+-- so do the switch's charge ids.
 local dedupe = ref
 if rtype == 'adjustment' or rtype == 'refund' then dedupe = 'adj:' .. ref end
+if CHARGES[rtype] then dedupe = 'chg:' .. ref end  -- a switch's charge_id is its own namespace
 local seen = rcall('HGET', refs, dedupe)
 if seen then
   local row = rcall('XRANGE', ledger, seen, seen)[1]
@@ -71,6 +76,13 @@ if amount > 0 and (rtype == 'adjustment' or rtype == 'refund') and balance + amo
   return {-9, balance, reserved}
 end
 
+-- A manual top-up ends a declined card's back-off (not a monthly cap): if money is still
+-- short, the watch in post() starts a new automatic attempt at once.
+if rtype == 'recharge' and amount > 0 and rcall('HGET', wallet, 'ar_state') == 'failed'
+    and not rcall('HGET', wallet, 'ar_capped') then
+  rcall('HSET', wallet, 'ar_state', 'idle')
+  rcall('HDEL', wallet, 'ar_next', 'ar_fails', 'ar_error')
+end
 local id
 id, balance = post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, extra)
 rcall('HSET', refs, dedupe, id)

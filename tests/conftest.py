@@ -92,6 +92,16 @@ def auth(key: str) -> dict[str, str]:
 PLATFORM = auth(PLATFORM_KEY)
 
 
+async def new_switch_key(client: Client, workspace_id: str) -> str:
+    """A switch key for the workspace, issued as switch keys are: by the platform."""
+    resp = await client.post(
+        f"/v1/workspaces/{workspace_id}/keys", json={"role": "switch"}, headers=PLATFORM
+    )
+    assert resp.status == 201, await resp.text()
+    key: str = (await resp.json())["key"]
+    return key
+
+
 async def new_workspace(client: Client, name: str = "Acme") -> dict[str, Any]:
     """Create a workspace through the API; returns its JSON (id, key...)."""
     resp = await client.post("/v1/workspaces", json={"name": name}, headers=PLATFORM)

@@ -64,7 +64,7 @@ async def test_org_admin_sees_and_manages_every_office(
     assert resp.status == 201, await resp.text()
     resp = await client.patch(
         f"/v1/wallet/settings?workspace_id={sf['id']}",
-        json={"low_balance_alert": {"enabled": True, "threshold_usd": 5}},
+        json={"low_balance_alert": {"enabled": True, "threshold_usd": 5, "email": "a@b.co"}},
         headers=boss,
     )
     assert resp.status == 200

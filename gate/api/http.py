@@ -26,6 +26,10 @@ from gate.errors import (
 )
 from gate.tenancy.auth import Authenticator, Principal, Role
 from gate.tenancy.workspaces import Workspaces
+from gate.wallet.automation import Automation
+from gate.wallet.charges import Charges
+from gate.wallet.methods import PaymentMethods
+from gate.wallet.numbers import Numbers
 from gate.wallet.service import Wallet
 
 log = logging.getLogger("gate.api.http")
@@ -40,6 +44,10 @@ OUTBOX = web.AppKey("outbox", Outbox)
 RATES = web.AppKey("rates", RateBook)
 CALLS = web.AppKey("calls", Calls)
 TICKER = web.AppKey("ticker", Ticker)
+AUTOMATION = web.AppKey("automation", Automation)
+METHODS = web.AppKey("methods", PaymentMethods)
+CHARGES = web.AppKey("charges", Charges)
+NUMBERS = web.AppKey("numbers", Numbers)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,7 +73,10 @@ async def decode(request: web.Request, schema: type[T]) -> T:
 
 async def principal(request: web.Request, role: Role) -> Principal:
     who = await request.app[AUTH].authenticate(request.headers.get("Authorization"))
-    who.require(role)
+    if role is Role.switch:
+        who.require_switch()
+    else:
+        who.require(role)
     return who
 
 

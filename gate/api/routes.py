@@ -13,13 +13,17 @@ from gate import __version__
 from gate.api import alerts as api_alerts
 from gate.api import calls as api_calls
 from gate.api import events as api_events
+from gate.api import numbers as api_numbers
 from gate.api import ops as api_ops
 from gate.api import organizations as api_orgs
+from gate.api import payment_methods as api_methods
+from gate.api import providers as api_providers
 from gate.api import schemas
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
-from gate.api.call_schemas import EndCall, Heartbeat, StartCall
+from gate.api.call_schemas import Charge, EndCall, Heartbeat, RentNumber, StartCall, SyncCalls
 from gate.api.http import Handler
+from gate.web import pages as web_pages
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,34 @@ ROUTES = [
     Route("POST", "/v1/wallet/topup", api_wallet.topup, "Add funds", "admin", schemas.Topup),
     Route("PATCH", "/v1/wallet/settings", api_wallet.patch_settings,
           "Auto-recharge and low-balance alert", "admin", schemas.WalletSettings),
+    Route("GET", "/v1/wallet/payment_methods", api_methods.list_methods,
+          "Payment methods on file and the default", "agent"),
+    Route("POST", "/v1/wallet/payment_methods", api_methods.add_method,
+          "Add a payment method after a verification charge", "admin",
+          schemas.AddPaymentMethod),
+    Route("PATCH", "/v1/wallet/payment_methods/{method_id}", api_methods.patch_method,
+          "Make a payment method the default", "admin", schemas.PaymentMethodPatch),
+    Route("DELETE", "/v1/wallet/payment_methods/{method_id}", api_methods.delete_method,
+          "Delete a payment method", "admin"),
+    Route("POST", "/v1/providers/stripe/webhook", api_providers.stripe_webhook,
+          "Stripe events, verified by Stripe-Signature"),
     Route("GET", "/v1/wallet/transactions", api_wallet.transactions,
           "Ledger rows, newest first", "agent"),
     Route("GET", "/v1/usage/export", api_wallet.export, "CSV of all matching rows", "admin"),
+    Route("GET", "/v1/usage/summary", api_wallet.usage_summary,
+          "The month's spend per service, counts, top users and groups", "agent"),
     Route("GET", "/v1/events", api_events.stream, "Server-Sent Events, resumable", "agent"),
     Route("POST", "/v1/calls", api_calls.start, "A call wants to start: allow or refuse",
           "switch", StartCall),
+    Route("POST", "/v1/numbers", api_numbers.rent,
+          "Rent a number: the first month is charged now", "admin", RentNumber),
+    Route("GET", "/v1/numbers", api_numbers.list_numbers, "The rented numbers", "agent"),
+    Route("DELETE", "/v1/numbers/{number}", api_numbers.release, "Stop renting a number",
+          "admin"),
+    Route("POST", "/v1/charges", api_calls.charge,
+          "One-off usage: SMS, MMS, fax, chat; idempotent by charge_id", "switch", Charge),
+    Route("POST", "/v1/calls/sync", api_calls.sync,
+          "The calls the switch has up: end the others as lost", "switch", SyncCalls),
     Route("POST", "/v1/calls/{call_id}/answer", api_calls.answer, "Billing starts now",
           "switch"),
     Route("POST", "/v1/calls/{call_id}/heartbeat", api_calls.heartbeat,
@@ -78,6 +104,8 @@ ROUTES = [
           "Every office's wallet", "org_admin"),
     Route("GET", "/v1/organizations/{organization_id}/usage/export", api_orgs.export,
           "CSV of every office's matching rows, with a workspace column", "org_admin"),
+    Route("GET", "/billing", web_pages.billing, "The billing page (sign in with a key)"),
+    Route("GET", "/billing/assets/{name}", web_pages.asset, "A script or style of the page"),
 ]  # fmt: skip
 
 
@@ -106,7 +134,11 @@ def openapi_document() -> dict[str, Any]:
         }
         if r.role:
             op["security"] = [{"bearer": []}]
-            op["description"] = f"Needs a key of role `{r.role}` or higher."
+            op["description"] = (
+                "Needs the platform's `switch` key (no other role)."
+                if r.role == "switch"
+                else f"Needs a key of role `{r.role}` or higher."
+            )
         if r.body is not None:
             op["requestBody"] = {
                 "required": True,

@@ -60,7 +60,7 @@ def _date_ms(q: Query, name: str, *, end: bool = False) -> int | None:
         raise ValidationFailed(f"{name} is out of range", field=name) from None
 
 
-def _month_range(raw: str) -> tuple[int, int]:
+def month_range(raw: str) -> tuple[int, int]:
     try:
         start = datetime.strptime(raw, "%Y-%m").replace(tzinfo=UTC)
         end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
@@ -119,7 +119,7 @@ def filters(q: Query) -> Filters:
     if month := q.get("month"):
         if start is not None or end is not None:
             raise ValidationFailed("send either month or from/to, not both", field="month")
-        start, end = _month_range(month)
+        start, end = month_range(month)
     if start is not None and end is not None and start >= end:
         raise ValidationFailed("from must be before to", field="from")
     amount_min = q.get("min_amount_usd") or None

@@ -28,13 +28,20 @@ async def call_end(ctx: Context, workspace_id: str, call_id: str) -> dict[str, A
     row = await ctx.archive.by_reference(workspace_id, call_id, CALL_ROW_TYPES)
     if row is None:
         return None
+    x = row.extra
+    parts: list[str | int] = []
+    for name, value in x.items():  # the cost by component, in the order call_end wrote it
+        if name.startswith("component_"):
+            parts += [name, int(value)]
     return {
         "cost": -row.amount_micros,
         "row": row.id,
         "balance": row.balance_after_micros,
-        "duration": int(row.extra.get("duration_s", "0")),
-        "leak": int(row.extra.get("leak_s", "0")),
-        "flag": row.extra.get("flag", ""),
+        "duration": int(x.get("duration_s", "0")),
+        "leak": int(x.get("leak_s", "0")),
+        "flag": x.get("flag", ""),
+        "clamped": 1 if x.get("duration_clamped") == "true" else 0,
+        "parts": parts,
     }
 
 
