@@ -475,3 +475,12 @@ def test_archive_settings_are_read() -> None:
     assert loaded.database_url == "postgresql://gate@db:5432/gate"
     assert (loaded.ledger_keep_s, loaded.ledger_keep_rows) == (3600, 500)
     assert loaded.archive_interval_s == 0.5
+
+
+async def test_the_usage_summary_counts_archived_rows(client: Client, clock: ManualClock) -> None:
+    ws = await filled(client, clock, 40)
+    url = "/v1/usage/summary?month=2027-01"
+    before = await (await client.get(url, headers=auth(ws["key"]))).json()
+    assert before["total_spend_micros"] > 0
+    await archive_pass(client)  # every row leaves Redis
+    assert await (await client.get(url, headers=auth(ws["key"]))).json() == before

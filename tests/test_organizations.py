@@ -156,12 +156,12 @@ async def test_who_may_make_organizations_and_org_admin_keys(
         f"/v1/workspaces/{world['ny']['id']}/keys", json={"role": "org_admin"}, headers=ny_admin
     )
     assert resp.status == 403  # an office admin cannot make a company admin
+    # An org_admin key of a workspace outside any organization sees that workspace only.
     lone = await office(client, None, "No company")
-    resp = await client.post(
-        f"/v1/workspaces/{lone['id']}/keys", json={"role": "org_admin"}, headers=PLATFORM
-    )
-    assert resp.status == 400
-    assert "organization" in (await resp.json())["error"]["message"]
+    alone = auth(await key(client, lone["id"], "org_admin", PLATFORM))
+    assert (await client.get("/v1/wallet", headers=alone)).status == 200
+    resp = await client.get(f"/v1/wallet?workspace_id={world['ny']['id']}", headers=alone)
+    assert resp.status == 404
     resp = await client.post(
         "/v1/workspaces", json={"name": "x", "organization_id": "org_ffffffffffffffff"},
         headers=PLATFORM,

@@ -48,14 +48,6 @@ async def create_key(request: web.Request) -> web.StreamResponse:
             "switch keys are issued by the platform only (the switch is the platform's "
             "infrastructure, not the tenant's): create it with the platform key"
         )
-    if role is Role.org_admin:
-        workspace = await request.app[WORKSPACES].get(workspace_id)
-        if workspace.organization_id is None:
-            raise ValidationFailed(
-                "org_admin keys are for workspaces inside an organization; create the "
-                "workspace with organization_id, or make an admin key",
-                field="role",
-            )
     key, key_id = await request.app[WORKSPACES].create_key(workspace_id, role)
     return json({"key": key, "role": role.name, "id": key_id}, 201)
 
