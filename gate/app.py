@@ -26,12 +26,15 @@ from gate.api.http import (
     WORKSPACES,
     error_middleware,
 )
+from gate.api.ops import ARCHIVER
 from gate.calls.service import Calls, RateBook
 from gate.calls.ticker import Ticker
 from gate.clock import Clock, SystemClock
 from gate.context import Context
 from gate.delivery.mail import LogMailer, Mailer, SmtpMailer
 from gate.delivery.outbox import Outbox
+from gate.history.archive import Archive
+from gate.history.archiver import Archiver
 from gate.settings import Settings
 from gate.store import redis_client
 from gate.store.scripts import Scripts
@@ -72,7 +75,8 @@ def create_app(
             redis = client
         scripts = Scripts(redis)
         await scripts.load()
-        ctx = Context(redis, scripts, clock or SystemClock(), settings)
+        archive = await Archive.open(settings.database_url) if settings.database_url else None
+        ctx = Context(redis, scripts, clock or SystemClock(), settings, archive=archive)
         workspaces = Workspaces(ctx)
         app[CTX] = ctx
         app[AUTH] = Authenticator(
@@ -111,6 +115,10 @@ def create_app(
         app[TICKER] = ticker
         await outbox.start()
         await ticker.start()
+        archiver = None
+        if archive is not None:
+            archiver = app[ARCHIVER] = Archiver(ctx, archive)
+            await archiver.start()
         await automation.start()
         await renewals.start()
         log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
@@ -119,6 +127,10 @@ def create_app(
         await automation.stop()
         await ticker.stop()
         await outbox.stop()
+        if archiver is not None:
+            await archiver.stop()
+        if archive is not None:
+            await archive.close()
         if isinstance(provider, StripeProvider):
             await provider.close()
         if own:

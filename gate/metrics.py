@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
 
@@ -50,4 +50,17 @@ DELIVERY_DELAY = Histogram(
     "send time - event time of delivered webhooks",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0),
     registry=REGISTRY,
+)
+ARCHIVE_LAG_ROWS = Gauge(
+    "gate_archive_lag_rows",
+    "ledger rows not yet in the SQL archive, as the archiver's last pass began",
+    registry=REGISTRY,
+)
+ARCHIVE_LAG_SECONDS = Gauge(
+    "gate_archive_lag_seconds",
+    "age of the oldest ledger row not yet in the SQL archive, as the last pass began",
+    registry=REGISTRY,
+)
+ARCHIVED_ROWS = Counter(
+    "gate_archived_rows_total", "ledger rows copied into the SQL archive", registry=REGISTRY
 )

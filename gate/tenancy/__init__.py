@@ -1,4 +1,4 @@
-"""Who is who: workspaces, API keys, roles and the authenticator.
+"""Who is who: organizations, workspaces, API keys, roles and the authenticator.
 
 May import `gate.store` and the top-level helpers; never aiohttp.
 """

@@ -56,6 +56,9 @@ class Principal:
     role: Role
     workspace_id: str | None
     key_id: str
+    # org_admin keys: their organization and its workspaces, read at authentication.
+    organization_id: str | None = None
+    org_workspaces: frozenset[str] = frozenset()
 
     @property
     def every_workspace(self) -> bool:
@@ -86,6 +89,8 @@ class Principal:
             self.every_workspace and WORKSPACE_ID.match(workspace_id)
         ):
             return workspace_id
+        if self.role is Role.org_admin and workspace_id in self.org_workspaces:
+            return workspace_id  # another office of the same organization
         raise NotFound("no such workspace")
 
 
@@ -150,4 +155,20 @@ class Authenticator:
         if record is None:
             raise Unauthorized("unknown API key; create one with POST /v1/workspaces/{id}/keys")
         role, key_id = text(record).split(" ", 1)
+        if Role[role] is Role.org_admin:
+            return await self._org_admin(workspace_id, key_id)
         return Principal(Role[role], workspace_id, key_id)
+
+    async def _org_admin(self, workspace_id: str, key_id: str) -> Principal:
+        """An org_admin key with its organization's workspaces (none: its own only)."""
+        org = await self.client.hget(keys.for_workspace(workspace_id).ws, "organization_id")
+        if not org:
+            return Principal(Role.org_admin, workspace_id, key_id)
+        members = await self.client.smembers(keys.for_organization(text(org)).workspaces)
+        return Principal(
+            Role.org_admin,
+            workspace_id,
+            key_id,
+            organization_id=text(org),
+            org_workspaces=frozenset(text(m) for m in members),
+        )
