@@ -13,10 +13,12 @@ from gate.api import routes
 from gate.api.http import (
     AUTH,
     CALLS,
+    CIRCUIT,
     CTX,
     MAX_BODY,
     OUTBOX,
     RATES,
+    STREAMS_REDIS,
     TICKER,
     WALLET,
     WORKSPACES,
@@ -29,6 +31,7 @@ from gate.context import Context
 from gate.delivery.outbox import Outbox
 from gate.settings import Settings
 from gate.store import redis_client
+from gate.store.circuit import Circuit
 from gate.store.scripts import Scripts
 from gate.tenancy.auth import Authenticator
 from gate.tenancy.workspaces import Workspaces
@@ -54,11 +57,23 @@ def create_app(
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         own = client is None
+        circuit = app[CIRCUIT] = Circuit()
         if client is None:
             assert settings.redis_url, "the CLI starts a private redis-server when unset"
-            redis = await redis_client.connect(settings.redis_url)
+            deadline_s = settings.redis_timeout_ms / 1000
+            redis = await redis_client.connect(
+                settings.redis_url,
+                circuit=circuit,
+                socket_timeout=deadline_s,
+                socket_connect_timeout=deadline_s,
+            )
+            # Event streams block in XREAD for seconds: their own pool, without the per-command
+            # deadline, so they never hold the connections the call path needs.
+            app[STREAMS_REDIS] = await redis_client.connect(
+                settings.redis_url, circuit=circuit, socket_connect_timeout=deadline_s
+            )
         else:
-            redis = client
+            redis = app[STREAMS_REDIS] = client
         scripts = Scripts(redis)
         await scripts.load()
         ctx = Context(redis, scripts, clock or SystemClock(), settings)
@@ -80,8 +95,10 @@ def create_app(
         yield
         await ticker.stop()
         await outbox.stop()
+        await circuit.stop()
         if own:
             await redis.aclose()
+            await app[STREAMS_REDIS].aclose()
 
     app.cleanup_ctx.append(services)
     return app

@@ -19,6 +19,7 @@ GateError
 ├── PayloadTooLarge (413 payload_too_large)
 ├── TooManyRequests (429 concurrency_limit)
 └── Unavailable (503 unavailable)
+    └── GateUnavailable (503 gate_unavailable)
 """
 
 from __future__ import annotations
@@ -125,3 +126,9 @@ class TooManyRequests(GateError):
 class Unavailable(GateError):
     status = 503
     code = "unavailable"
+
+
+class GateUnavailable(Unavailable):
+    """Redis did not answer in time or is unreachable: nothing was done, retry shortly."""
+
+    code = "gate_unavailable"

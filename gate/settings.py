@@ -35,6 +35,8 @@ class Settings:
     # Tunables that tests shrink; not part of the documented contract.
     cut_poll_ms: int = 50
     auth_cache_s: float = 5.0
+    # Reliability (README "Reliability"): the deadline of one Redis command.
+    redis_timeout_ms: int = 100
 
 
 # integer settings -> (lowest, highest) allowed
@@ -46,6 +48,7 @@ _INT_FIELDS = {
     "inbound_grace_s": (0, 3600),
     "stale_after_s": (1, 86400),
     "max_call_s": (1, 7 * 86400),
+    "redis_timeout_ms": (5, 60_000),
 }
 ENV = {
     "redis_url": "GATE_REDIS_URL",
@@ -63,6 +66,7 @@ ENV = {
     "switch_webhook_url": "GATE_SWITCH_WEBHOOK_URL",
     "data_dir": "GATE_DATA_DIR",
     "log_level": "GATE_LOG_LEVEL",
+    "redis_timeout_ms": "GATE_REDIS_TIMEOUT_MS",
 }
 
 

@@ -11,10 +11,11 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gate.api.http import CTX, principal
+from gate.api.http import CTX, STREAMS_REDIS, principal
 from gate.delivery import events
 from gate.errors import NotFound, ValidationFailed
 from gate.store import keys
+from gate.store.circuit import is_unavailable
 from gate.store.redis_client import entries, text
 from gate.tenancy.auth import Role
 
@@ -77,6 +78,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.agent)
     workspace_id = who.workspace(request.query.get("workspace_id"))
     ctx = request.app[CTX]
+    streams_redis = request.app[STREAMS_REDIS]
     k = keys.for_workspace(workspace_id)
     if who.workspace_id is None and not await ctx.client.exists(k.ws):
         raise NotFound("no such workspace")
@@ -117,7 +119,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             idle_left = last_write + KEEPALIVE_S - loop.time()
             block = max(1, min(BLOCK_MS, int(idle_left * 1000)))  # BLOCK 0 would wait forever
             read = asyncio.ensure_future(
-                ctx.client.xread({k.events: cursor}, count=BATCH, block=block)
+                streams_redis.xread({k.events: cursor}, count=BATCH, block=block)
             )
             await asyncio.wait({read, closing}, return_when=asyncio.FIRST_COMPLETED)
             if not read.done():
@@ -136,8 +138,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 last_write = loop.time()
     except ConnectionError:  # the client went away mid-write
         pass
-    except RedisError:  # end the stream; the client resumes with Last-Event-ID
-        log.warning("event stream of %s ended by a Redis error", workspace_id, exc_info=True)
+    except RedisError as err:  # end the stream; the client resumes with Last-Event-ID
+        # An outage is logged once by the circuit, not once per open stream.
+        if not is_unavailable(err):
+            log.warning("event stream of %s ended by a Redis error", workspace_id, exc_info=True)
     finally:
         # Also reached when aiohttp cancels the handler because the client went away.
         closing.cancel()

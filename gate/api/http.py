@@ -10,6 +10,9 @@ from typing import Any, TypeVar
 import msgspec
 import orjson
 from aiohttp import web
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gate import metrics
 from gate.calls.service import Calls, RateBook
@@ -18,12 +21,14 @@ from gate.context import Context
 from gate.delivery.outbox import Outbox
 from gate.errors import (
     GateError,
+    GateUnavailable,
     InvalidJSON,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     ValidationFailed,
 )
+from gate.store.circuit import Circuit
 from gate.tenancy.auth import Authenticator, Principal, Role
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.service import Wallet
@@ -40,6 +45,9 @@ OUTBOX = web.AppKey("outbox", Outbox)
 RATES = web.AppKey("rates", RateBook)
 CALLS = web.AppKey("calls", Calls)
 TICKER = web.AppKey("ticker", Ticker)
+CIRCUIT = web.AppKey("circuit", Circuit)
+# The Redis client for blocking reads (event streams): its own pool, no per-command deadline.
+STREAMS_REDIS: web.AppKey[Redis | RedisCluster] = web.AppKey("streams_redis")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -114,6 +122,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             gate_err.status = err.status
             gate_err.code = err.reason.lower().replace(" ", "_")
         response = json(gate_err.body(), gate_err.status)
+    except (RedisConnectionError, RedisTimeoutError) as err:
+        # No traceback per request: the circuit logs each outage once (gate/store/circuit.py).
+        unavailable = GateUnavailable(
+            "Gate's store did not answer in time; retry shortly (starts, ends and top-ups "
+            "are idempotent). Switches: fail outbound starts closed, inbound may fail open",
+        )
+        unavailable.__cause__ = err
+        response = json(unavailable.body(), unavailable.status, {"Retry-After": "1"})
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = json(

@@ -39,6 +39,7 @@ from gate import __version__, metrics
 from gate.context import Context
 from gate.delivery import events
 from gate.store import keys
+from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
 from gate.store.keys import WsKeys
 from gate.store.redis_client import text
@@ -61,6 +62,7 @@ class Outcome:
 
 
 QUIET_S = 10.0  # how long a workspace without a webhook URL is left alone
+UNAVAILABLE_RETRY_S = 0.25  # while Redis is unreachable: cheap (the circuit fails fast)
 
 
 class _Lost:
@@ -155,8 +157,9 @@ class Outbox:
                 await self.ctx.scripts.call(
                     "outbox_release", [keys.for_workspace(workspace_id).outbox], [self.owner]
                 )
-            except Exception:  # it runs out by itself after lease_ms
-                log.exception("could not release the outbox lease of %s", workspace_id)
+            except Exception as err:  # it runs out by itself after lease_ms
+                if not is_unavailable(err):  # an outage is logged once, by the circuit
+                    log.exception("could not release the outbox lease of %s", workspace_id)
         # Interrupted and not yet handled workspaces are due now, for whichever process
         # claims them first.
         left = {*active, *self._dirty, *self._again}
@@ -166,8 +169,9 @@ class Outbox:
             now = self.ctx.clock.now_ms()
             try:
                 await self.index.notify_many(dict.fromkeys(left, now))
-            except Exception:  # the periodic rescan of any process finds them anyway
-                log.exception("could not hint %d workspaces at stop", len(left))
+            except Exception as err:  # the periodic rescan of any process finds them anyway
+                if not is_unavailable(err):
+                    log.exception("could not hint %d workspaces at stop", len(left))
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -206,7 +210,10 @@ class Outbox:
                     await self._claim()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # keep delivering through Redis hiccups; the log says what broke
+            except Exception as err:  # keep delivering through hiccups; the log says what broke
+                if is_unavailable(err):  # an outage: the circuit logged it; retry quietly, soon
+                    await asyncio.sleep(UNAVAILABLE_RETRY_S)
+                    continue
                 log.exception("outbox round failed; retrying")
                 await asyncio.sleep(1)
                 continue
@@ -218,7 +225,10 @@ class Outbox:
                 await self.rescan()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as err:
+                if is_unavailable(err):  # an outage: try again soon, quietly
+                    await asyncio.sleep(UNAVAILABLE_RETRY_S)
+                    continue
                 log.exception("outbox rescan failed")
             await asyncio.sleep(self.rescan_s)
 
@@ -275,8 +285,9 @@ class Outbox:
             )
         except asyncio.CancelledError:
             raise
-        except Exception:  # the index still holds the hint: retried after the lease
-            log.exception("delivery of %s failed; retrying after the lease", workspace_id)
+        except Exception as err:  # the index still holds the hint: retried after the lease
+            if not is_unavailable(err):  # an outage is logged once, by the circuit
+                log.exception("delivery of %s failed; retrying after the lease", workspace_id)
 
     # -- delivering one workspace --------------------------------------------------------
 
@@ -294,8 +305,9 @@ class Outbox:
         finally:
             try:
                 await self.ctx.scripts.call("outbox_release", [k.outbox], [self.owner])
-            except Exception:  # it runs out by itself after lease_ms
-                log.exception("could not release the outbox lease of %s", workspace_id)
+            except Exception as err:  # it runs out by itself after lease_ms
+                if not is_unavailable(err):
+                    log.exception("could not release the outbox lease of %s", workspace_id)
 
     async def _deliver_held(self, workspace_id: str, k: WsKeys) -> int | _Lost | None:
         # One snapshot of the URL and the newest event: with no URL, only the events that

@@ -21,8 +21,10 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gate import metrics
+from gate.store import circuit
 
 _FILE = re.compile(r"^(?P<name>[a-z_]+)-(?P<keys>\d+)\.lua$")
 _INCLUDE = re.compile(r"^--!include (?P<file>_[a-z_]+\.lua)\s*$", re.MULTILINE)
@@ -119,7 +121,7 @@ def _pack(head: _Head, args: Sequence[Arg]) -> bytes:
 
 
 _Command = tuple[_Head, Sequence[Arg]]
-READ_TIMEOUT_S = 10.0  # a batch whose replies take longer fails, and its connection is dropped
+READ_TIMEOUT_S = 10.0  # without a per-command deadline on the pool: the wait for each reply
 
 
 class _AutoPipeline:
@@ -178,23 +180,31 @@ class _AutoPipeline:
         except BaseException as err:
             _fail(batch, err)
             return
+        # The pool's per-command deadline (GATE_REDIS_TIMEOUT_MS) when it has one; it restarts
+        # at every reply, so a big batch on a busy Redis is not cut but a silent Redis is.
+        wait_s = conn.socket_timeout or READ_TIMEOUT_S
         try:
             await conn.send_packed_command(b"".join([_pack(*command) for command, _ in batch]))
             # Read straight from the connection's (hiredis) parser under one deadline for the
             # whole batch: error replies come back as exception values, the stream stays in
             # sync, and the per-read timeout scaffolding of read_response() is paid once.
             parser = conn._parser
-            async with asyncio.timeout(READ_TIMEOUT_S):
+            async with asyncio.timeout(wait_s) as deadline:
                 for _, future in batch:
                     reply = await parser.read_response()
+                    deadline.reschedule(asyncio.get_running_loop().time() + wait_s)
                     if future.done():
                         continue
                     if isinstance(reply, Exception):
                         future.set_exception(reply)
                     else:
                         future.set_result(reply)
+            circuit.report(conn, None)
         except BaseException as err:
             await conn.disconnect()  # a half-read stream must never be reused
+            if isinstance(err, TimeoutError):  # the error any other command gives
+                err = RedisTimeoutError(f"no reply from Redis within {wait_s:g} s")
+            circuit.report(conn, err)
             _fail(batch, err)
             if not isinstance(err, Exception):
                 raise

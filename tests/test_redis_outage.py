@@ -1,0 +1,233 @@
+"""Redis away: every route answers 503 gate_unavailable at once, quietly, and recovers alone.
+
+Each test runs its own redis-server (never the session's shared one) so it can kill or pause
+it: kill -9 (connections refused), then SIGSTOP/SIGCONT (connections accepted, no answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gate.app import create_app
+from gate.clock import ManualClock
+from gate.history.check import check_all
+from gate.settings import Settings
+from gate.store import keys
+from gate.store.circuit import Circuit, RedisUnavailable
+from gate.store.redis_client import connect
+from gate.store.redis_proc import RedisServer, free_port
+from tests.conftest import PLATFORM, Client, auth
+
+DEADLINE_S = 0.1  # the default GATE_REDIS_TIMEOUT_MS
+# Generous bounds for a shared 2-core machine; the figures measured go in the README.
+FAST_S = 0.5
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server for this test alone, fsyncing every write so a kill -9 loses nothing."""
+    with RedisServer.start(tmp_path / "redis", appendfsync="always") as server:
+        yield server
+
+
+@pytest.fixture
+async def gate(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    settings: Settings,
+    own_redis: RedisServer,
+) -> AsyncIterator[Client]:
+    app = create_app(replace(settings, redis_url=own_redis.url), clock=ManualClock())
+    yield await aiohttp_client(app)
+
+
+async def setup_call(gate: Client) -> dict[str, Any]:
+    """A workspace with an admin key, a switch key minted by the platform, and a live call."""
+    resp = await gate.post("/v1/workspaces", json={"name": "Outage"}, headers=PLATFORM)
+    assert resp.status == 201, await resp.text()
+    ws: dict[str, Any] = await resp.json()
+    resp = await gate.post(
+        f"/v1/workspaces/{ws['id']}/keys", json={"role": "switch"}, headers=PLATFORM
+    )
+    assert resp.status == 201, await resp.text()
+    ws["switch"] = auth((await resp.json())["key"])
+    ws["admin"] = auth(ws["key"])
+    resp = await gate.post("/v1/calls", json=start_body("c-live"), headers=ws["switch"])
+    assert resp.status == 201, await resp.text()
+    return ws
+
+
+def start_body(call_id: str) -> dict[str, Any]:
+    return {"call_id": call_id, "direction": "outbound", "from": "+15550001", "to": "+15550002"}
+
+
+def requests(ws: dict[str, Any]) -> list[tuple[str, str, dict[str, str], Any]]:
+    """One request of each kind: reads, call routes, wallet writes, platform routes."""
+    return [
+        ("GET", "/v1/wallet", ws["admin"], None),
+        ("GET", "/v1/wallet/transactions", ws["admin"], None),
+        ("GET", "/v1/workspace", ws["admin"], None),
+        ("GET", "/v1/calls/c-live", ws["admin"], None),
+        ("POST", "/v1/calls", ws["switch"], start_body("c-new")),
+        ("POST", "/v1/calls/c-live/heartbeat", ws["switch"], {"elapsed_s": 5, "seq": 1}),
+        ("POST", "/v1/calls/c-live/end", ws["switch"], {"duration_s": 5}),
+        ("PATCH", "/v1/wallet/settings", ws["admin"], {"low_balance_alert": {"enabled": False}}),
+        ("POST", "/v1/workspaces", PLATFORM, {"name": "Another"}),
+        ("GET", "/v1/events?from=0", ws["admin"], None),
+    ]
+
+
+async def answers_503(gate: Client, ws: dict[str, Any]) -> list[float]:
+    """Send every kind of request; each must be 503 gate_unavailable. Returns the latencies."""
+    seconds = []
+    for method, path, headers, body in requests(ws):
+        started = time.perf_counter()
+        resp = await gate.request(method, path, headers=headers, json=body)
+        seconds.append(time.perf_counter() - started)
+        payload = await resp.json()
+        assert resp.status == 503, (method, path, payload)
+        assert payload["error"]["code"] == "gate_unavailable", payload
+        assert "retry" in payload["error"]["message"]
+        assert resp.headers["Retry-After"] == "1"
+    resp = await gate.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["status"] == "unavailable"
+    resp = await gate.get("/healthz")  # the process itself is fine
+    assert resp.status == 200
+    return seconds
+
+
+async def wait_ready(gate: Client, within_s: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < within_s:
+        resp = await gate.get("/readyz")
+        if resp.status == 200:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"/readyz still red {within_s} s after Redis came back")
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
+    """(outage opened lines, recovery lines); and no traceback was logged at all."""
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert not tracebacks, tracebacks
+    circuit = [r.getMessage() for r in caplog.records if r.name == "gate.store.circuit"]
+    opened = sum(m.startswith("redis unavailable") for m in circuit)
+    closed = sum(m.startswith("redis reachable again") for m in circuit)
+    return opened, closed
+
+
+async def books_balance(server: RedisServer) -> None:
+    """DESIGN §11 holds for every workspace of the private Redis after the outage."""
+    redis = Redis.from_url(server.url)
+    try:
+        created = [m.decode() for m in await redis.smembers(keys.WORKSPACES)]
+        problems, _ = await check_all(redis, created)
+        assert not problems, problems
+    finally:
+        await redis.aclose()
+
+
+async def test_redis_killed_every_route_503_at_once_then_recovers(
+    gate: Client, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    ws = await setup_call(gate)
+    os.kill(own_redis.pid, signal.SIGKILL)
+    await asyncio.to_thread(own_redis.stop)  # reaps it
+
+    seconds = await answers_503(gate, ws)
+    assert max(seconds) < FAST_S, seconds
+    await asyncio.sleep(0.6)  # the ticker and the outbox keep trying meanwhile, quietly
+    assert outage_lines(caplog) == (1, 0)
+
+    # Same port, same AOF: Gate notices by itself, no restart.
+    back = await asyncio.to_thread(
+        RedisServer.start, own_redis.data_dir, port=own_redis.port, appendfsync="always"
+    )
+    try:
+        assert await wait_ready(gate, within_s=3.0) < 3.0
+        resp = await gate.post("/v1/calls/c-live/end", json={"duration_s": 5}, headers=ws["switch"])
+        assert resp.status == 200, await resp.text()
+        resp = await gate.get("/v1/wallet", headers=ws["admin"])
+        assert resp.status == 200
+        assert (await resp.json())["reserved_usd"] == 0
+        assert outage_lines(caplog) == (1, 1)
+        await books_balance(back)
+    finally:
+        back.stop()
+
+
+async def test_redis_paused_answers_503_within_the_deadline_then_recovers(
+    gate: Client, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    ws = await setup_call(gate)
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    try:
+        # Requests in flight when Redis stops wait one deadline, not the old 5-10 s.
+        started = time.perf_counter()
+        burst = await asyncio.gather(
+            *(gate.get("/v1/wallet", headers=ws["admin"]) for _ in range(10))
+        )
+        first_s = time.perf_counter() - started
+        assert [r.status for r in burst] == [503] * 10
+        assert first_s < DEADLINE_S + FAST_S, first_s
+        # The circuit is open now: no request waits for the paused Redis any more.
+        seconds = await answers_503(gate, ws)
+        assert max(seconds) < FAST_S, seconds
+        assert outage_lines(caplog) == (1, 0)
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+    assert await wait_ready(gate, within_s=3.0) < 3.0
+    resp = await gate.get("/v1/wallet", headers=ws["admin"])
+    assert resp.status == 200
+    assert outage_lines(caplog) == (1, 1)
+    await books_balance(own_redis)
+
+
+async def test_circuit_opens_after_timeouts_in_a_row_not_one() -> None:
+    circuit = Circuit(open_after=3)
+    circuit.failed(RedisTimeoutError("slow"))
+    circuit.failed(RedisTimeoutError("slow"))
+    circuit.ok()  # an answer in between: a slow moment, not an outage
+    circuit.failed(RedisTimeoutError("slow"))
+    circuit.failed(RedisTimeoutError("slow"))
+    assert not circuit.is_open
+    circuit.check()
+    circuit.failed(RedisTimeoutError("slow"))
+    assert circuit.is_open
+    with pytest.raises(RedisUnavailable):
+        circuit.check()
+    assert circuit.refused == 1
+
+
+async def test_refused_connection_opens_the_circuit_at_once_and_fails_fast() -> None:
+    circuit = Circuit()
+    client = await connect(
+        f"redis://127.0.0.1:{free_port()}", circuit=circuit, socket_timeout=DEADLINE_S
+    )
+    try:
+        with pytest.raises(RedisConnectionError):
+            await client.get("x")
+        assert circuit.is_open
+        started = time.perf_counter()
+        for _ in range(100):
+            with pytest.raises(RedisUnavailable):
+                await client.get("x")
+        assert time.perf_counter() - started < FAST_S  # no connect attempts, no waits
+    finally:
+        await circuit.stop()
+        await client.aclose()
