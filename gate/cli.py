@@ -58,10 +58,11 @@ async def _serve_process(
 ) -> None:
     from aiohttp import web
 
+    from gate.api.protocol import make_runner
     from gate.app import create_app
 
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = make_runner(app, settings)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.workers > 1)
     await site.start()

@@ -37,6 +37,8 @@ class Settings:
     auth_cache_s: float = 5.0
     # Reliability (README "Reliability"): the deadline of one Redis command.
     redis_timeout_ms: int = 100
+    header_timeout_s: int = 10
+    keepalive_timeout_s: int = 75
 
 
 # integer settings -> (lowest, highest) allowed
@@ -49,6 +51,8 @@ _INT_FIELDS = {
     "stale_after_s": (1, 86400),
     "max_call_s": (1, 7 * 86400),
     "redis_timeout_ms": (5, 60_000),
+    "header_timeout_s": (1, 3600),
+    "keepalive_timeout_s": (1, 86400),
 }
 ENV = {
     "redis_url": "GATE_REDIS_URL",
@@ -67,6 +71,8 @@ ENV = {
     "data_dir": "GATE_DATA_DIR",
     "log_level": "GATE_LOG_LEVEL",
     "redis_timeout_ms": "GATE_REDIS_TIMEOUT_MS",
+    "header_timeout_s": "GATE_HEADER_TIMEOUT_S",
+    "keepalive_timeout_s": "GATE_KEEPALIVE_TIMEOUT_S",
 }
 
 
