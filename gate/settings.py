@@ -39,6 +39,7 @@ class Settings:
     redis_timeout_ms: int = 100
     header_timeout_s: int = 10
     keepalive_timeout_s: int = 75
+    webhook_allow_private: bool = False
 
 
 # integer settings -> (lowest, highest) allowed
@@ -73,7 +74,12 @@ ENV = {
     "redis_timeout_ms": "GATE_REDIS_TIMEOUT_MS",
     "header_timeout_s": "GATE_HEADER_TIMEOUT_S",
     "keepalive_timeout_s": "GATE_KEEPALIVE_TIMEOUT_S",
+    "webhook_allow_private": "GATE_WEBHOOK_ALLOW_PRIVATE",
 }
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLS |= {"0": False, "false": False, "no": False, "off": False}
 
 
 def _parse(name: str, raw: str) -> Any:
@@ -100,6 +106,10 @@ def _parse(name: str, raw: str) -> Any:
         )
     if name == "switch_webhook_url" and not raw.startswith(("http://", "https://")):
         raise SettingsError(f"{var}={raw!r}: expected an http:// or https:// URL")
+    if name == "webhook_allow_private":
+        if raw.lower() not in _BOOLS:
+            raise SettingsError(f"{var}={raw!r}: expected 1 or 0 (true/false, yes/no, on/off)")
+        return _BOOLS[raw.lower()]
     if name == "log_level" and raw.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"{var}={raw!r}: expected DEBUG, INFO, WARNING or ERROR")
     return raw

@@ -37,7 +37,12 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def settings(redis_server: RedisServer) -> Settings:
-    return Settings(redis_url=redis_server.url, platform_key=PLATFORM_KEY, auth_cache_s=0.0)
+    return Settings(
+        redis_url=redis_server.url,
+        platform_key=PLATFORM_KEY,
+        auth_cache_s=0.0,
+        webhook_allow_private=True,  # the tests' receivers listen on 127.0.0.1
+    )
 
 
 Client = TestClient  # type: ignore[type-arg]

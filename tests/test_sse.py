@@ -200,7 +200,7 @@ async def test_client_disconnect_ends_the_stream(
         "18446744073709551616-0",  # 2^64: no stream id is that large
         "0-18446744073709551616",
         "evt_{hex}_99999999999999999999-0",
-        "１２-0",  # non-ASCII digits
+        "\uff11\uff12-0",  # non-ASCII digits
         "12",
         "evt_{hex}_",
     ],

@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from msgspec import UNSET
 
-from gate.api.http import OUTBOX, WALLET, WORKSPACES, decode, json, principal
+from gate.api.http import CTX, OUTBOX, WALLET, WORKSPACES, decode, json, principal
 from gate.api.schemas import Adjustment, CreateKey, CreateWorkspace, WorkspacePatch
+from gate.delivery.destinations import check_url
 from gate.errors import ValidationFailed
 from gate.money import parse_usd
 from gate.tenancy.auth import Role
@@ -57,6 +58,8 @@ async def patch_workspace(request: web.Request) -> web.StreamResponse:
             raise ValidationFailed("name must not be blank", field="name")
         fields["name"] = body.name
     if body.switch_webhook_url is not UNSET:
+        if body.switch_webhook_url and not request.app[CTX].settings.webhook_allow_private:
+            check_url(body.switch_webhook_url)
         fields["switch_webhook_url"] = body.switch_webhook_url
     if body.inbound_limit_threshold_usd is not UNSET:
         fields["inbound_limit_threshold_micros"] = (

@@ -38,6 +38,7 @@ from standardwebhooks.webhooks import Webhook
 from gate import __version__, metrics
 from gate.context import Context
 from gate.delivery import events
+from gate.delivery.destinations import PublicResolver, check_literal
 from gate.store import keys
 from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
@@ -107,6 +108,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._operator_session: aiohttp.ClientSession | None = None
         self._stopping = False
         # Workspaces seen without a webhook URL (and no global one): leasing, recording and
         # releasing their outbox for every event cost more than the call itself, so their
@@ -133,11 +135,11 @@ class Outbox:
     async def start(self) -> None:
         """Start the background delivery tasks."""
         self._stopping = False
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            connector=aiohttp.TCPConnector(limit=self.max_workspaces * self.in_flight),
-            headers={"User-Agent": f"gate/{__version__}"},
-        )
+        # Tenants' URLs may reach public addresses only (gate/delivery/destinations.py); the
+        # operator's GATE_SWITCH_WEBHOOK_URL is trusted and goes through a session of its own.
+        guard = not self.ctx.settings.webhook_allow_private
+        self._session = self._new_session(PublicResolver() if guard else None)
+        self._operator_session = self._new_session(None) if guard else self._session
         self._tasks = [
             asyncio.create_task(self._loop(), name="gate-outbox"),
             asyncio.create_task(self._rescan_loop(), name="gate-outbox-rescan"),
@@ -172,9 +174,21 @@ class Outbox:
             except Exception as err:  # the periodic rescan of any process finds them anyway
                 if not is_unavailable(err):
                     log.exception("could not hint %d workspaces at stop", len(left))
+        if self._operator_session is not None and self._operator_session is not self._session:
+            await self._operator_session.close()
+        self._operator_session = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _new_session(self, resolver: PublicResolver | None) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            connector=aiohttp.TCPConnector(
+                limit=self.max_workspaces * self.in_flight, resolver=resolver
+            ),
+            headers={"User-Agent": f"gate/{__version__}"},
+        )
 
     async def due_at(self, workspace_id: str) -> int | None:
         """When the workspace's next undelivered event falls due (ms), None when drained."""
@@ -319,6 +333,7 @@ class Outbox:
         if record[1] is None:
             return None  # no such workspace (any more): nothing to deliver to
         url = text(record[0]) if record[0] else self.ctx.settings.switch_webhook_url
+        tenants = bool(record[0])  # the workspace's own URL, not the operator's
         if not url:
             # Nobody to tell: the events stay in the stream for SSE and pulls.
             if len(self._quiet) > 100_000:
@@ -343,7 +358,13 @@ class Outbox:
             outcomes = await asyncio.gather(
                 *(
                     self._send(
-                        url, webhook, workspace_id, text(items[i]), int(items[i + 1]), items[i + 2]
+                        url,
+                        webhook,
+                        workspace_id,
+                        text(items[i]),
+                        int(items[i + 1]),
+                        items[i + 2],
+                        tenants=tenants,
                     )
                     for i in range(0, len(items), 3)
                 )
@@ -374,6 +395,8 @@ class Outbox:
         entry_id: str,
         attempts: int,
         flat: list[Any],
+        *,
+        tenants: bool = True,
     ) -> Outcome:
         fields = {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
         try:
@@ -395,10 +418,12 @@ class Outbox:
         }
         sent_ms = self.ctx.clock.now_ms()
         assert self._session is not None, "start() the Outbox first"
+        session = self._session if tenants else self._operator_session
+        assert session is not None
         try:
-            async with self._session.post(
-                url, data=body, headers=headers, allow_redirects=False
-            ) as resp:
+            if tenants and not self.ctx.settings.webhook_allow_private:
+                check_literal(url)  # names are checked by the session's resolver
+            async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
             error = f"HTTP {status}"
             delivered = 200 <= status < 300
