@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -33,6 +34,8 @@ from gate.settings import Settings
 from gate.store import redis_client
 from gate.store.circuit import Circuit
 from gate.store.scripts import Scripts
+from gate.tasks import cancel
+from gate.tenancy.apikeys import listen_for_revocations
 from gate.tenancy.auth import Authenticator
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.payments import PaymentProvider, SandboxProvider
@@ -91,8 +94,17 @@ def create_app(
         app[TICKER] = ticker
         await outbox.start()
         await ticker.start()
+        revocations = None
+        listener = app[STREAMS_REDIS]
+        if isinstance(listener, Redis):  # on a cluster the cache's few seconds apply
+            revocations = asyncio.create_task(
+                listen_for_revocations(listener, app[AUTH].forget_workspace, app[AUTH].forget_all),
+                name="gate-key-revocations",
+            )
         log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
         yield
+        if revocations is not None:
+            await cancel([revocations])
         await ticker.stop()
         await outbox.stop()
         await circuit.stop()

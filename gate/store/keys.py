@@ -14,6 +14,7 @@ PREFIX = "gate"
 WORKSPACES = f"{PREFIX}:workspaces"  # set of every workspace id (for `gate check`, sweeps)
 TICK_INDEX = f"{PREFIX}:due:tick"  # zset workspace id -> earliest due ms of its live calls
 OUTBOX_INDEX = f"{PREFIX}:due:outbox"  # zset workspace id -> earliest undelivered event ms
+KEYS_REVOKED = f"{PREFIX}:keys:revoked"  # pub/sub channel: a workspace whose key was revoked
 
 
 @dataclass(frozen=True, slots=True)
