@@ -16,6 +16,7 @@ from gate.api.http import (
     CALLS,
     CIRCUIT,
     CTX,
+    LIMITER,
     MAX_BODY,
     OUTBOX,
     RATES,
@@ -37,6 +38,7 @@ from gate.store.scripts import Scripts
 from gate.tasks import cancel
 from gate.tenancy.apikeys import listen_for_revocations
 from gate.tenancy.auth import Authenticator
+from gate.tenancy.limits import KeyLimiter
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.service import Wallet
@@ -56,6 +58,7 @@ def create_app(
     routes.add_routes(app)
     api_events.setup(app)  # end open event streams on shutdown
     rates = RateBook(settings.rates)  # a bad card fails the boot, naming the file and entry
+    app[LIMITER] = KeyLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app[RATES] = rates
 
     async def services(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ GateError
 │   └── InvalidState (409 invalid_state)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── TooManyRequests (429 concurrency_limit)
+│   └── RateLimited (429 rate_limited, with Retry-After)
 └── Unavailable (503 unavailable)
     └── GateUnavailable (503 gate_unavailable)
 """
@@ -132,3 +133,13 @@ class GateUnavailable(Unavailable):
     """Redis did not answer in time or is unreachable: nothing was done, retry shortly."""
 
     code = "gate_unavailable"
+
+
+class RateLimited(TooManyRequests):
+    """A key made more mutating requests than its rate allows; answered with Retry-After."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, **details: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
+        self.retry_after_s = retry_after_s

@@ -40,6 +40,8 @@ class Settings:
     header_timeout_s: int = 10
     keepalive_timeout_s: int = 75
     webhook_allow_private: bool = False
+    rate_limit_per_s: int = 50
+    rate_limit_burst: int = 200
 
 
 # integer settings -> (lowest, highest) allowed
@@ -54,6 +56,8 @@ _INT_FIELDS = {
     "redis_timeout_ms": (5, 60_000),
     "header_timeout_s": (1, 3600),
     "keepalive_timeout_s": (1, 86400),
+    "rate_limit_per_s": (0, 1_000_000),
+    "rate_limit_burst": (1, 1_000_000),
 }
 ENV = {
     "redis_url": "GATE_REDIS_URL",
@@ -75,6 +79,8 @@ ENV = {
     "header_timeout_s": "GATE_HEADER_TIMEOUT_S",
     "keepalive_timeout_s": "GATE_KEEPALIVE_TIMEOUT_S",
     "webhook_allow_private": "GATE_WEBHOOK_ALLOW_PRIVATE",
+    "rate_limit_per_s": "GATE_RATE_LIMIT_PER_S",
+    "rate_limit_burst": "GATE_RATE_LIMIT_BURST",
 }
 
 

@@ -26,10 +26,12 @@ from gate.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     ValidationFailed,
 )
 from gate.store.circuit import Circuit
 from gate.tenancy.auth import Authenticator, Principal, Role
+from gate.tenancy.limits import MUTATING, KeyLimiter
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.service import Wallet
 
@@ -46,6 +48,7 @@ RATES = web.AppKey("rates", RateBook)
 CALLS = web.AppKey("calls", Calls)
 TICKER = web.AppKey("ticker", Ticker)
 CIRCUIT = web.AppKey("circuit", Circuit)
+LIMITER = web.AppKey("limiter", KeyLimiter)
 # The Redis client for blocking reads (event streams): its own pool, no per-command deadline.
 STREAMS_REDIS: web.AppKey[Redis | RedisCluster] = web.AppKey("streams_redis")
 
@@ -74,6 +77,10 @@ async def decode(request: web.Request, schema: type[T]) -> T:
 async def principal(request: web.Request, role: Role) -> Principal:
     who = await request.app[AUTH].authenticate(request.headers.get("Authorization"))
     who.require(role)
+    if request.method in MUTATING and who.role not in (Role.platform, Role.switch):
+        limiter = request.app.get(LIMITER)
+        if limiter is not None:
+            limiter.take(who.key_id)
     return who
 
 
@@ -106,7 +113,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except GateError as err:
-        response = json(err.body(), err.status)
+        retry = {"Retry-After": str(err.retry_after_s)} if isinstance(err, RateLimited) else None
+        response = json(err.body(), err.status, retry)
     except web.HTTPException as err:
         if err.status < 400:
             raise
