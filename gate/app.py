@@ -67,16 +67,19 @@ def create_app(
         if client is None:
             assert settings.redis_url, "the CLI starts a private redis-server when unset"
             deadline_s = settings.redis_timeout_ms / 1000
+            circuit.open_after_s = deadline_s  # timeouts over at least one deadline
+            # A dead Redis refuses a connect at once; a slow connect is a busy host.
+            connect_s = max(deadline_s, 1.0)
             redis = await redis_client.connect(
                 settings.redis_url,
                 circuit=circuit,
                 socket_timeout=deadline_s,
-                socket_connect_timeout=deadline_s,
+                socket_connect_timeout=connect_s,
             )
             # Event streams block in XREAD for seconds: their own pool, without the per-command
             # deadline, so they never hold the connections the call path needs.
             app[STREAMS_REDIS] = await redis_client.connect(
-                settings.redis_url, circuit=circuit, socket_connect_timeout=deadline_s
+                settings.redis_url, circuit=circuit, socket_connect_timeout=connect_s
             )
         else:
             redis = app[STREAMS_REDIS] = client

@@ -36,7 +36,7 @@ class Settings:
     cut_poll_ms: int = 50
     auth_cache_s: float = 5.0
     # Reliability (README "Reliability"): the deadline of one Redis command.
-    redis_timeout_ms: int = 100
+    redis_timeout_ms: int = 250
     header_timeout_s: int = 10
     keepalive_timeout_s: int = 75
     webhook_allow_private: bool = False

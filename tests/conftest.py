@@ -42,6 +42,7 @@ def settings(redis_server: RedisServer) -> Settings:
         platform_key=PLATFORM_KEY,
         auth_cache_s=0.0,
         webhook_allow_private=True,  # the tests' receivers listen on 127.0.0.1
+        rate_limit_per_s=0,  # tests fire hundreds of changes at once; test_rate_limits sets it
     )
 
 

@@ -31,7 +31,7 @@ from gate.store.redis_client import connect
 from gate.store.redis_proc import RedisServer, free_port
 from tests.conftest import PLATFORM, Client, auth
 
-DEADLINE_S = 0.1  # the default GATE_REDIS_TIMEOUT_MS
+DEADLINE_S = 0.1  # GATE_REDIS_TIMEOUT_MS for these tests (the default is 250 ms)
 # Generous bounds for a shared 2-core machine; the figures measured go in the README.
 FAST_S = 0.5
 
@@ -49,7 +49,10 @@ async def gate(
     settings: Settings,
     own_redis: RedisServer,
 ) -> AsyncIterator[Client]:
-    app = create_app(replace(settings, redis_url=own_redis.url), clock=ManualClock())
+    app = create_app(
+        replace(settings, redis_url=own_redis.url, redis_timeout_ms=int(DEADLINE_S * 1000)),
+        clock=ManualClock(),
+    )
     yield await aiohttp_client(app)
 
 
@@ -199,7 +202,7 @@ async def test_redis_paused_answers_503_within_the_deadline_then_recovers(
 
 
 async def test_circuit_opens_after_timeouts_in_a_row_not_one() -> None:
-    circuit = Circuit(open_after=3)
+    circuit = Circuit(open_after=3, open_after_s=0.0)
     circuit.failed(RedisTimeoutError("slow"))
     circuit.failed(RedisTimeoutError("slow"))
     circuit.ok()  # an answer in between: a slow moment, not an outage
@@ -212,6 +215,22 @@ async def test_circuit_opens_after_timeouts_in_a_row_not_one() -> None:
     with pytest.raises(RedisUnavailable):
         circuit.check()
     assert circuit.refused == 1
+
+
+async def test_a_stall_that_times_out_everything_at_once_does_not_open_it() -> None:
+    circuit = Circuit(open_after=3, open_after_s=0.2)
+    for _ in range(20):  # every command in flight, at the same instant
+        circuit.failed(RedisTimeoutError("stalled loop"))
+    assert not circuit.is_open
+    circuit.ok()
+    for _ in range(20):
+        circuit.failed(RedisTimeoutError("stalled loop"))
+    await asyncio.sleep(0.25)
+    circuit.failed(RedisTimeoutError("still nothing"))  # the failures go on: an outage
+    assert circuit.is_open
+    connect_timeout = Circuit(open_after=3, open_after_s=10.0)
+    connect_timeout.failed(RedisTimeoutError("Timeout connecting"), connecting=True)
+    assert not connect_timeout.is_open  # slow to connect is a busy host, not a refusal
 
 
 async def test_refused_connection_opens_the_circuit_at_once_and_fails_fast() -> None:

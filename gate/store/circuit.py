@@ -2,7 +2,7 @@
 
 Closed (the normal state): commands go to Redis, each under the per-command deadline
 (GATE_REDIS_TIMEOUT_MS, the pool's socket timeout). Open: Redis refused a connection, or
-`open_after` commands in a row got no answer in time; every command fails at once with
+commands kept getting no answer in time for a while (`failed`); every command fails at once with
 `RedisUnavailable` (the API answers `503 gate_unavailable`) instead of queueing behind a dead
 socket, and a probe task PINGs Redis on a fresh connection until it answers, then closes the
 circuit. Each change of state is one log line; the requests in between log nothing.
@@ -49,9 +49,15 @@ class Circuit:
     """Closed or open; opens on a failed connect or `open_after` failures in a row."""
 
     def __init__(
-        self, *, open_after: int = 3, probe_min_s: float = 0.05, probe_max_s: float = 0.5
+        self,
+        *,
+        open_after: int = 3,
+        open_after_s: float = 0.1,
+        probe_min_s: float = 0.05,
+        probe_max_s: float = 0.5,
     ) -> None:
         self.open_after = open_after
+        self.open_after_s = open_after_s
         self.probe_min_s = probe_min_s
         self.probe_max_s = probe_max_s
         self.is_open = False
@@ -60,6 +66,7 @@ class Circuit:
         self.refused = 0  # commands refused while open, for the closing log line
         self.outages = 0
         self._failures = 0
+        self._first_failure = 0.0  # time.monotonic() of the first failure of the streak
         self._probe: asyncio.Task[None] | None = None
         self._connection_class: type[Any] = redis.asyncio.Connection
         self._connection_kwargs: dict[str, Any] | None = None
@@ -78,11 +85,22 @@ class Circuit:
         self._failures = 0
 
     def failed(self, err: BaseException, *, connecting: bool = False) -> None:
-        """A command or a connect got no answer; opens the circuit when that is a pattern."""
+        """A command or a connect got no answer; opens the circuit when that is a pattern.
+
+        A refused connection opens it at once. Timeouts open it only when `open_after` of
+        them in a row span at least `open_after_s`: a stalled event loop times out every
+        command in flight at the same instant, and that is not Redis going away.
+        """
         if self.is_open or isinstance(err, RedisUnavailable):
             return
+        now = time.monotonic()
+        if self._failures == 0:
+            self._first_failure = now
         self._failures += 1
-        if connecting or self._failures >= self.open_after:
+        refused = connecting and not isinstance(err, RedisTimeoutError)
+        if refused or (
+            self._failures >= self.open_after and now - self._first_failure >= self.open_after_s
+        ):
             self._open(err)
 
     # -- state changes -----------------------------------------------------------------
