@@ -16,6 +16,7 @@ from gate.api.http import (
     CALLS,
     CIRCUIT,
     CTX,
+    FANOUT,
     LIMITER,
     MAX_BODY,
     OUTBOX,
@@ -30,6 +31,7 @@ from gate.calls.service import Calls, RateBook
 from gate.calls.ticker import Ticker
 from gate.clock import Clock, SystemClock
 from gate.context import Context
+from gate.delivery.fanout import Fanout
 from gate.delivery.outbox import Outbox
 from gate.settings import Settings
 from gate.store import redis_client
@@ -100,6 +102,7 @@ def create_app(
         app[TICKER] = ticker
         await outbox.start()
         await ticker.start()
+        fanout = app[FANOUT] = Fanout(app[STREAMS_REDIS])
         revocations = None
         listener = app[STREAMS_REDIS]
         if isinstance(listener, Redis):  # on a cluster the cache's few seconds apply
@@ -111,6 +114,7 @@ def create_app(
         yield
         if revocations is not None:
             await cancel([revocations])
+        await fanout.stop()
         await ticker.stop()
         await outbox.stop()
         await circuit.stop()

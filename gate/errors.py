@@ -18,7 +18,8 @@ GateError
 │   └── InvalidState (409 invalid_state)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── TooManyRequests (429 concurrency_limit)
-│   └── RateLimited (429 rate_limited, with Retry-After)
+│   ├── RateLimited (429 rate_limited, with Retry-After)
+│   └── TooManyStreams (429 too_many_streams)
 └── Unavailable (503 unavailable)
     └── GateUnavailable (503 gate_unavailable)
 """
@@ -143,3 +144,9 @@ class RateLimited(TooManyRequests):
     def __init__(self, message: str, *, retry_after_s: int, **details: Any) -> None:
         super().__init__(message, retry_after_s=retry_after_s, **details)
         self.retry_after_s = retry_after_s
+
+
+class TooManyStreams(TooManyRequests):
+    """A key or workspace has as many event streams open as the process allows."""
+
+    code = "too_many_streams"

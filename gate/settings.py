@@ -42,6 +42,8 @@ class Settings:
     webhook_allow_private: bool = False
     rate_limit_per_s: int = 50
     rate_limit_burst: int = 200
+    sse_max_per_key: int = 10
+    sse_max_per_workspace: int = 50
 
 
 # integer settings -> (lowest, highest) allowed
@@ -58,6 +60,8 @@ _INT_FIELDS = {
     "keepalive_timeout_s": (1, 86400),
     "rate_limit_per_s": (0, 1_000_000),
     "rate_limit_burst": (1, 1_000_000),
+    "sse_max_per_key": (1, 100_000),
+    "sse_max_per_workspace": (1, 100_000),
 }
 ENV = {
     "redis_url": "GATE_REDIS_URL",
@@ -81,6 +85,8 @@ ENV = {
     "webhook_allow_private": "GATE_WEBHOOK_ALLOW_PRIVATE",
     "rate_limit_per_s": "GATE_RATE_LIMIT_PER_S",
     "rate_limit_burst": "GATE_RATE_LIMIT_BURST",
+    "sse_max_per_key": "GATE_SSE_MAX_PER_KEY",
+    "sse_max_per_workspace": "GATE_SSE_MAX_PER_WORKSPACE",
 }
 
 

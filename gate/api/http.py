@@ -18,6 +18,7 @@ from gate import metrics
 from gate.calls.service import Calls, RateBook
 from gate.calls.ticker import Ticker
 from gate.context import Context
+from gate.delivery.fanout import Fanout
 from gate.delivery.outbox import Outbox
 from gate.errors import (
     GateError,
@@ -49,6 +50,7 @@ CALLS = web.AppKey("calls", Calls)
 TICKER = web.AppKey("ticker", Ticker)
 CIRCUIT = web.AppKey("circuit", Circuit)
 LIMITER = web.AppKey("limiter", KeyLimiter)
+FANOUT = web.AppKey("fanout", Fanout)  # wakes the event streams (gate/delivery/fanout.py)
 # The Redis client for blocking reads (event streams): its own pool, no per-command deadline.
 STREAMS_REDIS: web.AppKey[Redis | RedisCluster] = web.AppKey("streams_redis")
 
