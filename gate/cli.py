@@ -54,7 +54,10 @@ def _reload_rates(app: Any, children: list[Any]) -> None:
 
 
 async def _serve_process(
-    settings: Settings, stop: asyncio.Event | None = None, children: list[Any] | None = None
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    children: list[Any] | None = None,
+    supervisor: Any = None,
 ) -> None:
     from aiohttp import web
 
@@ -72,13 +75,22 @@ async def _serve_process(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
     loop.add_signal_handler(signal.SIGHUP, _reload_rates, app, children or [])
+    watch = asyncio.create_task(supervisor.watch()) if supervisor is not None else None
     await done.wait()
     log.info("gate stopping (pid %d)", os.getpid())
+    if watch is not None:
+        watch.cancel()
+        supervisor.terminate()  # the workers drain at the same time as this process
     await runner.cleanup()
 
 
-def _worker(settings: Settings) -> None:
+def _worker(settings: Settings, parent_pid: int | None = None) -> None:
     import uvloop
+
+    from gate.supervisor import die_with_parent
+
+    if parent_pid is not None:
+        die_with_parent(parent_pid)  # never serve the port on after the main process died
 
     # A SIGHUP forwarded before this worker's loop handles it must not kill it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -91,7 +103,12 @@ def serve(settings: Settings) -> None:
     import uvloop
 
     from gate.store.redis_proc import RedisServer, RedisServerMissing
+    from gate.supervisor import PortTaken, Supervisor, claim_port
 
+    try:
+        port_lock = claim_port(settings.host, settings.port)
+    except PortTaken as err:
+        raise SystemExit(f"gate: {err}") from err
     embedded = None
     if not settings.redis_url:
         data = Path(settings.data_dir) / "redis"
@@ -107,20 +124,20 @@ def serve(settings: Settings) -> None:
         )
         _url_file(settings).write_text(embedded.url + "\n")
         settings = replace(settings, redis_url=embedded.url)
-    children: list[Any] = []
+    spawn = multiprocessing.get_context("spawn")
+
+    def start_worker() -> Any:
+        child = spawn.Process(target=_worker, args=(settings, os.getpid()), daemon=True)
+        child.start()
+        return child
+
+    supervisor = Supervisor(start_worker, settings.workers - 1)
     try:
-        spawn = multiprocessing.get_context("spawn")
-        for _ in range(settings.workers - 1):
-            child = spawn.Process(target=_worker, args=(settings,), daemon=True)
-            child.start()
-            children.append(child)
-        uvloop.run(_serve_process(settings, children=children))
+        supervisor.start()
+        uvloop.run(_serve_process(settings, children=supervisor.children, supervisor=supervisor))
     finally:
-        for child in children:
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
-        for child in children:
-            child.join(10)
+        supervisor.stop()
+        port_lock.close()
         if embedded is not None:
             _url_file(settings).unlink(missing_ok=True)
             embedded.stop()
