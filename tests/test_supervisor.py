@@ -74,7 +74,7 @@ async def test_workers_are_supervised_and_never_orphaned(tmp_path: Path) -> None
             second_log = tmp_path / "second.log"
             second = spawn(port, tmp_path / "second", second_log, GATE_WORKERS="2")
             assert second.wait(30) != 0
-            assert "another gate is serving" in second_read(log)
+            assert "another gate is serving" in read(second_log)
             assert main.poll() is None
 
             # kill -9 of the main process: the worker follows at once, the port is free.
