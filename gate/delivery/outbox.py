@@ -26,10 +26,11 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -60,9 +61,27 @@ class Outcome:
     entry_id: str
     outcome: str  # ok | retry | dead
     detail: str
+    error: str = ""  # why a send failed, for the log
 
 
 QUIET_S = 10.0  # how long a workspace without a webhook URL is left alone
+LIVE_TYPES = frozenset({"call.cut", "call.limit"})  # events of live calls: short back-off
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    """One webhook receiver as this process sees it."""
+
+    failing_since: float | None = None  # time.monotonic()
+    waiting: set[str] = field(default_factory=set)  # workspaces with failed events for it
+
+
+def _where(url: str) -> str:
+    """The receiver's host and port for the log (never a path or query: they may hold tokens)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
 UNAVAILABLE_RETRY_S = 0.25  # while Redis is unreachable: cheap (the circuit fails fast)
 
 
@@ -89,6 +108,7 @@ class Outbox:
         lease_ms: int = 30_000,
         rescan_s: float = 60.0,
         max_workspaces: int = 256,
+        live_retry_max_s: float = 2.0,
     ) -> None:
         self.ctx = ctx
         self.index = DueIndex(ctx.scripts, keys.OUTBOX_INDEX)
@@ -102,6 +122,11 @@ class Outbox:
         self.lease_ms = lease_ms
         self.rescan_s = rescan_s
         self.max_workspaces = max_workspaces
+        self.live_retry_max_ms = max(1, round(live_retry_max_s * 1000))
+        # Per receiver URL: failing since when, and which workspaces wait on it, so its
+        # pending events are sent at once when it answers again (_endpoint_outcomes).
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._flush: set[str] = set()  # workspaces whose failed events are due now
         self._dirty: set[str] = set()
         self._again: set[str] = set()
         self._active: dict[str, asyncio.Task[None]] = {}
@@ -344,10 +369,12 @@ class Outbox:
             return None if await self._record(k, [], skip_to=text(newest[0][0])) else LOST
         webhook = Webhook(text(record[1]))
         while not self._stopping:
+            flush = "1" if workspace_id in self._flush else ""
+            self._flush.discard(workspace_id)
             reply = await self.ctx.scripts.call(
                 "outbox_window",
                 [k.outbox, k.events, k.ended],
-                [self.owner, self.ctx.clock.now_ms(), self.in_flight, SCAN],
+                [self.owner, self.ctx.clock.now_ms(), self.in_flight, SCAN, flush],
             )
             if reply[0] != Code.OK:
                 return LOST
@@ -371,7 +398,45 @@ class Outbox:
             )
             if not await self._record(k, outcomes):
                 return LOST
+            self._endpoint_outcomes(url, workspace_id, outcomes)
         return LOST  # stopping: whoever claims the workspace next settles it
+
+    def _endpoint_outcomes(self, url: str, workspace_id: str, outcomes: Sequence[Outcome]) -> None:
+        """Keep the receiver's state; when it answers again, send everything it missed now.
+
+        Each failed event waits on its own back-off (live calls' cuts and limits at most
+        live_retry_max_s), so the first to get through after an outage tells that the
+        receiver is back: then every workspace waiting on it is delivered at once.
+        """
+        if len(self._endpoints) > 10_000:
+            self._endpoints.clear()
+        endpoint = self._endpoints.setdefault(url, _Endpoint())
+        if any(o.outcome == "ok" for o in outcomes):
+            if endpoint.failing_since is not None:
+                log.warning(
+                    "webhook receiver %s answers again after %.1f s; sending what it missed "
+                    "(%d workspaces)",
+                    _where(url),
+                    time.monotonic() - endpoint.failing_since,
+                    len(endpoint.waiting | {workspace_id}),
+                )
+                for waiting in endpoint.waiting | {workspace_id}:
+                    self._flush.add(waiting)
+                    if waiting != workspace_id:
+                        self._run(waiting)
+                endpoint.failing_since = None
+                endpoint.waiting.clear()
+        elif any(o.outcome == "retry" for o in outcomes):
+            if endpoint.failing_since is None:
+                endpoint.failing_since = time.monotonic()
+                log.warning(
+                    "webhook receiver %s does not answer (%s); retrying, live calls' cuts "
+                    "and limits at least every %g s",
+                    _where(url),
+                    next(o.error for o in outcomes if o.outcome == "retry"),
+                    self.live_retry_max_ms / 1000,
+                )
+            endpoint.waiting.add(workspace_id)
 
     async def _record(self, k: WsKeys, outcomes: Sequence[Outcome], *, skip_to: str = "") -> bool:
         args: list[str | int] = [
@@ -444,11 +509,19 @@ class Outbox:
             )
             return Outcome(entry_id, "dead", f"{attempts} {error}")
         metrics.DELIVERIES.labels("retry").inc()
-        return Outcome(entry_id, "retry", f"{attempts}:{self._next_try(now, at, attempts)}")
+        live = event["type"] in LIVE_TYPES
+        next_try = self._next_try(now, at, attempts, live)
+        return Outcome(entry_id, "retry", f"{attempts}:{next_try}", error)
 
-    def _next_try(self, now: int, at: int, attempts: int) -> int:
-        """Exponential backoff with jitter; the last try lands on the end of the budget."""
-        delay = min(self.first_retry_ms << min(attempts - 1, 40), self.max_retry_ms)
+    def _next_try(self, now: int, at: int, attempts: int, live: bool = False) -> int:
+        """Exponential backoff with jitter; the last try lands on the end of the budget.
+
+        A live call's cut or limit backs off to live_retry_max_s at most: the switch must
+        get it within seconds of its receiver coming back (outbox_window drops it once the
+        call has ended).
+        """
+        longest = min(self.max_retry_ms, self.live_retry_max_ms) if live else self.max_retry_ms
+        delay = min(self.first_retry_ms << min(attempts - 1, 40), longest)
         # Half fixed, half random: receivers coming back up are not hit by every gate at once.
         delay = delay // 2 + random.randint(0, delay - delay // 2)
         return min(now + max(delay, 1), at + self.budget_ms)
