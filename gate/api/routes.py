@@ -12,8 +12,8 @@ from aiohttp import web
 from gate import __version__
 from gate.api import calls as api_calls
 from gate.api import events as api_events
+from gate.api import openapi, schemas
 from gate.api import ops as api_ops
-from gate.api import schemas
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
 from gate.api.call_schemas import EndCall, Heartbeat, StartCall
@@ -108,6 +108,8 @@ def openapi_document() -> dict[str, Any]:
                 {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                 for p in params
             ]
+        # Query parameters, headers, patterns and every status (gate/api/openapi.py).
+        openapi.complete(r.method, r.path, r.handler.__name__, r.body is not None, r.role, op)
         paths.setdefault(r.path, {})[r.method.lower()] = op
     components["Error"] = {
         "type": "object",
@@ -119,12 +121,15 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    extra = openapi.components()
+    components.update(extra["schemas"])
     return {
         "openapi": "3.1.0",
         "info": {"title": "Gate", "version": __version__},
         "paths": paths,
         "components": {
             "schemas": components,
+            "responses": extra["responses"],
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -1,0 +1,174 @@
+"""What the route table cannot say by itself, for the OpenAPI document: query parameters,
+headers, every status a route answers, path patterns and the error body.
+
+`complete(route, op)` fills one operation of the document routes.py generates. Query
+parameters are listed by handler name; tests/test_openapi.py checks them against the
+names each handler really reads, so this table cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from gate.api.call_schemas import CallId
+from gate.tenancy.auth import WORKSPACE_ID
+
+
+def _param(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+_WORKSPACE = _param(
+    "workspace_id",
+    "query",
+    "the workspace to act on; required with the platform key, ignored with a workspace's own",
+    pattern=WORKSPACE_ID.pattern,
+)
+_LEDGER_FILTERS = [
+    _param("type", "query", "ledger row type: recharge, call, ai_agent, sms, mms, fax, chat, "
+           "number_rental, adjustment, refund"),
+    _param("service", "query", "voice, ai_agent, sms, mms, fax, chat or number_rental"),
+    _param("user", "query", "only rows of this user"),
+    _param("group", "query", "only rows of this group"),
+    _param("source", "query", "only rows drawn from this wallet source (credit bucket)"),
+    _param("month", "query", "a calendar month, like 2026-11 (not with from/to)",
+           pattern=r"^\d{4}-\d{2}$"),
+    _param("from", "query", "ISO 8601 date or time, inclusive"),
+    _param("to", "query", "ISO 8601 date or time; a bare date includes that whole day"),
+    _param("min_amount_usd", "query", "smallest signed amount, USD"),
+    _param("max_amount_usd", "query", "largest signed amount, USD"),
+]  # fmt: skip
+_PAGE = [
+    {**_param("limit", "query", "rows per page (1-200, default 50)"),
+     "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+    _param("cursor", "query", "next_cursor of the previous page"),
+]  # fmt: skip
+
+QUERY: dict[str, list[dict[str, Any]]] = {
+    "get_wallet": [_WORKSPACE],
+    "transactions": [_WORKSPACE, *_PAGE, *_LEDGER_FILTERS],
+    "export": [_WORKSPACE, *_LEDGER_FILTERS],
+    "stream": [
+        _WORKSPACE,
+        _param("last_event_id", "query", "resume after this event id (as Last-Event-ID)"),
+        _param("from", "query", "0: replay every retained event", enum=["0"]),
+    ],
+    "list_calls": [
+        _param("state", "query", "only live calls are listed", enum=["live"]),
+        {**_param("limit", "query", "most calls listed (1-10000, default 1000)"),
+         "schema": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1000}},
+    ],
+    "get_workspace": [_param("id", "query", "the workspace, for the platform key",
+                             pattern=WORKSPACE_ID.pattern)],
+    "patch_workspace": [_param("id", "query", "the workspace, for the platform key",
+                               pattern=WORKSPACE_ID.pattern)],
+}  # fmt: skip
+
+HEADERS: dict[str, list[dict[str, Any]]] = {
+    "get_wallet": [_param("If-None-Match", "header", "the ETag of a previous answer: 304")],
+    "topup": [{**_param("Idempotency-Key", "header", "the same key returns the first answer"),
+               "required": True}],
+    "stream": [_param("Last-Event-ID", "header", "resume after this event id")],
+}  # fmt: skip
+
+_CALL_ID_PATTERN: str = typing.get_args(CallId)[1].pattern  # Annotated[str, Meta(pattern=...)]
+PATH_PATTERNS = {
+    "workspace_id": WORKSPACE_ID.pattern,
+    "call_id": _CALL_ID_PATTERN,
+    "key_id": r"^key_[0-9a-f]{12}$",
+}
+
+# Statuses beyond the 200 and the errors every route shares (see `complete`).
+STATUSES: dict[str, dict[str, str]] = {
+    "create_workspace": {"201": "created, with its admin key (shown once)"},
+    "create_key": {"201": "created (the key is shown once)"},
+    "adjust": {"201": "the ledger row", "402": "a debit beyond the available money"},
+    "revoke_key": {},
+    "get_wallet": {"304": "not modified since the ETag in If-None-Match"},
+    "topup": {"201": "credited", "402": "the card was declined",
+              "409": "Idempotency-Key reused with another body, or still in progress"},
+    "patch_settings": {"409": "auto-recharge needs a payment method on file"},
+    "stream": {"200": "text/event-stream", "429": "too many streams open for the key or "
+               "workspace (too_many_streams)"},
+    "start": {"201": "allowed: the call may start", "200": "a repeated start: the first answer",
+              "402": "insufficient_balance or workspace_suspended", "409": "the call ended already",
+              "422": "no rate for this number", "429": "concurrency_limit"},
+    "answer": {"409": "not in a state to be answered"},
+    "heartbeat": {"409": "the call is not live"},
+    "end": {},
+    "export": {"200": "text/csv"},
+}  # fmt: skip
+
+_NO_REDIS = {"healthz", "openapi", "prometheus"}
+
+
+def complete(method: str, path: str, handler: str, has_body: bool, role: str | None,
+             op: dict[str, Any]) -> None:  # fmt: skip
+    """Add query and header parameters, path patterns and every status to one operation."""
+    for param in op.get("parameters", []):
+        pattern = PATH_PATTERNS.get(param["name"])
+        if param["in"] == "path" and pattern:
+            param["schema"] = {"type": "string", "pattern": pattern}
+    extra = QUERY.get(handler, []) + HEADERS.get(handler, [])
+    if extra:
+        op["parameters"] = op.get("parameters", []) + extra
+    error = {"$ref": "#/components/responses/Error"}
+    responses: dict[str, Any] = {"200": {"description": "OK"}}
+    if has_body or extra or "{" in path:
+        responses["400"] = error
+    if role:
+        responses["401"] = error
+        responses["403"] = error
+    if "{" in path or role == "platform" or handler in QUERY:
+        responses["404"] = error
+    if has_body:
+        responses["413"] = error
+    if method in {"POST", "PUT", "PATCH", "DELETE"} and role not in (None, "platform", "switch"):
+        responses["429"] = error  # rate_limited, with Retry-After
+    for status, description in STATUSES.get(handler, {}).items():
+        if status.startswith(("4", "5")):
+            responses[status] = {**error, "description": description}
+        else:
+            responses[status] = {"description": description}
+    if "201" in STATUSES.get(handler, {}) and "200" not in STATUSES.get(handler, {}):
+        responses.pop("200", None)
+    if handler not in _NO_REDIS:
+        responses["503"] = error  # gate_unavailable: Redis away
+    op["responses"] = dict(sorted(responses.items()))
+
+
+def components() -> dict[str, Any]:
+    """The Error schema and response every error status refers to."""
+    return {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {
+                            "code": {"type": "string", "examples": ["insufficient_balance"]},
+                            "message": {"type": "string"},
+                            "field": {"type": "string"},
+                        },
+                        "additionalProperties": True,
+                    }
+                },
+            }
+        },
+        "responses": {
+            "Error": {
+                "description": 'error: {"error": {"code", "message", ...details}}',
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+        },
+    }
