@@ -130,8 +130,10 @@ def complete(method: str, path: str, handler: str, has_body: bool, role: str | N
         responses["404"] = error
     if has_body:
         responses["413"] = error
-    if method in {"POST", "PUT", "PATCH", "DELETE"} and role not in (None, "platform", "switch"):
-        responses["429"] = error  # rate_limited, with Retry-After
+    if method in {"POST", "PUT", "PATCH", "DELETE"} and role is not None:
+        # rate_limited, with Retry-After: an admin or agent key is limited on any route it
+        # calls (the platform and switch keys never are)
+        responses["429"] = error
     for status, description in STATUSES.get(handler, {}).items():
         if status.startswith(("4", "5")):
             responses[status] = {**error, "description": description}
