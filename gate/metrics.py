@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
 
@@ -32,5 +32,10 @@ DELIVERY_DELAY = Histogram(
     "gate_webhook_delivery_delay_seconds",
     "send time - event time of delivered webhooks",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0),
+    registry=REGISTRY,
+)
+REDIS_UP = Gauge(
+    "gate_redis_up",
+    "1 while this process reaches Redis, 0 while its circuit is open (answering 503)",
     registry=REGISTRY,
 )

@@ -153,6 +153,8 @@ async def test_redis_killed_every_route_503_at_once_then_recovers(
 
     seconds = await answers_503(gate, ws)
     assert max(seconds) < FAST_S, seconds
+    metrics = await (await gate.get("/metrics")).text()
+    assert "gate_redis_up 0.0" in metrics
     await asyncio.sleep(0.6)  # the ticker and the outbox keep trying meanwhile, quietly
     assert outage_lines(caplog) == (1, 0)
 
@@ -168,6 +170,7 @@ async def test_redis_killed_every_route_503_at_once_then_recovers(
         assert resp.status == 200
         assert (await resp.json())["reserved_usd"] == 0
         assert outage_lines(caplog) == (1, 1)
+        assert "gate_redis_up 1.0" in await (await gate.get("/metrics")).text()
         await books_balance(back)
     finally:
         back.stop()

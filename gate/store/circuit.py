@@ -24,6 +24,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gate import metrics
+
 log = logging.getLogger("gate.store.circuit")
 
 __all__ = [
@@ -71,6 +73,7 @@ class Circuit:
         self._connection_class: type[Any] = redis.asyncio.Connection
         self._connection_kwargs: dict[str, Any] | None = None
         self._stopped = False
+        metrics.REDIS_UP.set(1)
 
     # -- what commands call ------------------------------------------------------------
 
@@ -111,6 +114,7 @@ class Circuit:
         self.reason = f"{type(err).__name__}: {err}"[:200]
         self.refused = 0
         self.outages += 1
+        metrics.REDIS_UP.set(0)
         log.error(
             "redis unavailable (%s): answering 503 gate_unavailable and probing until it is back",
             self.reason,
@@ -126,6 +130,7 @@ class Circuit:
     def _close(self) -> None:
         self.is_open = False
         self._failures = 0
+        metrics.REDIS_UP.set(1)
         log.warning(
             "redis reachable again after %.1f s; %d commands were refused meanwhile",
             time.monotonic() - self.opened_at,
