@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 	  echo "no compose client: installing docker-compose to validate docker-compose.yml"; \
 	  (apt-get update -qq && apt-get install -y -qq docker-compose) || \
 	  echo "docker-compose could not be installed; the compose test will skip"; }
+	@test -x /usr/bin/chromium || { \
+	  echo "chromium is missing (the billing page's browser tests drive it): installing it"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium) || \
+	  echo "chromium could not be installed; the browser tests will skip"; }
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,loadtest]'

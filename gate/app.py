@@ -14,11 +14,13 @@ from gate.api import routes
 from gate.api.http import (
     AUTH,
     CALLS,
+    CHARGES,
     CIRCUIT,
     CTX,
     FANOUT,
     LIMITER,
     MAX_BODY,
+    NUMBERS,
     OUTBOX,
     RATES,
     STREAMS_REDIS,
@@ -42,6 +44,8 @@ from gate.tenancy.apikeys import listen_for_revocations
 from gate.tenancy.auth import Authenticator
 from gate.tenancy.limits import KeyLimiter
 from gate.tenancy.workspaces import Workspaces
+from gate.wallet.charges import Charges
+from gate.wallet.numbers import Numbers, Renewals
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.service import Wallet
 
@@ -94,6 +98,9 @@ def create_app(
         app[WORKSPACES] = workspaces
         app[WALLET] = Wallet(ctx, workspaces, payments or SandboxProvider())
         app[CALLS] = Calls(ctx, rates)
+        app[CHARGES] = Charges(app[WALLET], lambda: rates.card)
+        app[NUMBERS] = numbers = Numbers(ctx, rates)
+        renewals = Renewals(numbers)
         outbox = Outbox(ctx)
         ticker = Ticker(ctx)
         ctx.notifier.on_events = outbox.notify
@@ -102,6 +109,7 @@ def create_app(
         app[TICKER] = ticker
         await outbox.start()
         await ticker.start()
+        await renewals.start()
         fanout = app[FANOUT] = Fanout(app[STREAMS_REDIS])
         revocations = None
         listener = app[STREAMS_REDIS]
@@ -115,6 +123,7 @@ def create_app(
         if revocations is not None:
             await cancel([revocations])
         await fanout.stop()
+        await renewals.stop()
         await ticker.stop()
         await outbox.stop()
         await circuit.stop()

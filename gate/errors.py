@@ -17,10 +17,13 @@ GateError
 │   ├── IdempotencyKeyInProgress (409 idempotency_key_in_progress)
 │   └── InvalidState (409 invalid_state)
 ├── PayloadTooLarge (413 payload_too_large)
+├── Unprocessable (422)
+│   └── NoRateFound (422 no_rate)
 ├── TooManyRequests (429 concurrency_limit)
 │   ├── RateLimited (429 rate_limited, with Retry-After)
 │   └── TooManyStreams (429 too_many_streams)
 └── Unavailable (503 unavailable)
+    ├── GateTimeout (503 gate_timeout)
     └── GateUnavailable (503 gate_unavailable)
 """
 
@@ -120,6 +123,17 @@ class PayloadTooLarge(GateError):
     code = "payload_too_large"
 
 
+class Unprocessable(GateError):
+    status = 422
+    code = "unprocessable"
+
+
+class NoRateFound(Unprocessable):
+    """A well-formed call that the rate card has no price for."""
+
+    code = "no_rate"
+
+
 class TooManyRequests(GateError):
     status = 429
     code = "concurrency_limit"
@@ -128,6 +142,12 @@ class TooManyRequests(GateError):
 class Unavailable(GateError):
     status = 503
     code = "unavailable"
+
+
+class GateTimeout(Unavailable):
+    """A call start that could not be decided before the switch's deadline: never committed."""
+
+    code = "gate_timeout"
 
 
 class GateUnavailable(Unavailable):

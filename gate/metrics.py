@@ -25,6 +25,23 @@ TICKER_LAG = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
+CLAMPS = Counter(
+    "gate_call_clamps_total",
+    "Switch claims (end duration_s, heartbeat elapsed_s) cut to the gate's own clock",
+    ["route"],
+    registry=REGISTRY,
+)
+CALL_ENDINGS = Counter(
+    "gate_call_endings_total",
+    "Calls a call sync ended because the switch no longer listed them, by flag",
+    ["reason"],
+    registry=REGISTRY,
+)
+START_TIMEOUTS = Counter(
+    "gate_call_start_timeouts_total",
+    "Call starts answered 503 gate_timeout: not decided before the switch's deadline",
+    registry=REGISTRY,
+)
 DELIVERIES = Counter(
     "gate_webhook_deliveries_total", "Webhook delivery attempts", ["outcome"], registry=REGISTRY
 )

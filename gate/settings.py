@@ -30,6 +30,12 @@ class Settings:
     max_call_s: int = 14400
     signup_credit_micros: int = 10_000_000
     switch_webhook_url: str | None = None
+    start_timeout_ms: int = 500
+    ring_timeout_s: int = 120
+    inbound_grace_max_s: int = 60
+    max_concurrent_calls_max: int = 100_000
+    clock_tolerance_s: int = 5
+    sync_min_age_s: int = 5
     data_dir: str = "var"
     log_level: str = "INFO"
     # Tunables that tests shrink; not part of the documented contract.
@@ -55,6 +61,12 @@ _INT_FIELDS = {
     "inbound_grace_s": (0, 3600),
     "stale_after_s": (1, 86400),
     "max_call_s": (1, 7 * 86400),
+    "start_timeout_ms": (50, 60_000),
+    "ring_timeout_s": (1, 86400),
+    "inbound_grace_max_s": (0, 3600),
+    "max_concurrent_calls_max": (1, 1_000_000),
+    "clock_tolerance_s": (0, 300),
+    "sync_min_age_s": (0, 3600),
     "redis_timeout_ms": (5, 60_000),
     "header_timeout_s": (1, 3600),
     "keepalive_timeout_s": (1, 86400),
@@ -77,6 +89,12 @@ ENV = {
     "max_call_s": "GATE_MAX_CALL_S",
     "signup_credit_micros": "GATE_SIGNUP_CREDIT_USD",
     "switch_webhook_url": "GATE_SWITCH_WEBHOOK_URL",
+    "start_timeout_ms": "GATE_START_TIMEOUT_MS",
+    "ring_timeout_s": "GATE_RING_TIMEOUT_S",
+    "inbound_grace_max_s": "GATE_INBOUND_GRACE_MAX_S",
+    "max_concurrent_calls_max": "GATE_MAX_CONCURRENT_CALLS_MAX",
+    "clock_tolerance_s": "GATE_CLOCK_TOLERANCE_S",
+    "sync_min_age_s": "GATE_SYNC_MIN_AGE_S",
     "data_dir": "GATE_DATA_DIR",
     "log_level": "GATE_LOG_LEVEL",
     "redis_timeout_ms": "GATE_REDIS_TIMEOUT_MS",
@@ -138,4 +156,10 @@ def load(env: Mapping[str, str] | None = None, **overrides: str | None) -> Setti
         if raw is None or raw == "":
             continue
         values[name] = _parse(name, str(raw))
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.inbound_grace_s > settings.inbound_grace_max_s:
+        raise SettingsError(
+            f"GATE_INBOUND_GRACE_S={settings.inbound_grace_s} is above the ceiling "
+            f"GATE_INBOUND_GRACE_MAX_S={settings.inbound_grace_max_s}: lower one or raise the other"
+        )
+    return settings

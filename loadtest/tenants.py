@@ -64,7 +64,9 @@ async def create(
     )  # fmt: skip
     ws_id, admin = str(created["id"]), str(created["key"])
     switch = _need(
-        await api.call("setup", "POST", f"/v1/workspaces/{ws_id}/keys", {"role": "switch"}, admin),
+        await api.call(
+            "setup", "POST", f"/v1/workspaces/{ws_id}/keys", {"role": "switch"}, platform_key
+        ),
         "create switch key",
     )
     settings = _need(

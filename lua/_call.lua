@@ -15,10 +15,43 @@
 --   hseq, hms            last heartbeat seq and time (0 = the switch sends none)
 --   r0, g0, m0, b0, a0   the first answer: reserved, granted_s, max_duration_s (-1 = null),
 --   an0, h0              balance and available at start, answered (0|1), hangup_at ms
+--   ring                 seconds an unanswered call may ring before it expires unbilled
+--   evm, rep             evidence: last ms the switch showed the call up (answer, heartbeat,
+--                        a sync listing it); rep = 1 once the switch reports liveness
+--                        (heartbeats or syncs), so its silence can mean the call is gone
+--   ha                   hangup_at ms the switch was last told (start, answer, heartbeat
+--                        answers, call.extended/call.limit events): it hangs up there
+--   clp                  1 when a heartbeat's elapsed_s was clamped to the gate's clock
 -- Money never moves out of the balance while a call lives: ticks grow its hold, so
 -- `available` drops in real time, and call_end posts one ledger row for the whole call.
 
 local ENDED_KEEP_MS = 24 * 3600 * 1000
+
+-- Seconds of talk time the gate's own clock allows: since answer (or start, for a call not
+-- yet answered), rounded up, plus the tolerance for the switch's clock; never past max.
+local function clock_bound(c, now_ms, tolerance_s)
+  local since = c.ans > 0 and c.ans or c.t0
+  local bound = math.floor((now_ms - since + 999) / 1000) + tolerance_s
+  if bound > c.max then bound = c.max end
+  if bound < 0 then bound = 0 end
+  return bound
+end
+
+-- Whether the switch reports this call's liveness (heartbeats or syncs), and the last
+-- moment it showed the call up (records from before evidence was kept: the last heartbeat).
+local function reports(c)
+  return c.rep == 1 or c.hms > 0
+end
+
+local function evidence_ms(c)
+  return math.max(c.evm or 0, c.hms, c.ans)
+end
+
+-- Seconds of talk time the last evidence shows (0 when the answer is all there is).
+local function evidence_s(c)
+  if c.ans == 0 then return 0 end
+  return math.floor((evidence_ms(c) - c.ans) / 1000)
+end
 
 local function load_call(id)
   local raw = rcall('HGET', calls, id)
@@ -52,6 +85,36 @@ local function max_duration(c)
   return c.hz + grace_of(c)
 end
 
+-- Seconds of talk the call was granted: its horizon, plus the grace of a limited inbound call.
+local function granted_s(c)
+  if c.cut == 0 then return c.hz end
+  return c.hz + grace_of(c)
+end
+
+-- The moment the money granted so far lasts: the cut when limited, else the horizon.
+local function hangup_ms(c)
+  if c.cut ~= 0 then return c.cut end
+  return (c.ans > 0 and c.ans or c.t0) + c.hz * 1000
+end
+
+-- Keep the switch's own timer (armed at hangup_at) ahead of a healthy call: a call.extended
+-- event once less than half the buffer is left before what it was last told, or at once when
+-- a limit moves it (an inbound limit already says so in its call.limit). At most one event
+-- per call per half buffer; heartbeat answers carry hangup_at, so they reset `ha` instead.
+local function announce(c, now_ms)
+  if c.ans == 0 then return end
+  local h = hangup_ms(c)
+  local told = c.ha or 0
+  if h <= told then return end
+  if c.cut ~= 0 or told - now_ms <= c.buf * 500 then
+    c.ha = h
+    if not (c.cut ~= 0 and c.dir == 'inbound') then
+      emit(events, wallet, now_ms, 'call.extended', {'call_id', c.id, 'hangup_at_ms', h,
+        'granted_s', c.hz, 'max_duration_s', c.cut ~= 0 and (c.hz + grace_of(c)) or ''})
+    end
+  end
+end
+
 local function hold(c, held)
   if held ~= c.held then
     rcall('HINCRBY', wallet, 'reserved', held - c.held)
@@ -76,8 +139,9 @@ local function set_cut(c, now_ms, limited)
     rcall('SREM', cuts, c.id)
     if c.lim == 1 then
       c.lim = 0
+      c.ha = hangup_ms(c)
       emit(events, wallet, now_ms, 'call.limit', {'call_id', c.id, 'max_duration_s', '',
-        'hangup_at_ms', ''})
+        'hangup_at_ms', c.ha})
     end
   end
 end
@@ -90,7 +154,7 @@ end
 -- Bill up to `e` seconds and keep the horizon `buf` seconds ahead as far as money goes.
 -- A limited call keeps its limit until money is back: for inbound calls, above the
 -- threshold a new inbound call would need to start unlimited.
-local function extend(c, e, now_ms)
+local function grow(c, e, now_ms)
   if e > c.bs then c.bs = e end
   local target = c.bs + c.buf
   if target > c.max then target = c.max end
@@ -121,8 +185,14 @@ local function extend(c, e, now_ms)
   set_cut(c, now_ms, true)
 end
 
+-- grow(), then tell the switch if the hangup_at it holds must move (see announce).
+local function extend(c, e, now_ms)
+  grow(c, e, now_ms)
+  announce(c, now_ms)
+end
+
 local function next_due(c, now_ms)
-  if c.ans == 0 then return c.t0 + c.max * 1000 end
+  if c.ans == 0 then return c.t0 + (c.ring or c.max) * 1000 end
   local due = now_ms + c.tk * 1000
   if c.cut ~= 0 and c.cs == 0 and c.cut < due then due = c.cut end
   local last = c.ans + c.max * 1000
@@ -148,12 +218,39 @@ local function trim_ended(now_ms)
   end
 end
 
+-- The cost split by the rate's components (c.cmp = "name=micros per minute;..."): each part
+-- is floor(part rate x billable / 60), and what rounding leaves (the cost is rounded up once,
+-- the parts down) goes to the largest part, the first listed on a tie, so the parts and the
+-- connect fee add up to the cost exactly. Appends (name, micros) pairs to `out`.
+local function split_cost(c, duration, amount, out)
+  if not c.cmp or c.cmp == '' or amount == 0 then return end
+  local b = billable(c, duration)
+  local parts, left, big = {}, amount - c.fee, 1
+  for name, rate in string.gmatch(c.cmp, '([%w_]+)=(%d+)') do
+    local share = idiv(tonumber(rate) * b, 60)
+    parts[#parts + 1] = {name, share, tonumber(rate)}
+    left = left - share
+    if tonumber(rate) > parts[big][3] then big = #parts end
+  end
+  if #parts == 0 then return end
+  parts[big][2] = parts[big][2] + left
+  for _, p in ipairs(parts) do
+    out[#out + 1] = 'component_' .. p[1] .. '_micros'
+    out[#out + 1] = p[2]
+  end
+end
+
+-- Flags of a call that never connected: nothing to bill, so no ledger row either.
+local UNBILLED = {ring_timeout = true, never_started = true}
+
 -- Post the whole call as one ledger row, release its hold, forget it.
--- `flag` is '' or 'unauthorized_call' / 'stale'. Returns the row id and the balance after.
-local function finish(c, duration, now_ms, cause, flag)
+-- `flag` is '', 'unauthorized_call', 'stale', 'lost_end', 'no_rate', 'ring_timeout' or
+-- 'never_started'; `clamped` is true when the switch's figure was cut to the gate's clock.
+-- Returns the MessagePack result kept for repeats.
+local function finish(c, duration, now_ms, cause, flag, clamped)
   local amount = cost(c, duration)
   hold(c, 0)
-  local granted = c.hz + (c.cut ~= 0 and grace_of(c) or 0)
+  local granted = granted_s(c)
   local leak = 0
   if c.cut ~= 0 and duration > granted then leak = duration - granted end
   local rtype = c.svc == 'ai_agent' and 'ai_agent' or 'call'
@@ -165,14 +262,36 @@ local function finish(c, duration, now_ms, cause, flag)
     'source', 'universal', 'hangup_cause', cause}
   if leak > 0 then extra[#extra + 1] = 'leak_s'; extra[#extra + 1] = leak end
   if flag ~= '' then extra[#extra + 1] = 'flag'; extra[#extra + 1] = flag end
-  local id, balance = post(wallet, ledger, events, now_ms, -amount, rtype, desc, c.id, extra)
+  if c.nr == 1 then extra[#extra + 1] = 'no_rate'; extra[#extra + 1] = 'true' end
+  local split = {}
+  split_cost(c, duration, amount, split)
+  for i = 1, #split do extra[#extra + 1] = split[i] end
+  clamped = clamped or c.clp == 1
+  if clamped then extra[#extra + 1] = 'duration_clamped'; extra[#extra + 1] = 'true' end
+  local id, balance = '', nil
+  if UNBILLED[flag] and amount == 0 then
+    balance = tonumber(rcall('HGET', wallet, 'balance'))
+  else
+    id, balance = post(wallet, ledger, events, now_ms, -amount, rtype, desc, c.id, extra)
+  end
   rcall('HDEL', calls, c.id)
   rcall('ZREM', due, c.id)
   rcall('SREM', cuts, c.id)
   local result = cmsgpack.pack({cost = amount, row = id, balance = balance,
-    duration = duration, leak = leak, flag = flag})
+    duration = duration, leak = leak, flag = flag, clamped = clamped and 1 or 0,
+    parts = split})
   rcall('HSET', ended, c.id, result)
   rcall('ZADD', ended_at, now_ms, c.id)
   trim_ended(now_ms)
   return result
+end
+
+-- How long a call the switch went silent on is billed: to the last evidence that it was up
+-- plus one tick, never its whole horizon; for a switch that reports nothing (no heartbeats,
+-- no syncs) the last tick is all the evidence there is. Never past what was granted, the
+-- gate's own clock or max_call_s.
+local function stale_duration(c, e)
+  local base = c.bs
+  if reports(c) then base = evidence_s(c) end
+  return math.max(math.min(base + c.tk, e, granted_s(c), c.max), 0)
 end

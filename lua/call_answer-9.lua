@@ -9,7 +9,8 @@
 --   {2, result}            the call ended already (MessagePack result of call_end)
 --   {-5}                   no such call
 -- Side effects: the call is scheduled for its first tick; a limited call's cut moves to
--- answer time + paid seconds + grace.
+-- answer time + paid seconds + grace. The answer is evidence the call is up, and the
+-- hangup_at it carries is what the switch now holds.
 local rcall = redis.call
 local ws, wallet, calls, due, cuts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ledger, events, ended, ended_at = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -25,7 +26,9 @@ if not c then return not_live(call_id) end
 local balance = tonumber(rcall('HGET', wallet, 'balance'))
 if c.ans ~= 0 then return {1, cmsgpack.pack(c), balance} end
 c.ans = math.max(now_ms, c.t0)
+c.evm = c.ans
 if c.cut ~= 0 then set_cut(c, now_ms, true) end
+c.ha = hangup_ms(c)
 save_call(c)
 schedule(c, now_ms)
 return {0, cmsgpack.pack(c), balance}

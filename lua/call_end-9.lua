@@ -6,23 +6,32 @@
 -- ARGV[2]  call_id      string
 -- ARGV[3]  duration_s   integer  billable talk time from the switch's CDR
 -- ARGV[4]  cause        string   hangup cause, "" when none
--- ARGV[5..15] optional: how to rate a call the gate never saw (billed as unauthorized_call),
+-- ARGV[5]  tolerance_s  integer  how far the switch's clock may run ahead of the gate's:
+--                                duration_s beyond the gate's time since answer plus this
+--                                (or beyond max_call_s) is clamped and flagged
+-- ARGV[6]  max_call_s   integer  the longest call, for calls the gate never saw
+-- ARGV[7..19] optional: how to rate a call the gate never saw (billed as unauthorized_call),
 --   sent only after a {-5} reply, so a normal end carries no rating: direction,
---   service, from, to, user, group, rate, fee, first, next, number_type
+--   service, from, to, user, group, rate, fee, first, next, number_type, no_rate
+--   (1 when no rate matched: recorded at zero for review, never dropped), components
 -- Replies:
 --   {0, result, woken}  billed now; result = MessagePack {cost, row, balance, duration, leak,
---                       flag}; woken = limited calls made due now by the released hold
+--                       flag, clamped}; woken = limited calls made due now by the released
+--                       hold
 --   {1, result}   ended before: the same result, nothing billed again
 --   {-5}          the gate never saw this call and ARGV[5..15] were not sent: send them
 --   {-1}          no such workspace
 -- Side effects: one ledger row (call or ai_agent, flag unauthorized_call for unknown calls;
 -- may take the balance below zero: usage is never lost); limited calls woken by the
--- released hold; transaction.created event.
+-- released hold; transaction.created event. An unknown call ended with duration 0 (the
+-- switch's cleanup after a start it saw fail) writes no row but is remembered, so a start
+-- that arrives after it is refused.
 local rcall = redis.call
 local ws, wallet, calls, due, cuts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ledger, events, ended, ended_at = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local now_ms = tonumber(ARGV[1])
 local call_id, duration, cause = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local tolerance_s, max_call_s = tonumber(ARGV[5]), tonumber(ARGV[6])
 
 --!include _post.lua
 --!include _rating.lua
@@ -32,17 +41,21 @@ local result = rcall('HGET', ended, call_id)
 if result then return {1, result} end
 if rcall('EXISTS', ws) == 0 then return {-1} end
 local c = load_call(call_id)
-local flag = ''
-if not c then
-  if #ARGV < 15 then return {-5} end
-  flag = 'unauthorized_call'
-  c = {id = call_id, dir = ARGV[5], svc = ARGV[6], from = ARGV[7], to = ARGV[8],
-    user = ARGV[9], grp = ARGV[10], rate = tonumber(ARGV[11]), fee = tonumber(ARGV[12]),
-    f = tonumber(ARGV[13]), n = tonumber(ARGV[14]), nt = ARGV[15], held = 0, hz = 0, cut = 0,
-    grace = 0}
+local flag, clamped = '', false
+if c then
+  local bound = clock_bound(c, now_ms, tolerance_s)
+  if duration > bound then duration, clamped = bound, true end
+else
+  if #ARGV < 19 then return {-5} end
+  flag = duration == 0 and 'never_started' or 'unauthorized_call'
+  c = {id = call_id, dir = ARGV[7], svc = ARGV[8], from = ARGV[9], to = ARGV[10],
+    user = ARGV[11], grp = ARGV[12], rate = tonumber(ARGV[13]), fee = tonumber(ARGV[14]),
+    f = tonumber(ARGV[15]), n = tonumber(ARGV[16]), nt = ARGV[17], held = 0, hz = 0, cut = 0,
+    grace = 0, nr = tonumber(ARGV[18]), cmp = ARGV[19] or ''}
+  if duration > max_call_s then duration, clamped = max_call_s, true end
 end
 local had_hold = c.held > 0
-result = finish(c, duration, now_ms, cause, flag)
+result = finish(c, duration, now_ms, cause, flag, clamped)
 local woken = 0
 if had_hold then woken = wake_limited(cuts, due, wallet, now_ms) end
 return {0, result, woken}

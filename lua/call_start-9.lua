@@ -28,6 +28,15 @@
 -- ARGV[16] grace_s       service default inbound grace (the workspace may override it)
 -- ARGV[17] max_call_s    longest call
 -- ARGV[18] answered      1: billing starts now; 0: at call_answer
+-- ARGV[19] deadline_ms   wall-clock unix ms after which this start must not commit (the
+--                        switch's timeout, less the reply's way back); 0 = none. Checked
+--                        against Redis TIME, so a start that waited out a paused Redis
+--                        is refused when it finally runs: no phantom calls.
+-- ARGV[20] grace_max_s   the platform's ceiling on inbound grace
+-- ARGV[21] live_max      the platform's ceiling on live calls per workspace (0 = none)
+-- ARGV[22] ring_s        seconds an unanswered call may ring before it expires unbilled
+-- ARGV[23] components    the rate's parts, "name=micros per minute;..." in card order, so
+--                        the call's row splits its cost by them ("" = the rate is one part)
 -- Replies:
 --   {0, record, balance, reserved}   allowed; record is the new call (MessagePack)
 --   {1, record, balance, reserved}   the call started before: the first answer, nothing held
@@ -36,6 +45,7 @@
 --   {-4, balance, reserved, needed}  outbound and available < buffer cost
 --   {-6, live, max}                  max_concurrent_calls reached, nothing held
 --   {-7, balance, reserved}          workspace suspended (balance <= 0 past the grace)
+--   {-10, late_ms}                   the deadline passed before the script ran; nothing done
 -- Side effects: wallet.reserved grows by the hold; call.limit for a limited inbound call;
 -- wallet.suspended when the suspension is first seen.
 local rcall = redis.call
@@ -48,6 +58,9 @@ local first, nxt = tonumber(ARGV[12]), tonumber(ARGV[13])
 local buffer_s, tick_s = tonumber(ARGV[14]), tonumber(ARGV[15])
 local default_grace, max_call_s = tonumber(ARGV[16]), tonumber(ARGV[17])
 local answered = ARGV[18] == '1'
+local deadline_ms, grace_max = tonumber(ARGV[19]), tonumber(ARGV[20])
+local live_max, ring_s = tonumber(ARGV[21]), tonumber(ARGV[22])
+local components = ARGV[23] or ''
 
 --!include _post.lua
 --!include _rating.lua
@@ -59,20 +72,27 @@ if existing then
   return {1, existing, tonumber(w[1]), tonumber(w[2])}
 end
 if rcall('HEXISTS', ended, call_id) == 1 then return {2} end
+if deadline_ms > 0 then
+  local t = rcall('TIME')
+  local wall_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if wall_ms > deadline_ms then return {-10, wall_ms - deadline_ms} end
+end
 local s = rcall('HMGET', ws, 'id', 'max_concurrent_calls', 'inbound_limit_threshold_micros',
   'inbound_grace_s')
 if not s[1] then return {-1} end
 local max_live = tonumber(s[2])
+if live_max > 0 and (not max_live or max_live > live_max) then max_live = live_max end
 if max_live and rcall('HLEN', calls) >= max_live then
   return {-6, rcall('HLEN', calls), max_live}
 end
-local grace = tonumber(s[4]) or default_grace
+local grace = math.min(tonumber(s[4]) or default_grace, grace_max)
 
 local c = {id = call_id, dir = dir, svc = svc, from = ARGV[5], to = ARGV[6], user = ARGV[7],
   grp = ARGV[8], nt = ARGV[9], rate = rate, fee = fee, f = first, n = nxt, buf = buffer_s,
   tk = tick_s, grace = grace, max = max_call_s, t0 = now_ms, ans = 0, bs = 0, hz = 0,
-  held = 0, cut = 0, lim = 0, cs = 0, hseq = 0, hms = 0}
-if answered then c.ans = now_ms end
+  held = 0, cut = 0, lim = 0, cs = 0, hseq = 0, hms = 0, ring = ring_s, evm = 0, rep = 0,
+  ha = 0, clp = 0, cmp = components}
+if answered then c.ans, c.evm = now_ms, now_ms end
 local target = math.min(buffer_s, max_call_s)
 local needed = cost(c, target)
 
@@ -104,6 +124,7 @@ c.r0, c.g0, c.m0, c.b0 = c.held, c.hz, max_duration(c), balance
 c.a0 = avail - c.held
 c.an0 = answered and 1 or 0
 c.h0 = (c.ans ~= 0 and c.ans or c.t0) + (c.m0 >= 0 and c.m0 or c.g0) * 1000
+c.ha = c.h0
 save_call(c)
 schedule(c, now_ms)
 return {0, cmsgpack.pack(c), balance, reserved + c.held}

@@ -4,13 +4,17 @@
 -- KEYS[1..9] ws, wallet, calls, due, cuts, ledger, events, ended, ended_at (as call_start)
 -- ARGV[1] now_ms         integer
 -- ARGV[2] batch          integer  most calls handled in one run
--- ARGV[3] stale_after_s  integer  heartbeat silence after which a call is finalized
+-- ARGV[3] stale_after_s  integer  silence of a reporting switch (heartbeats or syncs), or
+--                                  time a call stays up past a cut it was sent, after which
+--                                  the call is finalized
 -- Replies:
 --   {0, handled, next_due_ms, cuts_sent, events, lag_ms...}  next_due_ms = -1 when no call
 --     is scheduled any more; events = how many events were written; one lag (now - due)
 --     per handled call
--- Side effects: holds grow (wallet.reserved); call.limit, call.cut and wallet.depleted
--- events; stale calls get call.cut (reason stale) and one ledger row each.
+-- Side effects: holds grow (wallet.reserved); call.limit, call.extended, call.cut and
+-- wallet.depleted events; stale calls get call.cut (reason stale) and one ledger row each,
+-- billed to the last evidence plus one tick (_call.lua stale_duration); unanswered calls
+-- past their ring timeout end unbilled, with no ledger row.
 local rcall = redis.call
 local ws, wallet, calls, due, cuts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ledger, events, ended, ended_at = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -33,21 +37,21 @@ for i = 1, #items, 2 do
     reply[2] = reply[2] + 1
     reply[#reply + 1] = now_ms - due_ms
     if c.ans == 0 then
-      -- Not answered yet: only max_call_s of ringing ends it; a wake-up (money arrived,
+      -- Not answered yet: the ring timeout ends it, unbilled; a wake-up (money arrived,
       -- another call's hold released) just puts it back on its schedule.
-      if now_ms >= c.t0 + c.max * 1000 then
-        send_cut(c, now_ms, 'stale')
-        finish(c, 0, now_ms, 'stale', 'stale')
+      if now_ms >= c.t0 + (c.ring or c.max) * 1000 then
+        send_cut(c, now_ms, 'ring_timeout')
+        finish(c, 0, now_ms, 'ring_timeout', 'ring_timeout')
       else
         schedule(c, now_ms)
       end
     else
       local e = math.max(math.floor((now_ms - c.ans) / 1000), 0)
-      if (c.hms > 0 and now_ms - c.hms > stale_ms) or e >= c.max then
-        local md = max_duration(c)
-        local duration = math.min(e, md >= 0 and md or c.hz, c.max)
+      local silent = reports(c) and now_ms - evidence_ms(c) > stale_ms
+      local ignored_cut = c.cs == 1 and c.cut ~= 0 and now_ms - c.cut > stale_ms
+      if silent or ignored_cut or e >= c.max then
         send_cut(c, now_ms, 'stale')
-        finish(c, duration, now_ms, 'stale', 'stale')
+        finish(c, stale_duration(c, e), now_ms, 'stale', 'stale')
       else
         extend(c, e, now_ms)
         if c.cut ~= 0 and c.cs == 0 and now_ms >= c.cut then

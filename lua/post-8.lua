@@ -41,10 +41,14 @@ for i = 7, #ARGV do extra[#extra + 1] = ARGV[i] end
 
 --!include _post.lua
 
+local CHARGES = {sms = true, mms = true, fax = true, chat = true}
+
 if rcall('EXISTS', ws) == 0 then return {-1} end
--- Operators' references live apart from payment ids: a refund may quote the top-up's id.
+-- Operators' references live apart from payment ids: a refund may quote the top-up's id;
+-- so do the switch's charge ids.
 local dedupe = ref
 if rtype == 'adjustment' or rtype == 'refund' then dedupe = 'adj:' .. ref end
+if CHARGES[rtype] then dedupe = 'chg:' .. ref end  -- a switch's charge_id is its own namespace
 local seen = rcall('HGET', refs, dedupe)
 if seen then
   local row = rcall('XRANGE', ledger, seen, seen)[1]

@@ -13,10 +13,13 @@ from gate.api.http import TICKER
 from gate.calls.rating import Increment, cost_micros
 from gate.clock import ManualClock
 from gate.store import keys
-from tests.conftest import PLATFORM, Client, MakeClient, auth, new_workspace
+from tests.conftest import PLATFORM, Client, MakeClient, auth, new_switch_key, new_workspace
 
 CARD = """
 currency = "USD"
+[[number_types]]
+prefix = "+1650"
+type = "local"
 [[rates]]
 service = "voice"
 prefix = ""
@@ -42,11 +45,7 @@ def card(tmp_path: Path, inc: str = "60/6", fee: str = "0") -> str:
 
 
 async def switch_key(client: Client, ws: dict[str, Any]) -> dict[str, str]:
-    resp = await client.post(
-        f"/v1/workspaces/{ws['id']}/keys", json={"role": "switch"}, headers=auth(ws["key"])
-    )
-    assert resp.status == 201
-    return auth((await resp.json())["key"])
+    return auth(await new_switch_key(client, ws["id"]))
 
 
 async def set_balance(client: Client, ws: dict[str, Any], micros: int) -> None:
@@ -206,7 +205,7 @@ async def test_free_local_call_reserves_nothing(make_client: MakeClient, tmp_pat
     ws = await new_workspace(client)
     sw = await switch_key(client, ws)
     await set_balance(client, ws, 0)
-    resp = await client.post("/v1/calls", json=call("c1", number_type="local"), headers=sw)
+    resp = await client.post("/v1/calls", json=call("c1", to="+16505550100"), headers=sw)
     assert resp.status == 201
     body = await resp.json()
     assert (body["reserved_usd"], body["rate_per_min_usd"]) == (0, 0)

@@ -14,7 +14,7 @@ from gate.history.check import check_all
 from gate.settings import Settings
 from gate.store import redis_client
 from gate.store.redis_proc import RedisClusterProcs
-from tests.conftest import PLATFORM, auth
+from tests.conftest import PLATFORM, auth, new_switch_key
 from tests.test_delivery import Receiver, receiver, until  # noqa: F401
 
 
@@ -46,7 +46,8 @@ async def test_calls_on_a_cluster(
     for n, w in enumerate(workspaces):
         body = {"call_id": f"k{n}", "direction": "outbound", "from": "+14155550100",
                 "to": "+14155550123"}  # fmt: skip
-        resp = await client.post("/v1/calls", json=body, headers=auth(w["key"]))
+        w["switch"] = auth(await new_switch_key(client, w["id"]))
+        resp = await client.post("/v1/calls", json=body, headers=w["switch"])
         assert resp.status == 201, await resp.text()
     ticker = client.app[TICKER]
     for _ in range(200):  # 200 s in 1 s steps: the first workspace's $0.50 lasts 150 s
@@ -57,7 +58,7 @@ async def test_calls_on_a_cluster(
     await until(lambda: any(h.event["type"] == "call.cut" for h in receiver.hits))
     for n, w in enumerate(workspaces):
         resp = await client.post(
-            f"/v1/calls/k{n}/end", json={"duration_s": 150}, headers=auth(w["key"])
+            f"/v1/calls/k{n}/end", json={"duration_s": 150}, headers=w["switch"]
         )
         assert (await resp.json())["cost_micros"] == 500_000
     cluster = await redis_client.connect(redis_cluster.url)

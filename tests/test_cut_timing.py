@@ -14,7 +14,7 @@ from gate.app import create_app
 from gate.clock import SystemClock
 from gate.history.check import check_workspace
 from gate.settings import Settings
-from tests.conftest import PLATFORM, auth
+from tests.conftest import PLATFORM, auth, new_switch_key
 from tests.test_delivery import Receiver, receiver, setup_ws, until  # noqa: F401
 
 CARD = """
@@ -51,11 +51,12 @@ async def test_cut_arrives_at_cut_at_signed(
         headers=PLATFORM,
     )
     assert resp.status == 201
+    switch = auth(await new_switch_key(client, ws["id"]))
     start = await client.post(
         "/v1/calls",
         json={"call_id": "c1", "direction": "outbound", "from": "+14155550100",
               "to": "+14155550123"},
-        headers=auth(ws["key"]),
+        headers=switch,
     )  # fmt: skip
     assert start.status == 201, await start.text()
     assert (await start.json())["granted_s"] == 2
@@ -75,6 +76,6 @@ async def test_cut_arrives_at_cut_at_signed(
     delay = received - cut_at
     print(f"cut delay {delay * 1000:.0f} ms")
     assert -0.05 <= delay <= BOUND_S, delay
-    end = await client.post("/v1/calls/c1/end", json={"duration_s": 3}, headers=auth(ws["key"]))
+    end = await client.post("/v1/calls/c1/end", json={"duration_s": 3}, headers=switch)
     assert (await end.json())["cost_micros"] == 10_000
     assert await check_workspace(redis, ws["id"]) == []

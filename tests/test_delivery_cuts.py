@@ -6,7 +6,7 @@ from typing import Any
 
 from gate.api.http import TICKER
 from gate.clock import ManualClock
-from tests.conftest import Client, auth
+from tests.conftest import Client, auth, new_switch_key
 from tests.test_delivery import Receiver, outboxes, receiver, setup_ws, until  # noqa: F401
 
 
@@ -21,7 +21,7 @@ async def test_stale_cut_is_retried_until_accepted(
     receiver.respond = respond
     async with outboxes(client, first_retry_s=1.0):
         ws = await setup_ws(client, receiver)
-        sw = auth(ws["key"])
+        sw = auth(await new_switch_key(client, ws["id"]))
         body = {"call_id": "c1", "direction": "outbound", "from": "+14155550100",
                 "to": "+14155550123"}  # fmt: skip
         assert (await client.post("/v1/calls", json=body, headers=sw)).status == 201

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from gate.api.routes import ROUTES, Route
 from gate.store import keys
-from tests.conftest import PLATFORM, Client, auth, new_workspace
+from tests.conftest import PLATFORM, Client, auth, new_switch_key, new_workspace
 from tests.helpers import snapshot, wallet_json
 
 BODY_ROUTES = [r for r in ROUTES if r.body is not None]
@@ -50,8 +50,8 @@ def _url(route: Route, ws: dict[str, Any]) -> str:
 
 
 def _headers(route: Route, ws: dict[str, Any]) -> dict[str, str]:
-    who = PLATFORM if route.role == "platform" else auth(ws["key"])
-    return {**who, "Idempotency-Key": "bad-1"}
+    who = {"platform": PLATFORM, "switch": auth(ws.get("switch", ""))}.get(route.role or "")
+    return {**(who or auth(ws["key"])), "Idempotency-Key": "bad-1"}
 
 
 async def test_the_body_routes_are_the_expected_ones() -> None:
@@ -66,6 +66,7 @@ async def test_every_body_route_rejects_bad_bodies(
     client: Client, redis: Redis, route: Route
 ) -> None:
     ws = await new_workspace(client)
+    ws["switch"] = await new_switch_key(client, ws["id"])
     before = await state(client, redis, ws)
     url, headers = _url(route, ws), _headers(route, ws)
     send = getattr(client, route.method.lower())
@@ -263,7 +264,7 @@ async def test_weak_roles_are_403(client: Client, redis: Redis) -> None:
     switch = (
         await (
             await client.post(
-                f"/v1/workspaces/{ws['id']}/keys", json={"role": "switch"}, headers=auth(ws["key"])
+                f"/v1/workspaces/{ws['id']}/keys", json={"role": "switch"}, headers=PLATFORM
             )
         ).json()
     )["key"]

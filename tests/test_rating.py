@@ -568,3 +568,47 @@ def test_the_error_fixtures_are_otherwise_valid() -> None:
     assert [r.prefix for r in card.rates] == ["+44", "+33"]
     # TOML numbers work too; floats go through their shortest repr, so 0.02 stays exact.
     assert card.units == {"mms": 20_000, "fax_page": 1_000_000}
+
+
+TYPED = """
+[[number_types]]
+prefix = "+1212"
+type = "local"
+[[number_types]]
+prefix = "+12125"
+type = "international"
+[[rates]]
+service = "voice"
+components = { voice_base = "0.10" }
+increment = "60/6"
+"""
+
+
+def test_number_types_come_from_the_card_longest_prefix_first() -> None:
+    card = RateCard.from_toml(TYPED)
+    assert card.number_type_of("+12124440000") == "local"
+    assert card.number_type_of("+12125550123") == "international"
+    assert card.number_type_of("+18005550100") == "toll_free"  # known without an entry
+    assert card.number_type_of("+14155550123") is None
+    assert card.number_type_of("+121") is None  # shorter than every prefix
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('prefix = "1212"\ntype = "local"', r'number_types\[0\]\.prefix: "1212" is not "\+"'),
+        ('prefix = "+1212"\ntype = "cheap"', r'number_types\[0\]\.type: "cheap" is not one of'),
+        ('prefix = "+1212"\ntype = "any"', r'number_types\[0\]\.type: "any" is not one of'),
+        ('prefix = "+1212"\nkind = "local"', r"number_types\[0\]: unknown key \"kind\""),
+    ],
+)
+def test_number_types_are_validated(entry: str, message: str) -> None:
+    text = TYPED.replace('prefix = "+1212"\ntype = "local"', entry, 1)
+    with pytest.raises(RateCardError, match=message):
+        RateCard.from_toml(text)
+
+
+def test_a_number_type_listed_twice_is_refused() -> None:
+    text = TYPED.replace('"+12125"', '"+1212"')
+    with pytest.raises(RateCardError, match=r'number_types\[1\]: prefix "\+1212" is listed twice'):
+        RateCard.from_toml(text)

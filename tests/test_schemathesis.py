@@ -57,7 +57,12 @@ def test_schemathesis_finds_nothing_with_admin_switch_and_platform_keys(tmp_path
         proc = subprocess.Popen(
             [GATE, "serve", "--port", str(port), "--data-dir", str(tmp_path / "var")],
             # Fuzzing sends changes far faster than a tenant may: no rate limit here.
-            env=clean_env(GATE_PLATFORM_KEY=PLATFORM_KEY, GATE_RATE_LIMIT_PER_S="0"),
+            # (and a loaded CI machine must not turn a slow moment into a 503).
+            env=clean_env(
+                GATE_PLATFORM_KEY=PLATFORM_KEY,
+                GATE_RATE_LIMIT_PER_S="0",
+                GATE_REDIS_TIMEOUT_MS="2000",
+            ),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -87,6 +92,7 @@ def test_schemathesis_finds_nothing_with_admin_switch_and_platform_keys(tmp_path
                 text=True,
                 timeout=600,
                 check=False,
+                cwd=tmp_path,  # its cache directory goes there, not into the checkout
             )  # fmt: skip
             summary = [line.strip() for line in run.stdout.splitlines() if " generated, " in line]
             reports.append((name, run.returncode, summary))

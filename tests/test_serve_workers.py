@@ -43,7 +43,9 @@ async def test_two_workers_share_the_port_and_reload_on_sighup(tmp_path: Path) -
             async with http.post(f"{base}/v1/workspaces", json={"name": "w"},
                                  headers=platform) as resp:  # fmt: skip
                 ws = await resp.json()
-            admin = {"Authorization": f"Bearer {ws['key']}"}
+            async with http.post(f"{base}/v1/workspaces/{ws['id']}/keys",
+                                 json={"role": "switch"}, headers=platform) as resp:  # fmt: skip
+                switch = {"Authorization": f"Bearer {(await resp.json())['key']}"}
 
             async def rates_seen(tag: str) -> set[float]:
                 seen = set()
@@ -52,12 +54,12 @@ async def test_two_workers_share_the_port_and_reload_on_sighup(tmp_path: Path) -
                         f"{base}/v1/calls",
                         json={"call_id": f"{tag}{i}", "direction": "outbound",
                               "from": "+14155550100", "to": "+14155550123"},
-                        headers=admin,
+                        headers=switch,
                     ) as resp:  # fmt: skip
                         assert resp.status == 201, await resp.text()
                         seen.add((await resp.json())["rate_per_min_usd"])
                     async with http.post(f"{base}/v1/calls/{tag}{i}/end",
-                                         json={"duration_s": 0}, headers=admin):  # fmt: skip
+                                         json={"duration_s": 0}, headers=switch):  # fmt: skip
                         pass
                 return seen
 

@@ -55,7 +55,7 @@ async def redis_values(redis: Redis, pattern: str) -> list[bytes]:
 
 async def test_keys_are_random_and_stored_only_hashed(client: Client, redis: Redis) -> None:
     ws = await new_workspace(client)
-    switch = await make_key(client, ws["id"], "switch", auth(ws["key"]))
+    switch = await make_key(client, ws["id"], "switch", PLATFORM)
     issued = [ws["key"], switch]
     for key in issued:
         prefix = f"gk_{ws['id']}_"
@@ -114,7 +114,7 @@ async def test_role_hierarchy(client: Client) -> None:
     ws = await new_workspace(client)
     admin = auth(ws["key"])
     agent = auth(await make_key(client, ws["id"], "agent", admin))
-    switch = auth(await make_key(client, ws["id"], "switch", admin))
+    switch = auth(await make_key(client, ws["id"], "switch", PLATFORM))
     second_admin = auth(await make_key(client, ws["id"], "admin", admin))
     topup = {"amount_usd": 10, "payment_method_id": "pm_card_visa"}
 
@@ -130,9 +130,12 @@ async def test_role_hierarchy(client: Client) -> None:
     assert (await client.post(url, json={"role": "agent"}, headers=switch)).status == 403
     assert (await client.post("/v1/wallet/topup", json=topup, headers=switch)).status == 403
 
-    # admin: keys up to its own role, for its own workspace
-    for role in ("agent", "switch", "admin"):
+    # admin: keys up to its own role, for its own workspace; never a switch key
+    for role in ("agent", "admin"):
         await make_key(client, ws["id"], role, second_admin)
+    resp = await client.post(url, json={"role": "switch"}, headers=admin)
+    assert resp.status == 403, "switch keys are the platform's to issue"
+    assert "platform" in (await resp.json())["error"]["message"]
     resp = await client.post(url, json={"role": "org_admin"}, headers=admin)
     assert resp.status == 403, "an admin must not mint a key stronger than its own"
     resp = await client.post(url, json={"role": "platform"}, headers=admin)
@@ -162,7 +165,8 @@ async def not_found(resp: Any) -> dict[str, Any]:
 async def test_another_tenant_is_not_found(client: Client, redis: Redis, role: str) -> None:
     a = await new_workspace(client, "Tenant A")
     b = await new_workspace(client, "Tenant B")
-    key = a["key"] if role == "admin" else await make_key(client, a["id"], role, auth(a["key"]))
+    minter = PLATFORM if role == "switch" else auth(a["key"])
+    key = a["key"] if role == "admin" else await make_key(client, a["id"], role, minter)
     a_key = auth(key)
     b_money = await client.post(
         "/v1/wallet/topup",

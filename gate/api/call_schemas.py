@@ -23,6 +23,9 @@ class StartCall(Body):
     group: Id | None = None
     number_type: Literal["local", "toll_free", "international"] | None = None
     answered: bool = True
+    # The switch's deadline for this answer; past it the start is answered 503 gate_timeout
+    # and never committed. Default GATE_START_TIMEOUT_MS.
+    timeout_ms: Annotated[int, Meta(ge=50, le=60_000)] | None = None
 
 
 class Heartbeat(Body):
@@ -41,3 +44,30 @@ class EndCall(Body):
     user: Id | None = None
     group: Id | None = None
     number_type: Literal["local", "toll_free", "international"] | None = None
+
+
+class SyncCalls(Body):
+    """The calls the switch has up right now (CGRateS' channel sync)."""
+
+    call_ids: Annotated[list[CallId], Meta(max_length=100_000)]
+
+
+class Charge(Body):
+    """One-off usage: sms/mms (text or segments), fax (pages), chat (messages)."""
+
+    charge_id: Id
+    service: Literal["sms", "mms", "fax", "chat"]
+    text: Annotated[str, Meta(max_length=1600)] | None = None
+    segments: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    pages: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    messages: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    direction: Literal["outbound", "inbound"] = "outbound"
+    from_: E164 | None = field(default=None, name="from")
+    to: E164 | None = None
+    user: Id | None = None
+    group: Id | None = None
+    message_id: Id | None = None
+
+
+class RentNumber(Body):
+    number: E164

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 
 from aiohttp import web
 
-from gate.api.call_schemas import EndCall, Heartbeat, StartCall
-from gate.api.http import CALLS, RATES, decode, json, principal, query_int
+from gate import metrics
+from gate.api.call_schemas import Charge, EndCall, Heartbeat, StartCall, SyncCalls
+from gate.api.http import CALLS, CHARGES, CTX, RATES, decode, json, principal, query_int
 from gate.calls.service import RateCardError, StartParams
-from gate.errors import ValidationFailed
+from gate.errors import GateTimeout, ValidationFailed
 from gate.tenancy.auth import Role
+from gate.wallet.charges import ChargeRequest
 
 _CALL_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")  # as call_schemas.CallId
 
@@ -22,24 +26,60 @@ def _call_id(request: web.Request) -> str:
     return call_id
 
 
+def _commit_margin_ms(timeout_ms: int) -> int:
+    """How much earlier than the switch's deadline the script stops committing: the time its
+    reply needs to travel back, so an answer that arrives late was also refused."""
+    return min(50, timeout_ms // 5)
+
+
 async def start(request: web.Request) -> web.StreamResponse:
-    who = await principal(request, Role.switch)
-    body = await decode(request, StartCall)
-    new, answer = await request.app[CALLS].start(
-        who.workspace(),
-        StartParams(
-            body.call_id,
-            body.direction,
-            body.from_,
-            body.to,
-            body.service,
-            body.user,
-            body.group,
-            body.number_type,
-            body.answered,
-        ),
-    )
+    """A call start, answered within the switch's deadline or 503 gate_timeout, never later.
+
+    The deadline covers everything (auth may need Redis too); the script itself refuses to
+    commit past it, so a start that waited out a paused Redis is not a phantom call.
+    """
+    arrival = time.time_ns() // 1_000_000
+    timeout_ms = request.app[CTX].settings.start_timeout_ms
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout(timeout_ms / 1000) as deadline:
+            who = await principal(request, Role.switch)
+            body = await decode(request, StartCall)
+            if body.timeout_ms is not None:
+                timeout_ms = body.timeout_ms
+                deadline.reschedule(started + timeout_ms / 1000)
+            new, answer = await request.app[CALLS].start(
+                who.workspace(),
+                StartParams(
+                    body.call_id,
+                    body.direction,
+                    body.from_,
+                    body.to,
+                    body.service,
+                    body.user,
+                    body.group,
+                    body.number_type,
+                    body.answered,
+                    timeout_ms,
+                ),
+                deadline_ms=arrival + timeout_ms - _commit_margin_ms(timeout_ms),
+            )
+    except TimeoutError:
+        metrics.START_TIMEOUTS.inc()
+        raise GateTimeout(
+            f"the call start was not decided within {timeout_ms} ms and will not be committed; "
+            "fail the call by direction (outbound closed, inbound may open) and send its end "
+            "with duration_s 0",
+            timeout_ms=timeout_ms,
+        ) from None
     return json(answer, 201 if new else 200)
+
+
+async def sync(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.switch)
+    body = await decode(request, SyncCalls)
+    return json(await request.app[CALLS].sync(who.workspace(), body.call_ids))
 
 
 async def answer(request: web.Request) -> web.StreamResponse:
@@ -100,3 +140,27 @@ async def reload_rates(request: web.Request) -> web.StreamResponse:
     except RateCardError as err:
         raise ValidationFailed(f"rate card not reloaded, the old one stays: {err}") from err
     return json({"reloaded": True, "source": book.source, "rates": len(card.rates)})
+
+
+async def charge(request: web.Request) -> web.StreamResponse:
+    """One-off usage billed by the switch (SMS, MMS, fax, chat): 201 new, 200 a repeat."""
+    who = await principal(request, Role.switch)
+    body = await decode(request, Charge)
+    row, new = await request.app[CHARGES].charge(
+        who.workspace(),
+        ChargeRequest(
+            charge_id=body.charge_id,
+            service=body.service,
+            text=body.text,
+            segments=body.segments,
+            pages=body.pages,
+            messages=body.messages,
+            direction=body.direction,
+            from_=body.from_,
+            to=body.to,
+            user=body.user,
+            group=body.group,
+            message_id=body.message_id,
+        ),
+    )
+    return json(row.to_json(), 201 if new else 200)

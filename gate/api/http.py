@@ -34,6 +34,8 @@ from gate.store.circuit import Circuit
 from gate.tenancy.auth import Authenticator, Principal, Role
 from gate.tenancy.limits import MUTATING, KeyLimiter
 from gate.tenancy.workspaces import Workspaces
+from gate.wallet.charges import Charges
+from gate.wallet.numbers import Numbers
 from gate.wallet.service import Wallet
 
 log = logging.getLogger("gate.api.http")
@@ -53,6 +55,8 @@ LIMITER = web.AppKey("limiter", KeyLimiter)
 FANOUT = web.AppKey("fanout", Fanout)  # wakes the event streams (gate/delivery/fanout.py)
 # The Redis client for blocking reads (event streams): its own pool, no per-command deadline.
 STREAMS_REDIS: web.AppKey[Redis | RedisCluster] = web.AppKey("streams_redis")
+CHARGES = web.AppKey("charges", Charges)
+NUMBERS = web.AppKey("numbers", Numbers)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,7 +82,10 @@ async def decode(request: web.Request, schema: type[T]) -> T:
 
 async def principal(request: web.Request, role: Role) -> Principal:
     who = await request.app[AUTH].authenticate(request.headers.get("Authorization"))
-    who.require(role)
+    if role is Role.switch:
+        who.require_switch()
+    else:
+        who.require(role)
     if request.method in MUTATING and who.role not in (Role.platform, Role.switch):
         limiter = request.app.get(LIMITER)
         if limiter is not None:

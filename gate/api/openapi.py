@@ -65,6 +65,12 @@ QUERY: dict[str, list[dict[str, Any]]] = {
         {**_param("limit", "query", "most calls listed (1-10000, default 1000)"),
          "schema": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1000}},
     ],
+    "usage_summary": [
+        _WORKSPACE,
+        _param("month", "query", "a calendar month, like 2026-11 (default: this month)",
+               pattern=r"^\d{4}-\d{2}$"),
+        _param("format", "query", "json (default) or csv", enum=["json", "csv"]),
+    ],
     "get_workspace": [_param("id", "query", "the workspace, for the platform key",
                              pattern=WORKSPACE_ID.pattern)],
     "patch_workspace": [_param("id", "query", "the workspace, for the platform key",
@@ -83,6 +89,8 @@ PATH_PATTERNS = {
     "workspace_id": WORKSPACE_ID.pattern,
     "call_id": _CALL_ID_PATTERN,
     "key_id": r"^key_[0-9a-f]{12}$",
+    "number": r"^\+[1-9][0-9]{1,14}$",
+    "name": r"^[A-Za-z0-9._-]+$",
 }
 
 # Statuses beyond the 200 and the errors every route shares (see `complete`).
@@ -104,9 +112,18 @@ STATUSES: dict[str, dict[str, str]] = {
     "heartbeat": {"409": "the call is not live"},
     "end": {},
     "export": {"200": "text/csv"},
+    "usage_summary": {"200": "JSON, or text/csv with format=csv"},
+    "rent": {"201": "rented; the first month is charged now", "402": "insufficient_balance",
+             "409": "the number is rented already"},
+    "charge": {"201": "the ledger row", "200": "a repeated charge_id: the first row",
+               "402": "insufficient_balance", "409": "the charge_id was used with another body"},
+    "release": {},
+    "sync": {},
+    "billing": {"200": "text/html"},
+    "asset": {"200": "a script, style or page of the billing page"},
 }  # fmt: skip
 
-_NO_REDIS = {"healthz", "openapi", "prometheus"}
+_NO_REDIS = {"healthz", "openapi", "prometheus", "billing", "asset"}
 
 
 def complete(method: str, path: str, handler: str, has_body: bool, role: str | None,
@@ -121,7 +138,8 @@ def complete(method: str, path: str, handler: str, has_body: bool, role: str | N
         op["parameters"] = op.get("parameters", []) + extra
     error = {"$ref": "#/components/responses/Error"}
     responses: dict[str, Any] = {"200": {"description": "OK"}}
-    if has_body or extra or "{" in path:
+    # With a role: the platform key must name the workspace, else 400.
+    if has_body or extra or "{" in path or role:
         responses["400"] = error
     if role:
         responses["401"] = error

@@ -12,12 +12,14 @@ from aiohttp import web
 from gate import __version__
 from gate.api import calls as api_calls
 from gate.api import events as api_events
+from gate.api import numbers as api_numbers
 from gate.api import openapi, schemas
 from gate.api import ops as api_ops
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
-from gate.api.call_schemas import EndCall, Heartbeat, StartCall
+from gate.api.call_schemas import Charge, EndCall, Heartbeat, RentNumber, StartCall, SyncCalls
 from gate.api.http import Handler
+from gate.web import pages as web_pages
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,20 @@ ROUTES = [
     Route("GET", "/v1/wallet/transactions", api_wallet.transactions,
           "Ledger rows, newest first", "agent"),
     Route("GET", "/v1/usage/export", api_wallet.export, "CSV of all matching rows", "admin"),
+    Route("GET", "/v1/usage/summary", api_wallet.usage_summary,
+          "The month's spend per service, counts, top users and groups", "agent"),
     Route("GET", "/v1/events", api_events.stream, "Server-Sent Events, resumable", "agent"),
     Route("POST", "/v1/calls", api_calls.start, "A call wants to start: allow or refuse",
           "switch", StartCall),
+    Route("POST", "/v1/numbers", api_numbers.rent,
+          "Rent a number: the first month is charged now", "admin", RentNumber),
+    Route("GET", "/v1/numbers", api_numbers.list_numbers, "The rented numbers", "agent"),
+    Route("DELETE", "/v1/numbers/{number}", api_numbers.release, "Stop renting a number",
+          "admin"),
+    Route("POST", "/v1/charges", api_calls.charge,
+          "One-off usage: SMS, MMS, fax, chat; idempotent by charge_id", "switch", Charge),
+    Route("POST", "/v1/calls/sync", api_calls.sync,
+          "The calls the switch has up: end the others as lost", "switch", SyncCalls),
     Route("POST", "/v1/calls/{call_id}/answer", api_calls.answer, "Billing starts now",
           "switch"),
     Route("POST", "/v1/calls/{call_id}/heartbeat", api_calls.heartbeat,
@@ -68,6 +81,8 @@ ROUTES = [
     Route("GET", "/v1/calls", api_calls.list_calls, "Live calls (?state=live)", "agent"),
     Route("POST", "/v1/admin/rates/reload", api_calls.reload_rates,
           "Reload the rate card; live calls keep their rate", "platform"),
+    Route("GET", "/billing", web_pages.billing, "The billing page (sign in with a key)"),
+    Route("GET", "/billing/assets/{name}", web_pages.asset, "A script or style of the page"),
 ]  # fmt: skip
 
 
@@ -96,7 +111,11 @@ def openapi_document() -> dict[str, Any]:
         }
         if r.role:
             op["security"] = [{"bearer": []}]
-            op["description"] = f"Needs a key of role `{r.role}` or higher."
+            op["description"] = (
+                "Needs the platform's `switch` key (no other role)."
+                if r.role == "switch"
+                else f"Needs a key of role `{r.role}` or higher."
+            )
         if r.body is not None:
             op["requestBody"] = {
                 "required": True,

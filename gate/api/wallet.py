@@ -12,6 +12,8 @@ from gate.api.http import CTX, RATES, WALLET, WORKSPACES, decode, json, principa
 from gate.api.schemas import Topup, WalletSettings
 from gate.errors import ValidationFailed
 from gate.history import ledger
+from gate.history.summary import monthly
+from gate.history.summary import to_csv as summary_csv
 from gate.money import parse_usd
 from gate.tenancy.auth import Role
 
@@ -202,3 +204,30 @@ async def export(request: web.Request) -> web.StreamResponse:
         await response.write("".join(chunk).encode())
     await response.write_eof()
     return response
+
+
+async def usage_summary(request: web.Request) -> web.StreamResponse:
+    """GET /v1/usage/summary?month=YYYY-MM[&format=csv]: the month's spend per service."""
+    who = await principal(request, Role.agent)
+    workspace_id = who.workspace(request.query.get("workspace_id"))
+    await request.app[WORKSPACES].get(workspace_id)
+    clock_ms = request.app[CTX].clock.now_ms()
+    month = request.query.get("month") or datetime.fromtimestamp(clock_ms / 1000, UTC).strftime(
+        "%Y-%m"
+    )
+    start, end = _month_range(month)
+    if start > clock_ms:
+        raise ValidationFailed(f"month {month} has not begun; ask for this month or an earlier "
+                               "one", field="month")  # fmt: skip
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ValidationFailed("format must be json or csv", field="format")
+    summary = await monthly(request.app[CTX].client, workspace_id, month, start, end)
+    if fmt == "csv":
+        return web.Response(
+            text=summary_csv(summary),
+            content_type="text/csv",
+            charset="utf-8",
+            headers={"Content-Disposition": f'attachment; filename="usage-summary-{month}.csv"'},
+        )
+    return json(summary)

@@ -10,7 +10,7 @@ from msgspec import UNSET
 from gate.api.http import AUTH, CTX, OUTBOX, WALLET, WORKSPACES, decode, json, principal
 from gate.api.schemas import Adjustment, CreateKey, CreateWorkspace, WorkspacePatch
 from gate.delivery.destinations import check_url
-from gate.errors import NotFound, ValidationFailed
+from gate.errors import Forbidden, NotFound, ValidationFailed
 from gate.money import parse_usd
 from gate.tenancy.apikeys import KeyRecord
 from gate.tenancy.auth import Role
@@ -41,6 +41,11 @@ async def create_key(request: web.Request) -> web.StreamResponse:
     body = await decode(request, CreateKey)
     role = Role[body.role]
     who.require(role)  # nobody mints a key stronger than their own
+    if role is Role.switch and who.role is not Role.platform:
+        raise Forbidden(
+            "switch keys are issued by the platform only (the switch is the platform's "
+            "infrastructure, not the tenant's): create it with the platform key"
+        )
     expires_ms = 0
     if body.expires_at is not None:
         expires_ms = int(body.expires_at.timestamp() * 1000)
@@ -107,9 +112,27 @@ async def patch_workspace(request: web.Request) -> web.StreamResponse:
             if body.inbound_limit_threshold_usd is None
             else parse_usd(body.inbound_limit_threshold_usd, "inbound_limit_threshold_usd")
         )
+    # Settings that move money have platform ceilings: grace time is billed past zero, and
+    # concurrency multiplies it.
+    ceilings = request.app[CTX].settings
     if body.inbound_grace_s is not UNSET:
+        if body.inbound_grace_s is not None and body.inbound_grace_s > ceilings.inbound_grace_max_s:
+            raise ValidationFailed(
+                f"inbound_grace_s may be at most {ceilings.inbound_grace_max_s} seconds (the "
+                "platform's GATE_INBOUND_GRACE_MAX_S); ask the platform operator for more",
+                field="inbound_grace_s",
+            )
         fields["inbound_grace_s"] = body.inbound_grace_s
     if body.max_concurrent_calls is not UNSET:
+        if (
+            body.max_concurrent_calls is not None
+            and body.max_concurrent_calls > ceilings.max_concurrent_calls_max
+        ):
+            raise ValidationFailed(
+                f"max_concurrent_calls may be at most {ceilings.max_concurrent_calls_max} (the "
+                "platform's GATE_MAX_CONCURRENT_CALLS_MAX); ask the platform operator for more",
+                field="max_concurrent_calls",
+            )
         fields["max_concurrent_calls"] = body.max_concurrent_calls
     await request.app[WORKSPACES].update(workspace_id, fields)
     if "switch_webhook_url" in fields:

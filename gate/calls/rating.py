@@ -30,6 +30,7 @@ _NANP_TOLL_FREE = re.compile(r"\+1(800|888|877|866|855|844|833)[0-9]{7}")
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _PREFIX = re.compile(r"\+[1-9][0-9]{0,14}")
 _INCREMENT = re.compile(r"([0-9]+)/([0-9]+)")
+_COMPONENT = re.compile(r"[A-Za-z0-9_]{1,40}")
 
 
 class RateCardError(Exception):
@@ -185,8 +186,11 @@ class RateCard:
         *,
         currency: str = "USD",
         source: str = "<rate card>",
+        number_types: Mapping[str, str] | None = None,
     ) -> None:
         self.rates = rates
+        self.number_types: dict[str, str] = dict(number_types or {})
+        self._type_lengths = tuple(sorted({len(p) for p in self.number_types}, reverse=True))
         self.units: dict[str, int] = dict(units)
         self.currency = currency
         self.source = source
@@ -256,6 +260,16 @@ class RateCard:
             f" (number type {number_type or 'unknown'}) in {self.source}"
         )
 
+    def number_type_of(self, number: str) -> str | None:
+        """The type of a number as the card says (longest `[[number_types]]` prefix), else what
+        the digits alone tell (NANP toll-free), else None ("any"). Gate's to decide, never the
+        switch's: a switch calling a number "local" must not make it free."""
+        for length in self._type_lengths:
+            found = self.number_types.get(number[:length])
+            if found is not None and length <= len(number):
+                return found
+        return classify_number(number)
+
     def unit_price(self, name: str) -> int:
         """Micros per unit of `name` (e.g. "sms_segment"), or raise NoRate."""
         try:
@@ -278,7 +292,8 @@ def load_rate_card(path: str | Path | None = None) -> RateCard:
 
 # --- validation -------------------------------------------------------------------------
 
-_TOP_KEYS = ("currency", "rates", "units")
+_TOP_KEYS = ("currency", "rates", "units", "number_types")
+_TYPE_KEYS = ("prefix", "type")
 _RATE_KEYS = (
     "service",
     "direction",
@@ -348,6 +363,12 @@ def _rate(entry: object, source: str, where: str) -> Rate:
             f"{source}: {where}.components: must be a table of USD per minute, like"
             ' { voice_base = "0.10", telephony = "0.05" }'
         )
+    for name in raw_components:
+        if not _COMPONENT.fullmatch(name):
+            raise RateCardError(
+                f"{source}: {where}.components: name {_show(name)} must be letters, digits "
+                "and underscores, like voice_base"
+            )
     components = {
         name: _money(value, source, f"{where}.components.{name}")
         for name, value in raw_components.items()
@@ -403,4 +424,26 @@ def _build(doc: dict[str, Any], source: str) -> RateCard:
     _check_keys(raw_units, UNIT_NAMES, f"{source}: units: ")
     units = {name: _money(value, source, f"units.{name}") for name, value in raw_units.items()}
 
-    return RateCard(tuple(rates), units, currency=currency, source=source)
+    raw_types = doc.get("number_types", [])
+    if not isinstance(raw_types, list):
+        raise RateCardError(f"{source}: number_types: must be [[number_types]] tables")
+    number_types: dict[str, str] = {}
+    for index, entry in enumerate(raw_types):
+        where = f"number_types[{index}]"
+        if not isinstance(entry, dict):
+            raise RateCardError(f"{source}: {where}: must be a [[number_types]] table")
+        _check_keys(entry, _TYPE_KEYS, f"{source}: {where}: ")
+        prefix = entry.get("prefix")
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            raise RateCardError(
+                f'{source}: {where}.prefix: {_show(prefix)} is not "+" followed by digits,'
+                ' like "+1212"'
+            )
+        kind = _one_of(entry.get("type"), NUMBER_TYPES[:-1], source, f"{where}.type")
+        if prefix in number_types:
+            raise RateCardError(f"{source}: {where}: prefix {_show(prefix)} is listed twice")
+        number_types[prefix] = kind
+
+    return RateCard(
+        tuple(rates), units, currency=currency, source=source, number_types=number_types
+    )

@@ -13,20 +13,22 @@ from typing import Any
 
 import msgspec
 
+from gate import metrics
 from gate.calls.rating import (
     Increment,
     NoRate,
     Rate,
     RateCard,
     RateCardError,
-    classify_number,
     cost_micros,
     load_rate_card,
 )
 from gate.context import Context
 from gate.errors import (
+    GateTimeout,
     InsufficientBalance,
     InvalidState,
+    NoRateFound,
     NotFound,
     TooManyRequests,
     ValidationFailed,
@@ -35,6 +37,7 @@ from gate.errors import (
 from gate.money import usd
 from gate.store import keys
 from gate.store.redis_client import as_bytes
+from gate.store.redis_client import text as text_of
 from gate.store.scripts import Code
 
 log = logging.getLogger("gate.calls.service")
@@ -76,6 +79,11 @@ class Record(msgspec.Struct, frozen=True):
     a0: int = 0
     an0: int = 0
     h0: int = 0
+    ring_timeout_s: int = msgspec.field(default=0, name="ring")
+    evidence_ms: int = msgspec.field(default=0, name="evm")
+    reports_liveness: int = msgspec.field(default=0, name="rep")
+    told_hangup_ms: int = msgspec.field(default=0, name="ha")
+    elapsed_clamped: int = msgspec.field(default=0, name="clp")
 
     @property
     def max_duration_s(self) -> int | None:
@@ -103,6 +111,18 @@ class Ended(msgspec.Struct, frozen=True):
     duration: int
     leak: int = 0
     flag: str = ""
+    clamped: int = 0
+    parts: list[str | int] | dict[str, Any] = msgspec.field(default_factory=list)
+
+    def components(self) -> dict[str, int]:
+        """The cost by the rate's components, micros (empty for a one-part rate)."""
+        if not isinstance(self.parts, list):
+            return {}
+        names, values = self.parts[0::2], self.parts[1::2]
+        return {
+            str(n).removeprefix("component_").removesuffix("_micros"): int(v)
+            for n, v in zip(names, values, strict=True)
+        }
 
 
 _record = msgspec.msgpack.Decoder(Record)
@@ -112,11 +132,18 @@ _ended = msgspec.msgpack.Decoder(Ended)
 def _first_due(rec: Record, now_ms: int) -> int:
     """When the ticker must next look at a call the script just scheduled (its next_due)."""
     if not rec.ans:
-        return rec.t0 + rec.max * 1000
+        return rec.t0 + (rec.ring_timeout_s or rec.max) * 1000
     due = now_ms + rec.tk * 1000
     if rec.cut and not rec.cs:
         due = min(due, rec.cut)
     return min(due, rec.ans + rec.max * 1000)
+
+
+def _components(rate: Rate) -> str:
+    """A rate's parts as call_start and call_end take them: "name=micros per minute;..."."""
+    if len(rate.components) < 2:
+        return ""
+    return ";".join(f"{name}={micros}" for name, micros in rate.components.items())
 
 
 def _seconds(ms: int) -> int:
@@ -160,6 +187,7 @@ class StartParams:
     group: str | None
     number_type: str | None
     answered: bool
+    timeout_ms: int | None = None
 
 
 class Calls:
@@ -168,23 +196,44 @@ class Calls:
         self.rates = rates
 
     def _rate_args(
-        self, service: str, direction: str, from_: str, to: str, nt: str | None
+        self, service: str, direction: str, from_: str, to: str, claimed: str | None
     ) -> tuple[Rate, str]:
-        far_end = to if direction == "outbound" else from_
-        if nt is None:
-            # An inbound toll-free call is one to our toll-free number; outbound, the dialled one.
-            nt = classify_number(to)
-        try:
-            rate = self.rates.card.match(service, direction, far_end, nt)
-        except NoRate as err:
+        """The call's rate and number type. The type is the rate card's to derive from the
+        dialled number (an inbound toll-free call is one to our toll-free number), never the
+        switch's to choose: a claimed type that differs is refused, not believed."""
+        card = self.rates.card
+        nt = card.number_type_of(to)
+        if claimed is not None and claimed != nt:
             raise ValidationFailed(
-                f"no rate in the rate card for {service} {direction} calls to {far_end}; "
-                'add one (a prefix "" rate matches every number)'
+                f"number_type is derived from the number by the rate card, not taken from the "
+                f"switch: the card makes {to} {nt or 'an unclassified number (any)'}; drop "
+                "number_type, or list the number's prefix under [[number_types]] in the card",
+                field="number_type",
+                number_type=nt,
+            )
+        far_end = to if direction == "outbound" else from_
+        try:
+            rate = card.match(service, direction, far_end, nt or "any")
+        except NoRate as err:
+            way = "to" if direction == "outbound" else "from"
+            raise NoRateFound(
+                f"no rate in the rate card for {service} {direction} calls {way} {far_end}; "
+                'add one to the card (a prefix "" rate matches every number) and reload it',
+                number=far_end,
+                direction=direction,
+                service=service,
             ) from err
         return rate, nt or rate.number_type
 
-    async def start(self, workspace_id: str, p: StartParams) -> tuple[bool, dict[str, Any]]:
-        """Decide and hold; returns (new?, answer). Raises the refusals as GateErrors."""
+    async def start(
+        self, workspace_id: str, p: StartParams, deadline_ms: int = 0
+    ) -> tuple[bool, dict[str, Any]]:
+        """Decide and hold; returns (new?, answer). Raises the refusals as GateErrors.
+
+        `deadline_ms` (wall-clock unix ms, 0 = none) is when the switch stops waiting: the
+        script refuses to commit after it by Redis's own clock, so a start stuck behind a
+        paused Redis can never become a call the switch does not know about.
+        """
         s = self.ctx.settings
         rate, nt = self._rate_args(p.service, p.direction, p.from_, p.to, p.number_type)
         k = keys.for_workspace(workspace_id)
@@ -211,9 +260,21 @@ class Calls:
                 s.inbound_grace_s,
                 s.max_call_s,
                 1 if p.answered else 0,
+                deadline_ms,
+                s.inbound_grace_max_s,
+                s.max_concurrent_calls_max,
+                s.ring_timeout_s,
+                _components(rate),
             ],
         )
         code = reply[0]
+        if code == Code.DEADLINE:
+            metrics.START_TIMEOUTS.inc()
+            raise GateTimeout(
+                f"call {p.call_id} reached Redis {int(reply[1])} ms after its deadline and was "
+                "not started; the switch treats this as a failed start (see the failure policy)",
+                call_id=p.call_id,
+            )
         if code in (Code.OK, Code.REPEAT):
             rec = _record.decode(as_bytes(reply[1]))
             if code == Code.OK:
@@ -266,6 +327,7 @@ class Calls:
             "max_duration_s": None if rec.m0 < 0 else rec.m0,
             "hangup_at": _seconds(rec.h0),
             "tick_s": rec.tk,
+            "number_type": rec.nt or None,
             "answered": rec.an0 == 1,
             "balance_usd": usd(rec.b0),
             "available_usd": usd(rec.a0),
@@ -304,7 +366,9 @@ class Calls:
         k = keys.for_workspace(workspace_id)
         now = self.ctx.clock.now_ms()
         reply = await self.ctx.scripts.call(
-            "call_heartbeat", k.call_keys, [now, call_id, elapsed_s, seq]
+            "call_heartbeat",
+            k.call_keys,
+            [now, call_id, elapsed_s, seq, self.ctx.settings.clock_tolerance_s],
         )
         code = reply[0]
         if code == Code.NOT_FOUND:
@@ -321,11 +385,15 @@ class Calls:
                 "balance_usd": usd(ended.balance),
             }
         rec = _record.decode(as_bytes(reply[1]))
+        answer = self._interim(rec, int(reply[2]), bool(int(reply[3])))
         if code == Code.OK:
             self.ctx.notifier.ticks(workspace_id, _first_due(rec, now))
             if rec.cut:
                 self.ctx.notifier.events(workspace_id)
-        return self._interim(rec, int(reply[2]), bool(int(reply[3])))
+            if int(reply[4]):
+                metrics.CLAMPS.labels("heartbeat").inc()
+                answer["elapsed_clamped"] = True
+        return answer
 
     async def end(
         self,
@@ -341,30 +409,19 @@ class Calls:
         carrying how to rate it.
         """
         k = keys.for_workspace(workspace_id)
-        args: list[str | int] = [self.ctx.clock.now_ms(), call_id, duration_s, cause or ""]
+        s = self.ctx.settings
+        args: list[str | int] = [
+            self.ctx.clock.now_ms(),
+            call_id,
+            duration_s,
+            cause or "",
+            s.clock_tolerance_s,
+            s.max_call_s,
+        ]
         reply = await self.ctx.scripts.call("call_end", k.call_keys, args)
         if reply[0] == Code.NOT_FOUND:
-            rate, nt = self._rate_args(
-                fallback.service,
-                fallback.direction,
-                fallback.from_,
-                fallback.to,
-                fallback.number_type,
-            )
             args[0] = self.ctx.clock.now_ms()
-            args += [
-                fallback.direction,
-                fallback.service,
-                fallback.from_,
-                fallback.to,
-                fallback.user or "",
-                fallback.group or "",
-                rate.per_min_micros,
-                rate.connect_fee_micros,
-                rate.increment.first,
-                rate.increment.next,
-                nt,
-            ]
+            args += self._unseen_call_args(fallback)
             reply = await self.ctx.scripts.call("call_end", k.call_keys, args)
         code = reply[0]
         if code == Code.NO_WORKSPACE:
@@ -377,7 +434,53 @@ class Calls:
             if ended.flag == "unauthorized_call":
                 log.warning("call %s of %s ended unseen: billed as unauthorized", call_id,
                             workspace_id)  # fmt: skip
+            if ended.clamped:
+                metrics.CLAMPS.labels("end").inc()
         return code == Code.OK, self.ended_answer(call_id, ended)
+
+    def _unseen_call_args(self, p: StartParams) -> list[str | int]:
+        """How call_end rates a call the gate never saw. Usage is never lost: with no rate on
+        the card it is recorded at zero, flagged no_rate for review; the switch's number_type
+        is not believed here either (the card's derived type prices it)."""
+        card = self.rates.card
+        nt = card.number_type_of(p.to) or "any"
+        far_end = p.to if p.direction == "outbound" else p.from_
+        try:
+            rate = card.match(p.service, p.direction, far_end, nt)
+        except NoRate:
+            log.warning("unseen call %s has no rate: recorded at zero, flagged no_rate", p.call_id)
+            return [p.direction, p.service, p.from_, p.to, p.user or "", p.group or "",
+                    0, 0, 1, 1, nt, 1, ""]  # fmt: skip
+        return [p.direction, p.service, p.from_, p.to, p.user or "", p.group or "",
+                rate.per_min_micros, rate.connect_fee_micros, rate.increment.first,
+                rate.increment.next, nt if nt != "any" else rate.number_type, 0,
+                _components(rate)]  # fmt: skip
+
+    async def sync(self, workspace_id: str, call_ids: list[str]) -> dict[str, Any]:
+        """The switch's list of the calls it has up: every other live call (older than
+        sync_min_age_s) is ended as a lost end, billed to the last evidence it was up."""
+        k = keys.for_workspace(workspace_id)
+        now = self.ctx.clock.now_ms()
+        reply = await self.ctx.scripts.call(
+            "call_sync", k.call_keys, [now, self.ctx.settings.sync_min_age_s, *call_ids]
+        )
+        if reply[0] == Code.NO_WORKSPACE:
+            raise NotFound("no such workspace")
+        lost = [text_of(i) for i in reply[1]]
+        ended = [_ended.decode(as_bytes(r)) for r in reply[2]]
+        for one in ended:
+            metrics.CALL_ENDINGS.labels(one.flag).inc()
+        if ended:
+            self.ctx.notifier.events(workspace_id)
+            log.info("sync ended %d calls of %s the switch no longer has", len(ended),
+                     workspace_id)  # fmt: skip
+        if int(reply[4]):
+            self.ctx.notifier.ticks(workspace_id, now)
+        return {
+            "ended": [self.ended_answer(i, e) for i, e in zip(lost, ended, strict=True)],
+            "not_live": [text_of(i) for i in reply[3]],
+            "listed": len(set(call_ids)),
+        }
 
     @staticmethod
     def ended_answer(call_id: str, ended: Ended) -> dict[str, Any]:
@@ -387,12 +490,19 @@ class Calls:
             "duration_s": ended.duration,
             "cost_usd": usd(ended.cost),
             "cost_micros": ended.cost,
-            "transaction_id": ended.row,
+            "transaction_id": ended.row or None,
             "balance_usd": usd(ended.balance),
             "balance_micros": ended.balance,
             "leakage_s": ended.leak,
             "unauthorized_call": ended.flag == "unauthorized_call",
             "stale": ended.flag == "stale",
+            "lost_end": ended.flag == "lost_end",
+            "duration_clamped": bool(ended.clamped),
+            "flag": ended.flag or None,
+            "components": {
+                name: {"cost_usd": usd(micros), "cost_micros": micros}
+                for name, micros in ended.components().items()
+            },
         }
 
     def live_view(self, rec: Record) -> dict[str, Any]:

@@ -45,7 +45,16 @@ SERVICES = {  # service filter -> row types (the seeds' Usage History services)
 _STREAM_ID = re.compile(r"^\d{1,16}-\d{1,16}$")
 _INT_TEXT = re.compile(r"^-?\d{1,18}$")
 _CORE = {"type", "desc", "amount", "balance", "ref"}
-_INT_EXTRAS = {"duration_s", "billable_s", "segments", "pages", "quantity", "rate_micros"}
+_INT_EXTRAS = {
+    "duration_s",
+    "billable_s",
+    "segments",
+    "pages",
+    "messages",
+    "characters",
+    "quantity",
+    "rate_micros",
+}
 _BATCH = 500
 
 

@@ -14,6 +14,7 @@ PREFIX = "gate"
 WORKSPACES = f"{PREFIX}:workspaces"  # set of every workspace id (for `gate check`, sweeps)
 TICK_INDEX = f"{PREFIX}:due:tick"  # zset workspace id -> earliest due ms of its live calls
 OUTBOX_INDEX = f"{PREFIX}:due:outbox"  # zset workspace id -> earliest undelivered event ms
+RENT_INDEX = f"{PREFIX}:due:rent"  # zset workspace id -> earliest number renewal ms
 KEYS_REVOKED = f"{PREFIX}:keys:revoked"  # pub/sub channel: a workspace whose key was revoked
 
 
@@ -34,6 +35,8 @@ class WsKeys:
     ended_at: str  # zset: call id -> end ms, to trim `ended`
     outbox: str  # hash: delivery state of the events stream (cursor, attempts)
     deadletter: str  # stream: events whose delivery gave up
+    numbers: str  # hash: rented number -> JSON record (see lua/number_rent-7.lua)
+    rent_due: str  # zset: rented number -> ms of its next renewal attempt
 
     @property
     def call_keys(self) -> tuple[str, ...]:
@@ -63,6 +66,12 @@ class WsKeys:
             self.due,
         ]
 
+    @property
+    def rent_keys(self) -> list[str]:
+        """The seven keys of the number rental scripts, in header order."""
+        return [self.ws, self.wallet, self.ledger, self.events, self.refs, self.numbers,
+                self.rent_due]  # fmt: skip
+
     def idem(self, key: str) -> str:
         """Idempotency record of one Idempotency-Key."""
         return f"{self.ws}:idem:{key}"
@@ -85,4 +94,6 @@ def for_workspace(workspace_id: str) -> WsKeys:
         ended_at=f"{base}:ended_at",
         outbox=f"{base}:outbox",
         deadletter=f"{base}:deadletter",
+        numbers=f"{base}:numbers",
+        rent_due=f"{base}:rent_due",
     )

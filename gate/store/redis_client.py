@@ -44,6 +44,9 @@ async def connect(url: str, *, circuit: Circuit | None = None, **kw: Any) -> Red
         # RedisCluster.from_url parses host, port, credentials and query options from a plain
         # redis:// URL, so only the scheme is rewritten.
         plain = _CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
+        # No per-command deadline on a cluster: a call start must wait for its own deadline
+        # (gate/store/scripts.py OWN_DEADLINE), and cluster commands cannot opt out one by one.
+        options.pop("socket_timeout", None)
         client = redis.asyncio.RedisCluster.from_url(plain, **options)
         try:
             await client.initialize()

@@ -29,7 +29,12 @@ WORKSPACE_ID = re.compile(r"^ws_[0-9a-f]{16}$")
 
 
 class Role(IntEnum):
-    """Roles, weakest first: a key may do everything every role below its own may."""
+    """Roles, weakest first: a key may do everything every role below its own may.
+
+    Except the call routes: they move money on the platform's word, so they take a `switch`
+    key and nothing else (`Principal.require_switch`), and only the platform issues those.
+    A workspace's own admin can read what a switch reads, but never act as one.
+    """
 
     agent = 1
     switch = 2
@@ -57,6 +62,14 @@ class Principal:
     def require(self, role: Role) -> None:
         if self.role < role:
             raise Forbidden(f"this needs a key of role {role.name} or higher")
+
+    def require_switch(self) -> None:
+        """The call routes: the platform's switch key only, never a tenant's own key."""
+        if self.role is not Role.switch:
+            raise Forbidden(
+                "the call routes take a switch key, which the platform issues; a workspace's "
+                "own keys cannot start, answer or end calls: ask the platform operator for one"
+            )
 
     def workspace(self, workspace_id: str | None = None) -> str:
         """The workspace this call acts on; another tenant's workspace is simply not found."""

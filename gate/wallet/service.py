@@ -189,20 +189,32 @@ class Wallet:
         k = keys.for_workspace(workspace_id)
         async with self.ctx.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.ws)
-            pipe.hmget(k.wallet, "balance", "reserved", "status", "version")
+            pipe.hmget(k.wallet, "balance", "reserved", "status", "version", "zero_since")
             # The live-calls hash is the truth: the call scripts keep no separate counter.
             pipe.hlen(k.live)
             ws_raw, w, live = await pipe.execute()
         if not ws_raw:
             raise NotFound("no such workspace")
+        workspace = self.workspaces.parse(ws_raw)
         return WalletView(
-            workspace=self.workspaces.parse(ws_raw),
+            workspace=workspace,
             balance_micros=int(w[0]),
             reserved_micros=int(w[1]),
-            status=text(w[2]),
+            status=self._status(workspace, int(w[0]), text(w[2]), w[4]),
             live_calls=int(live),
             version=int(w[3]),
         )
+
+    def _status(
+        self, workspace: Workspace, balance: int, stored: str, zero_since: bytes | None
+    ) -> str:
+        """`suspended` as soon as the balance has stayed at or below zero past the grace, as
+        call_start will find it, not only once a call start has noticed (DESIGN §3)."""
+        if stored == "suspended" or balance > 0 or zero_since is None:
+            return stored
+        grace = min(workspace.inbound_grace_s, self.ctx.settings.inbound_grace_max_s)
+        late = self.ctx.clock.now_ms() - int(zero_since) > grace * 1000
+        return "suspended" if late else stored
 
     async def payments_check(self, workspace_id: str, payment_method_id: str) -> None:
         """400 unless the provider can charge this payment method."""

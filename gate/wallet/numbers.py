@@ -1,0 +1,194 @@
+"""Number rental (seed 003): a workspace rents phone numbers, charged monthly from its wallet.
+
+The first month is charged when the number is rented (402 when the money is not there); each
+later month on the rental's anniversary by the renewal worker, exactly once per number and
+month (the month's ledger reference is remembered by the script), crash-safe (workspaces are
+leased from a global due index, as the ticker does). A renewal the wallet cannot cover emits
+`number.renewal_failed` and is tried again a day later; the number stays rented meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gate.calls.rating import NoRate
+from gate.calls.service import RateBook
+from gate.context import Context
+from gate.errors import InsufficientBalance, InvalidState, NotFound, ValidationFailed
+from gate.money import usd
+from gate.store import keys
+from gate.store.due import DueIndex
+from gate.store.redis_client import text
+from gate.store.scripts import Code
+from gate.tasks import cancel, wait_for_wake
+
+log = logging.getLogger("gate.wallet.numbers")
+
+DAY_MS = 86_400_000
+LEASE_MS = 60_000
+BATCH = 200
+
+
+def add_months(ms: int, months: int) -> int:
+    """`ms` plus calendar months, the day clamped to the month's last (Jan 31 + 1 = Feb 28)."""
+    t = datetime.fromtimestamp(ms / 1000, UTC)
+    index = t.month - 1 + months
+    year, month = t.year + index // 12, index % 12 + 1
+    day = min(t.day, calendar.monthrange(year, month)[1])
+    return int(t.replace(year=year, month=month, day=day).timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Rented:
+    number: str
+    rented_ms: int
+    period: int
+    state: str
+    next_ms: int
+    price: int
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Rented:
+        d = orjson.loads(raw)
+        return cls(d["number"], int(d["rented_ms"]), int(d["period"]), d["state"],
+                   int(d["next_ms"]), int(d["price"]))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "rented_at": self.rented_ms // 1000,
+            "months_paid": self.period,
+            "state": self.state,
+            "next_charge_at": self.next_ms // 1000,
+            "price_usd": usd(self.price),
+            "price_micros": self.price,
+        }
+
+
+class Numbers:
+    def __init__(self, ctx: Context, rates: RateBook) -> None:
+        self.ctx = ctx
+        self.rates = rates
+        self.index = DueIndex(ctx.scripts, keys.RENT_INDEX)
+
+    def _price(self) -> int:
+        try:
+            price: int = self.rates.card.unit_price("number_rental_month")
+        except NoRate as err:
+            raise ValidationFailed(
+                "the rate card has no [units] number_rental_month price; add it and reload"
+            ) from err
+        return price
+
+    async def rent(self, workspace_id: str, number: str) -> dict[str, Any]:
+        k = keys.for_workspace(workspace_id)
+        now = self.ctx.clock.now_ms()
+        price = self._price()
+        next_ms = add_months(now, 1)
+        reply = await self.ctx.scripts.call("number_rent", k.rent_keys, [now, number, price,
+                                                                          next_ms])  # fmt: skip
+        code = reply[0]
+        if code == Code.NO_WORKSPACE:
+            raise NotFound("no such workspace")
+        if code == Code.INVALID_STATE:
+            raise InvalidState(f"this workspace rents {number} already", number=number)
+        if code == Code.INSUFFICIENT:
+            balance, reserved = int(reply[1]), int(reply[2])
+            raise InsufficientBalance(
+                "Wallet balance below the first month of this number",
+                balance_usd=usd(balance),
+                required_usd=usd(price),
+                available_usd=usd(balance - reserved),
+            )
+        await self.index.notify_many({workspace_id: next_ms})
+        self.ctx.notifier.events(workspace_id)
+        return Rented.parse(reply[1]).to_json()
+
+    async def list(self, workspace_id: str) -> list[dict[str, Any]]:
+        raw = await self.ctx.client.hgetall(keys.for_workspace(workspace_id).numbers)
+        return sorted((Rented.parse(v).to_json() for v in raw.values()),
+                      key=lambda n: str(n["number"]))  # fmt: skip
+
+    async def release(self, workspace_id: str, number: str) -> dict[str, Any]:
+        k = keys.for_workspace(workspace_id)
+        reply = await self.ctx.scripts.call("number_release", [k.numbers, k.rent_due], [number])
+        if reply[0] == Code.NOT_FOUND:
+            raise NotFound(f"this workspace does not rent {number}")
+        return Rented.parse(reply[1]).to_json() | {"state": "released"}
+
+    async def renew_workspace(self, workspace_id: str, now_ms: int) -> int | None:
+        """Charge every due month of one workspace; returns its next due ms (None: none)."""
+        k = keys.for_workspace(workspace_id)
+        due = await self.ctx.client.zrangebyscore(k.rent_due, "-inf", now_ms, start=0,
+                                                  num=BATCH)  # fmt: skip
+        if not due:
+            head = await self.ctx.client.zrange(k.rent_due, 0, 0, withscores=True)
+            return int(head[0][1]) if head else None
+        records = await self.ctx.client.hmget(k.numbers, [text(n) for n in due])  # type: ignore[arg-type]
+        args: list[str | int] = [now_ms, now_ms + DAY_MS]
+        for raw in records:
+            if raw is None:
+                continue
+            rec = Rented.parse(raw)
+            period = rec.period + 1
+            args += [rec.number, period, add_months(rec.rented_ms, period)]
+        reply = await self.ctx.scripts.call("number_renew", k.rent_keys, args)
+        charged, failed, next_due = int(reply[1]), int(reply[2]), int(reply[3])
+        if charged or failed:
+            self.ctx.notifier.events(workspace_id)
+            log.info("renewed %d numbers of %s, %d failed", charged, workspace_id, failed)
+        return None if next_due < 0 else next_due
+
+    async def run_once(self) -> int:
+        """Renew every due number of every due workspace; returns the workspaces handled."""
+        now = self.ctx.clock.now_ms()
+        handled = 0
+        while claimed := await self.index.claim(now, LEASE_MS, 100):
+            for workspace_id, _ in claimed:
+                k = keys.for_workspace(workspace_id)
+                next_ms = await self.renew_workspace(workspace_id, now)
+                while next_ms is not None and next_ms <= now:  # a year of catch-up, say
+                    next_ms = await self.renew_workspace(workspace_id, now)
+
+                async def head(key: str = k.rent_due) -> int | None:
+                    first = await self.ctx.client.zrange(key, 0, 0, withscores=True)
+                    return int(first[0][1]) if first else None
+
+                await self.index.settle(workspace_id, next_ms, head)
+                handled += 1
+        return handled
+
+
+class Renewals:
+    """The background loop: every process runs one; leases keep them off each other's work."""
+
+    def __init__(self, numbers: Numbers, every_s: float = 60.0) -> None:
+        self.numbers = numbers
+        self.every_s = every_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="gate-renewals")
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.numbers.run_once()
+            except Exception:  # a Redis hiccup must not end the loop; the lease brings work back
+                log.exception("number renewals failed this round; trying again")
+            await wait_for_wake(self._wake, self.every_s)
+            self._wake.clear()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        await cancel([self._task] if self._task else [])
