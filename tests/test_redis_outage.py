@@ -253,3 +253,44 @@ async def test_refused_connection_opens_the_circuit_at_once_and_fails_fast() -> 
     finally:
         await circuit.stop()
         await client.aclose()
+
+
+async def test_script_calls_wait_one_deadline_but_a_start_waits_for_its_own(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    settings: Settings,
+    own_redis: RedisServer,
+) -> None:
+    # A warm auth cache, as in production: the script call is what meets the paused Redis.
+    quick = replace(
+        settings, redis_url=own_redis.url, redis_timeout_ms=int(DEADLINE_S * 1000), auth_cache_s=60
+    )
+    gate = await aiohttp_client(create_app(quick, clock=ManualClock()))
+    ws = await setup_call(gate)
+    assert (await gate.get("/v1/wallet", headers=ws["switch"])).status == 200
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    try:
+        started = time.perf_counter()
+        end = await gate.post("/v1/calls/c-live/end", json={"duration_s": 5}, headers=ws["switch"])
+        end_s = time.perf_counter() - started
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+    assert end.status == 503 and (await end.json())["error"]["code"] == "gate_unavailable"
+    assert DEADLINE_S * 0.9 <= end_s < DEADLINE_S + FAST_S, end_s
+    assert await wait_ready(gate, within_s=3.0) < 3.0
+
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    try:
+        started = time.perf_counter()
+        start = await gate.post(
+            "/v1/calls", json={**start_body("c-late"), "timeout_ms": 600}, headers=ws["switch"]
+        )
+        start_s = time.perf_counter() - started
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+    # Answering the start at the per-command deadline could let its script commit after the
+    # 503; it answers at its own deadline instead, and the script refuses to commit past it.
+    assert start.status == 503 and (await start.json())["error"]["code"] == "gate_timeout"
+    assert 0.55 <= start_s < 0.6 + FAST_S, start_s
+    assert await wait_ready(gate, within_s=3.0) < 3.0
+    resp = await gate.get("/v1/calls/c-late", headers=ws["admin"])
+    assert resp.status == 404  # never committed
