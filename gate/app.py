@@ -13,6 +13,7 @@ from gate.api import events as api_events
 from gate.api import routes
 from gate.api.http import (
     AUTH,
+    AUTOMATION,
     CALLS,
     CHARGES,
     CIRCUIT,
@@ -20,6 +21,7 @@ from gate.api.http import (
     FANOUT,
     LIMITER,
     MAX_BODY,
+    METHODS,
     NUMBERS,
     OUTBOX,
     RATES,
@@ -34,6 +36,7 @@ from gate.calls.ticker import Ticker
 from gate.clock import Clock, SystemClock
 from gate.context import Context
 from gate.delivery.fanout import Fanout
+from gate.delivery.mail import LogMailer, Mailer, SmtpMailer
 from gate.delivery.outbox import Outbox
 from gate.settings import Settings
 from gate.store import redis_client
@@ -44,10 +47,13 @@ from gate.tenancy.apikeys import listen_for_revocations
 from gate.tenancy.auth import Authenticator
 from gate.tenancy.limits import KeyLimiter
 from gate.tenancy.workspaces import Workspaces
+from gate.wallet.automation import Automation
 from gate.wallet.charges import Charges
+from gate.wallet.methods import PaymentMethods
 from gate.wallet.numbers import Numbers, Renewals
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.service import Wallet
+from gate.wallet.stripe_provider import StripeProvider
 
 log = logging.getLogger("gate")
 
@@ -58,6 +64,7 @@ def create_app(
     clock: Clock | None = None,
     payments: PaymentProvider | None = None,
     client: Redis | RedisCluster | None = None,
+    mailer: Mailer | None = None,
 ) -> web.Application:
     """A Gate application; Redis is connected and scripts loaded when the app starts."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
@@ -96,19 +103,39 @@ def create_app(
         app[CTX] = ctx
         app[AUTH] = Authenticator(redis, settings.platform_key, settings.auth_cache_s)
         app[WORKSPACES] = workspaces
-        app[WALLET] = Wallet(ctx, workspaces, payments or SandboxProvider())
+        provider = payments or _provider(settings, redis)
+        app[WALLET] = Wallet(ctx, workspaces, provider)
+        app[METHODS] = PaymentMethods(ctx, workspaces, provider)
         app[CALLS] = Calls(ctx, rates)
         app[CHARGES] = Charges(app[WALLET], lambda: rates.card)
         app[NUMBERS] = numbers = Numbers(ctx, rates)
         renewals = Renewals(numbers)
         outbox = Outbox(ctx)
         ticker = Ticker(ctx)
-        ctx.notifier.on_events = outbox.notify
+        if mailer is None and settings.smtp_url:
+            alert_mailer: Mailer = SmtpMailer(settings.smtp_url, settings.mail_from)
+        else:
+            alert_mailer = mailer or LogMailer()
+        automation = Automation(
+            ctx,
+            provider,
+            alert_mailer,
+            per_min_micros=rates.typical_per_min_micros,
+            recover=app[WALLET].recover_topups,
+        )
+        app[AUTOMATION] = automation
+
+        def on_events(workspace_id: str) -> None:
+            outbox.notify(workspace_id)
+            automation.notify(workspace_id)
+
+        ctx.notifier.on_events = on_events
         ctx.notifier.on_ticks = ticker.notify
         app[OUTBOX] = outbox
         app[TICKER] = ticker
         await outbox.start()
         await ticker.start()
+        await automation.start()
         await renewals.start()
         fanout = app[FANOUT] = Fanout(app[STREAMS_REDIS])
         revocations = None
@@ -124,12 +151,23 @@ def create_app(
             await cancel([revocations])
         await fanout.stop()
         await renewals.stop()
+        await automation.stop()
         await ticker.stop()
         await outbox.stop()
         await circuit.stop()
+        if isinstance(provider, StripeProvider):
+            await provider.close()
         if own:
             await redis.aclose()
             await app[STREAMS_REDIS].aclose()
 
     app.cleanup_ctx.append(services)
     return app
+
+
+def _provider(settings: Settings, redis: Redis | RedisCluster) -> PaymentProvider:
+    """GATE_PAYMENTS: the sandbox (default) or Stripe."""
+    if settings.payments == "stripe":
+        assert settings.stripe_api_key, "settings.load checks GATE_STRIPE_API_KEY"
+        return StripeProvider(redis, settings.stripe_api_key, settings.stripe_api_base)
+    return SandboxProvider()

@@ -38,6 +38,12 @@ class Settings:
     sync_min_age_s: int = 5
     data_dir: str = "var"
     log_level: str = "INFO"
+    smtp_url: str | None = None
+    mail_from: str = "Gate <gate@localhost>"
+    payments: str = "sandbox"
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
     # Tunables that tests shrink; not part of the documented contract.
     cut_poll_ms: int = 50
     auth_cache_s: float = 5.0
@@ -105,6 +111,12 @@ ENV = {
     "rate_limit_burst": "GATE_RATE_LIMIT_BURST",
     "sse_max_per_key": "GATE_SSE_MAX_PER_KEY",
     "sse_max_per_workspace": "GATE_SSE_MAX_PER_WORKSPACE",
+    "smtp_url": "GATE_SMTP_URL",
+    "mail_from": "GATE_MAIL_FROM",
+    "payments": "GATE_PAYMENTS",
+    "stripe_api_key": "GATE_STRIPE_API_KEY",
+    "stripe_webhook_secret": "GATE_STRIPE_WEBHOOK_SECRET",
+    "stripe_api_base": "GATE_STRIPE_API_BASE",
 }
 
 
@@ -140,6 +152,12 @@ def _parse(name: str, raw: str) -> Any:
         if raw.lower() not in _BOOLS:
             raise SettingsError(f"{var}={raw!r}: expected 1 or 0 (true/false, yes/no, on/off)")
         return _BOOLS[raw.lower()]
+    if name == "smtp_url" and not raw.startswith(("smtp://", "smtps://")):
+        raise SettingsError(f"{var}={raw!r}: expected smtp://user:password@host:port or smtps://")
+    if name == "payments" and raw not in ("sandbox", "stripe"):
+        raise SettingsError(f"{var}={raw!r}: expected sandbox or stripe")
+    if name == "stripe_api_base" and not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"{var}={raw!r}: expected an http:// or https:// URL")
     if name == "log_level" and raw.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"{var}={raw!r}: expected DEBUG, INFO, WARNING or ERROR")
     return raw
@@ -156,6 +174,10 @@ def load(env: Mapping[str, str] | None = None, **overrides: str | None) -> Setti
         if raw is None or raw == "":
             continue
         values[name] = _parse(name, str(raw))
+    if values.get("payments") == "stripe" and not values.get("stripe_api_key"):
+        raise SettingsError(
+            "GATE_PAYMENTS=stripe needs GATE_STRIPE_API_KEY (sk_live_... or sk_test_...)"
+        )
     settings = Settings(**values)
     if settings.inbound_grace_s > settings.inbound_grace_max_s:
         raise SettingsError(

@@ -23,12 +23,107 @@ class CallEntry:
     how: str = ""  # plan | cut | heartbeat | drain | failed_start | unknown
     end_sent_ms: float = 0.0
     start_limit: int | None = None  # max_duration_s of the start answer
+    start_grant: int = 0  # granted_s of the start answer
+    no_heartbeat: bool = False  # its switch followed hangup_at and events, no heartbeats
     gate_cost: int | None = None  # cost_micros of the end answer
     gate_leak_s: int = 0
+    # A lost end (the switch hung up and never sent it): `duration` is what Gate billed, once
+    # the harness learnt it (sync answer or GET /v1/calls/{id}) and checked it against:
+    lost: bool = False
+    true_duration: int = 0  # seconds the call really lasted, by the switch's clock
+    answer_ms: float = 0.0  # when the start answer came back: Gate answered in between
+    evidence_lo_ms: float = 0.0  # the last evidence Gate got (start, heartbeat, sync)
+    evidence_hi_ms: float = 0.0  # landed between these two moments
+    ended_by: str = ""  # sync | stale (Gate's flag lost_end | stale); "" while unresolved
 
     @property
     def cost(self) -> int:
         return self.price.cost(self.duration)
+
+    @property
+    def evidence_s(self) -> tuple[int, int]:
+        """The least and most whole seconds from Gate's answer to its last evidence."""
+        lo = int((self.evidence_lo_ms - self.answer_ms) // 1000)
+        hi = int((self.evidence_hi_ms - self.t_send_ms) // 1000)
+        return max(lo, 0), max(hi, 0)
+
+
+@dataclass
+class LostEnds:
+    """How Gate ended the calls whose end was lost, against what the switch knows of them."""
+
+    count: int = 0
+    by: dict[str, int] = field(default_factory=dict)  # sync | stale | unresolved
+    max_over_s: int | None = None  # most seconds billed beyond the true duration
+    max_over_micros: int | None = None
+    max_under_s: int | None = None  # most seconds of a lost end not billed
+    max_under_micros: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, e: CallEntry, tick_s: int, sync_s: float) -> None:
+        """Check one lost end: a sync bills at most the true duration and at least the last
+        evidence, so true - billed <= sync interval + 1 s; a stale sweep bills the last
+        evidence plus one tick (DESIGN §4), never more."""
+        self.count += 1
+        how = e.ended_by or "unresolved"
+        self.by[how] = self.by.get(how, 0) + 1
+        if how == "unresolved":
+            self.problems.append(f"lost end {e.call_id}: Gate never ended it")
+            return
+        billed, true = e.duration, e.true_duration
+        over, under = billed - true, true - billed
+        over_micros = e.price.cost(billed) - e.price.cost(true)
+        under_micros = -over_micros
+        self.max_over_s = over if self.max_over_s is None else max(self.max_over_s, over)
+        self.max_under_s = under if self.max_under_s is None else max(self.max_under_s, under)
+        self.max_over_micros = (
+            over_micros if self.max_over_micros is None else max(self.max_over_micros, over_micros)
+        )
+        self.max_under_micros = (
+            under_micros
+            if self.max_under_micros is None
+            else max(self.max_under_micros, under_micros)
+        )
+        lo, hi = e.evidence_s
+        if how == "sync":
+            if billed > min(true, hi):
+                self.problems.append(
+                    f"lost end {e.call_id}: billed {billed} s, more than it lasted ({true} s) "
+                    f"or than the evidence shows ({hi} s)"
+                )
+            elif billed < lo:
+                self.problems.append(
+                    f"lost end {e.call_id}: billed {billed} s, less than the evidence ({lo} s)"
+                )
+            elif under > sync_s + 1:
+                self.problems.append(
+                    f"lost end {e.call_id}: {under} s not billed, above --sync-s + 1 s"
+                )
+        elif how == "stale":
+            if billed > hi + tick_s:
+                self.problems.append(
+                    f"lost end {e.call_id}: swept stale at {billed} s, beyond the last "
+                    f"evidence ({hi} s) plus one tick ({tick_s} s)"
+                )
+            elif billed < min(lo + tick_s, true):
+                self.problems.append(
+                    f"lost end {e.call_id}: swept stale at {billed} s, below the last "
+                    f"evidence ({lo} s) plus one tick"
+                )
+        else:
+            self.problems.append(f"lost end {e.call_id}: ended by Gate as {how!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "by": dict(sorted(self.by.items())),
+            "max_over_s": self.max_over_s,
+            "max_over_micros": self.max_over_micros,
+            "max_under_s": self.max_under_s,
+            "max_under_micros": self.max_under_micros,
+            "problems": self.problems[:20],
+            "problem_count": len(self.problems),
+        }
 
 
 @dataclass
@@ -123,6 +218,8 @@ class WsCheck:
     gate_only_leak_s: int = 0
     allowed_negative_micros: int = 0
     min_balance: int = 0
+    auto_recharges: int = 0
+    auto_recharged_micros: int = 0
 
     def problem(self, micros: int, text: str) -> None:
         self.mismatched_micros += abs(micros)
@@ -144,6 +241,8 @@ class WsCheck:
             "leakage_micros": self.leakage_micros,
             "min_balance_micros": self.min_balance,
             "allowed_negative_micros": self.allowed_negative_micros,
+            "auto_recharges": self.auto_recharges,
+            "auto_recharged_micros": self.auto_recharged_micros,
             "problems": self.problems[:20],
             "problem_count": len(self.problems),
         }
@@ -161,9 +260,20 @@ def reconcile(
     each credit row its amount; nothing is missing or extra; nothing is left reserved.
     """
     balance = int(wallet["balance_micros"])
+    # Auto-recharges are Gate's own credits: each must be a positive whole-cent amount,
+    # credited once per payment, and they join the books.
+    auto: dict[str, int] = {}
+    payments: set[str] = set()
+    for row in rows:
+        if row["type"] == "recharge" and row.get("source") == "auto_recharge":
+            auto[str(row["id"])] = int(row["amount_micros"])
+            ref = str(row.get("reference") or "")
+            if ref in payments:
+                auto[str(row["id"])] = 0  # reported below as unexpected
+            payments.add(ref)
     check = WsCheck(
         workspace_id=books.id,
-        expected_balance=books.expected_balance,
+        expected_balance=books.expected_balance + sum(auto.values()),
         balance=balance,
         reserved=int(wallet["reserved_micros"]),
         live_calls=int(wallet.get("live_calls") or 0),
@@ -196,6 +306,10 @@ def reconcile(
         lowest = min(lowest, after)
         if row_id in books.opening_rows:
             continue
+        if auto.get(row_id, 0) > 0 and amount % 10_000 == 0:
+            check.auto_recharges += 1
+            check.auto_recharged_micros += amount
+            continue
         if row_id in books.credits:
             want = books.credits[row_id]
             if amount != want:
@@ -207,7 +321,13 @@ def reconcile(
                 check.problem(amount, f"call {ref} billed twice (row {row_id})")
                 continue
             seen_calls.add(ref)
-            want = -books.calls[ref].cost
+            entry = books.calls[ref]
+            flag = str(row.get("flag") or "")
+            want_flag = {"sync": "lost_end", "stale": "stale"}.get(entry.ended_by, "")
+            if (flag in ("lost_end", "stale") or want_flag) and flag != want_flag:
+                why = f"lost ({want_flag or 'unresolved'})" if entry.lost else "sent"
+                check.problems.append(f"call {ref}: row flag {flag or 'none'!r}, end {why}")
+            want = -entry.cost
             if amount != want:
                 check.problem(
                     amount - want,

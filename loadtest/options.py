@@ -13,9 +13,12 @@ What a run does: starts Gate (`gate serve` with its own private redis-server) un
 is given, creates the workspaces with their balances and a switch key each, points their
 webhooks at the harness's receiver, then for --duration seconds acts like a switch fleet:
 Poisson call arrivals, exponential call lengths, outbound/inbound, voice/AI agent, far ends
-in the US (60%), toll-free (10%), local (free, 5%), UK (15%) and India (10%); heartbeats,
+in the US (65%), toll-free (10%), UK (15%) and India (10%); heartbeats,
 top-ups and adjustments mid-call, repeated ends, retried starts, ends of calls Gate never
-saw. Every call.cut webhook is verified and obeyed like a switch would. When the calls have
+saw. Every call.cut webhook is verified and obeyed like a switch would; with
+--no-heartbeat-share some switches send no heartbeats and hang up at hangup_at unless
+call.extended / call.limit move it; with --lost-end-share some ends are never sent, and
+--sync-s lists the calls each switch still has up so Gate ends the lost ones. When the calls have
 ended it reconciles every workspace to the micro with its own books and writes
 OUT/result.json, OUT/loadtest.png, OUT/calls.jsonl (every call, for digging) and OUT/gate.log.
 Exit status: 0 reconciled, 1 any mismatch, 2 the run could not be made.
@@ -30,7 +33,12 @@ Examples:
   python -m loadtest --duration 60                  # the documented 60-second load
   python -m loadtest --compare                      # the comparison table
   python -m loadtest --workspaces 1 --balance 1000  # one hot wallet
+  python -m loadtest --duration 30 --lost-end-share 0.1 --no-heartbeat-share 0.5 --sync-s 5
 """
+
+
+AUTO_RECHARGE_THRESHOLD_USD = 20  # what --auto-recharge-share workspaces are given
+AUTO_RECHARGE_TOPUP_USD = 10
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,10 @@ class Options:
     retry_start_share: float
     unknown_end_share: float
     wallet_poll_s: float
+    lost_end_share: float
+    no_heartbeat_share: float
+    sync_s: float
+    stale_after_s: int
     connections: int
     timeout_s: float
     drain_s: float
@@ -73,6 +85,7 @@ class Options:
     legs: tuple[str, ...]
     pg_url: str
     pg_sync: str
+    auto_recharge_share: float = 0.0
 
 
 LEGS = ("bare", "http", "lua", "pg")
@@ -259,6 +272,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="each workspace polls GET /v1/wallet this often; 0: never (default 2)",
     )
     t.add_argument(
+        "--lost-end-share",
+        type=_share,
+        default=0.0,
+        help="share of calls whose end is lost: the switch hangs up but never sends it, so "
+        "Gate ends them itself (by --sync-s, or by heartbeat silence), billed to the last "
+        "evidence; the books learn what was billed and check it (default 0)",
+    )
+    t.add_argument(
+        "--no-heartbeat-share",
+        type=_share,
+        default=0.0,
+        help="share of calls whose switch sends no heartbeats and hangs up at hangup_at unless "
+        "call.extended / call.limit / call.cut move it: any healthy call cut so is counted "
+        "(default 0)",
+    )
+    t.add_argument(
+        "--sync-s",
+        type=float,
+        default=0.0,
+        help="every this many seconds each workspace's switch POSTs /v1/calls/sync listing "
+        "the calls it still has up; 0: never (default 0)",
+    )
+    t.add_argument(
+        "--stale-after-s",
+        type=int,
+        default=9,
+        help="GATE_STALE_AFTER_S of the Gate the harness starts: silence of a reporting "
+        "switch after which Gate ends a call (default 9: 90 s at the tenfold compression)",
+    )
+    t.add_argument(
         "--connections",
         type=int,
         default=256,
@@ -275,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
         "hangs them all up (default max-call-s + 15)",
     )
     t.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    t.add_argument(
+        "--auto-recharge-share",
+        type=_share,
+        default=0.0,
+        help="share of workspaces with auto-recharge on (sandbox card, threshold "
+        f"${AUTO_RECHARGE_THRESHOLD_USD}, top-up ${AUTO_RECHARGE_TOPUP_USD}; default 0)",
+    )
     o = p.add_argument_group("output")
     o.add_argument(
         "--out",
@@ -344,6 +394,20 @@ def parse(argv: list[str] | None) -> Options:
         parser.error("--duration must be >= 0 and --max-call-s >= 1")
     if duration == 0 and not a.compare:
         parser.error("nothing to do: --duration 0 without --compare")
+    if a.sync_s < 0 or a.stale_after_s < 1:
+        parser.error("--sync-s must be >= 0 and --stale-after-s >= 1")
+    if a.sync_s > 0 and a.stale_after_s <= a.sync_s + 1:
+        parser.error("--stale-after-s must exceed --sync-s + 1: a call listed by every sync "
+                     "must never look silent to Gate")  # fmt: skip
+    if a.heartbeat_s + 1 >= a.stale_after_s and a.mode != "gate":
+        parser.error("--stale-after-s must exceed --heartbeat-s + 1")
+    silent = a.mode != "heartbeat" or a.no_heartbeat_share > 0
+    if a.lost_end_share > 0 and a.sync_s == 0 and silent:
+        parser.error(
+            "--lost-end-share with calls that send no heartbeats needs --sync-s: Gate has no "
+            "evidence when such a call went down, so its lost end is billed to its cut or "
+            "max_call_s (the README's trade-off); use --mode heartbeat, or sync"
+        )
     return Options(
         url=a.url.rstrip("/") if a.url else None,
         platform_key=a.platform_key,
@@ -370,6 +434,10 @@ def parse(argv: list[str] | None) -> Options:
         retry_start_share=a.retry_start_share,
         unknown_end_share=a.unknown_end_share,
         wallet_poll_s=a.wallet_poll_s,
+        lost_end_share=a.lost_end_share,
+        no_heartbeat_share=a.no_heartbeat_share,
+        sync_s=a.sync_s,
+        stale_after_s=a.stale_after_s,
         connections=a.connections,
         timeout_s=a.timeout_s,
         drain_s=a.drain_s if a.drain_s is not None else a.max_call_s + 15.0,
@@ -383,4 +451,5 @@ def parse(argv: list[str] | None) -> Options:
         legs=a.legs,
         pg_url=a.pg_url,
         pg_sync=a.pg_sync,
+        auto_recharge_share=a.auto_recharge_share,
     )

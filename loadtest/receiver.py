@@ -36,7 +36,17 @@ class Limit:
     max_duration_s: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Where the switch must now hang up (call.extended, or a call.limit that says so)."""
+
+    seq: int
+    hangup_at_ms: int
+    limited: bool  # max_duration_s was set: the money runs out at hangup_at
+
+
 OnCut = Callable[[str, str, Cut], None]
+OnGrant = Callable[[str, str, Grant], None]
 
 
 def _at_ms(iso: str) -> int:
@@ -47,8 +57,9 @@ def _at_ms(iso: str) -> int:
 class Receiver:
     """An aiohttp server on 127.0.0.1 with one URL per workspace: /hooks/<workspace id>."""
 
-    def __init__(self, on_cut: OnCut) -> None:
+    def __init__(self, on_cut: OnCut, on_grant: OnGrant | None = None) -> None:
         self.on_cut = on_cut
+        self.on_grant = on_grant
         self.secrets: dict[str, Webhook] = {}
         self.seen: set[str] = set()
         self.by_type: collections.Counter[str] = collections.Counter()
@@ -62,6 +73,7 @@ class Receiver:
         self.max_seq: dict[str, int] = {}
         self.cuts: dict[tuple[str, str], Cut] = {}
         self.limits: dict[tuple[str, str], list[Limit]] = collections.defaultdict(list)
+        self.grants: dict[tuple[str, str], Grant] = {}  # the latest (by seq) of each call
         self.cut_delay = histogram()
         self.event_delay = histogram()
         self.activity = asyncio.Event()  # set on every delivery: run.settle_webhooks waits on it
@@ -143,6 +155,23 @@ class Receiver:
             self.limits[(workspace_id, str(data["call_id"]))].append(
                 Limit(seq, at_ms, None if raw in (None, "") else int(raw))
             )
+            self._grant(workspace_id, data, seq)
+        elif kind == "call.extended":
+            self._grant(workspace_id, data, seq)
+
+    def _grant(self, workspace_id: str, data: dict[str, Any], seq: int) -> None:
+        """A new hangup_at for the call (call.extended, call.limit): the latest seq wins."""
+        at = data.get("hangup_at_ms")
+        if at in (None, ""):
+            return
+        key = (workspace_id, str(data["call_id"]))
+        old = self.grants.get(key)
+        if old is not None and old.seq > seq:
+            return
+        grant = Grant(seq, int(at), data.get("max_duration_s") not in (None, ""))
+        self.grants[key] = grant
+        if self.on_grant is not None:
+            self.on_grant(workspace_id, key[1], grant)
 
     def missing_seqs(self) -> int:
         """Sequence numbers never received between the first and last seen, per workspace."""

@@ -90,6 +90,32 @@ def _us(value: Any) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _lost_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows for lost ends and no-heartbeat switches, when the run had any."""
+    rows: list[tuple[str, str]] = []
+    lost = result.get("lost_ends", {})
+    if lost.get("count"):
+        by = ", ".join(f"{k} {v}" for k, v in lost["by"].items())
+        rows += [
+            ("lost ends (ended by)", f"{lost['count']} ({by})"),
+            ("lost end most billed beyond true",
+             f"{lost['max_over_s']} s = {lost['max_over_micros']} micros"),
+            ("lost end most left unbilled",
+             f"{lost['max_under_s']} s = {lost['max_under_micros']} micros"),
+        ]  # fmt: skip
+    nohb = result.get("no_heartbeat", {})
+    if nohb.get("calls"):
+        rows.append(
+            ("no-heartbeat calls / at hangup_at / cut early",
+             f"{nohb['calls']} / {nohb['hung_up_at_hangup_at']} / {nohb['early_cuts']}")
+        )  # fmt: skip
+    if result.get("syncs", {}).get("sent"):
+        syncs = result["syncs"]
+        rows.append(("syncs sent / lost ends they ended",
+                     f"{syncs['sent']} / {syncs['lost_ends_ended']}"))  # fmt: skip
+    return rows
+
+
 def summary(console: Console, result: dict[str, Any]) -> None:
     """The final tables: latency per route, then the run's figures and the verdict."""
     lat = Table(title="Latency per route (ms)")
@@ -118,6 +144,7 @@ def summary(console: Console, result: dict[str, Any]) -> None:
          f"{result['webhooks']['unique']} / {result['webhooks']['duplicates']} / "
          f"{result['webhooks']['signature_failures']}"),
         ("leakage", f"{result['leakage_s']} s = {result['leakage_micros']} micros"),
+        *_lost_rows(result),
         ("overspend micros", str(result["overspend_micros"])),
         ("mismatched micros", str(result["mismatched_micros"])),
     ]  # fmt: skip

@@ -22,12 +22,12 @@ from rich.text import Text
 
 from loadtest import report, tenants
 from loadtest.api import Api
-from loadtest.books import WsBooks, reconcile
+from loadtest.books import LostEnds, WsBooks, reconcile
 from loadtest.driver import Fleet
 from loadtest.options import Options
 from loadtest.pricing import MIXED_CARD, Card
 from loadtest.procs import GateServer, ProcessError
-from loadtest.receiver import Cut, Receiver
+from loadtest.receiver import Cut, Grant, Receiver
 from loadtest.stats import Recorder, bucket_summary_ms, buckets, scrape, summary_ms
 from loadtest.wire import Client
 
@@ -120,7 +120,12 @@ def write_calls(path: Path, workspaces: list[WsBooks], receiver: Receiver) -> No
                     "start_ms": e.t_send_ms,
                     "end_sent_ms": round(e.end_sent_ms),
                     "start_limit_s": e.start_limit,
+                    "start_granted_s": e.start_grant,
+                    "no_heartbeat": e.no_heartbeat,
                     "gate_leak_s": e.gate_leak_s,
+                    "lost_end": e.lost,
+                    "true_duration_s": e.true_duration if e.lost else None,
+                    "ended_by": e.ended_by or None,
                     "cut": None if cut is None else [cut.reason, cut.cut_at_ms, cut.received_ms],
                     "limits": [
                         [x.seq, x.at_ms, x.max_duration_s] for x in receiver.limits.get(key, ())
@@ -153,12 +158,16 @@ async def scenario(
         if fleet_ref:
             fleet_ref[0].on_cut(workspace_id, call_id, cut)
 
-    receiver = Receiver(on_cut)
+    def on_grant(workspace_id: str, call_id: str, grant: Grant) -> None:
+        if fleet_ref:
+            fleet_ref[0].on_grant(workspace_id, call_id, grant)
+
+    receiver = Receiver(on_cut, on_grant)
     await receiver.start()
     try:
         workspaces = await tenants.create_all(
             setup, platform_key, receiver, opts.workspaces, opts.balances, run_id,
-            opts.max_concurrent,
+            opts.max_concurrent, opts.auto_recharge_share,
         )  # fmt: skip
         before = await scrape(client)
         rec = Recorder()
@@ -167,6 +176,8 @@ async def scenario(
         async with progress(console, opts.quiet, fleet, rec, receiver):
             await fleet.run(platform_key)
         await settle_webhooks(receiver)
+        if opts.auto_recharge_share:
+            await tenants.settle_auto_recharges(setup, workspaces)
         after = await scrape(client)
         checks = []
         for wb in workspaces:
@@ -177,7 +188,15 @@ async def scenario(
         await receiver.stop()
     write_calls(opts.out / "calls.jsonl", workspaces, receiver)
 
+    lost = LostEnds()
+    for wb in workspaces:
+        for e in wb.calls.values():
+            if e.lost:
+                lost.add(e, opts.tick_s, opts.sync_s)
     problems = [f"{c.workspace_id}: {p}" for c in checks for p in c.problems]
+    problems += lost.problems
+    if fleet.early_cuts:
+        problems.append(f"healthy no-heartbeat calls cut early: {len(fleet.early_cuts)}")
     for name, count in fleet.checks.items():
         if count:
             problems.append(f"{name}: {count}")
@@ -200,6 +219,8 @@ async def scenario(
         "hangups": dict(sorted(fleet.hangups.items())),
         "unknown_ends": fleet.unknown_ends,
         "credits": fleet.credits,
+        "auto_recharges": sum(c.auto_recharges for c in checks),
+        "auto_recharged_micros": sum(c.auto_recharged_micros for c in checks),
         "checks": fleet.checks,
         "requests": dict(sorted(rec.counts.items())),
         "refusals": dict(sorted(rec.refusals.items())),
@@ -217,6 +238,15 @@ async def scenario(
         ),
         "client_arrival_lag_ms": summary_ms(fleet.arrival_lag),
         "webhooks": hooks,
+        "lost_ends": lost.to_json(),
+        "no_heartbeat": {
+            "calls": fleet.follow_calls,
+            "hung_up_at_hangup_at": fleet.hangups.get("hangup_at", 0),
+            "early_cuts": len(fleet.early_cuts),
+            "early": fleet.early_cuts[:20],
+            "call_extended_events": receiver.by_type.get("call.extended", 0),
+        },
+        "syncs": {"sent": fleet.syncs, "lost_ends_ended": fleet.sync_ended},
         "overspend_micros": overspend,
         "leakage_micros": sum(c.leakage_micros for c in checks),
         "leakage_s": sum(c.leakage_s for c in checks),
@@ -245,6 +275,7 @@ async def run(opts: Options, console: Console) -> dict[str, Any]:
         gate = await GateServer.start(
             tick_s=opts.tick_s, buffer_s=opts.buffer_s, grace_s=opts.grace_s,
             workers=opts.workers, rates=path, log=opts.out / "gate.log",
+            extra_env={"GATE_STALE_AFTER_S": str(opts.stale_after_s)},
         )  # fmt: skip
         url, platform_key, redis_url = gate.url, gate.platform_key, gate.redis_url
     else:

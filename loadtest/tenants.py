@@ -8,6 +8,7 @@ from typing import Any
 
 from loadtest.api import Answer, Api
 from loadtest.books import WsBooks
+from loadtest.options import AUTO_RECHARGE_THRESHOLD_USD, AUTO_RECHARGE_TOPUP_USD
 from loadtest.pricing import micros
 from loadtest.receiver import Receiver
 
@@ -53,6 +54,7 @@ async def create(
     balance: Decimal,
     run_id: str,
     max_concurrent: int | None,
+    auto_recharge: bool = False,
 ) -> WsBooks:
     """One workspace: admin and switch keys, webhook to the receiver, opening balance."""
     created = _need(
@@ -108,6 +110,19 @@ async def create(
         books.credit(str(row["id"]), int(row["amount_micros"]))
         if int(row["amount_micros"]) != delta:
             raise SetupError(f"opening adjustment of {ws_id} posted {row} for {delta} micros")
+    if auto_recharge:
+        # Its charges are credits the harness does not make: reconcile() checks them apart.
+        _need(
+            await api.call("setup", "POST", "/v1/wallet/payment_methods",
+                           {"payment_method_id": "pm_card_visa"}, admin),
+            "add a payment method",
+        )  # fmt: skip
+        auto = {"enabled": True, "threshold_usd": AUTO_RECHARGE_THRESHOLD_USD,
+                "topup_usd": AUTO_RECHARGE_TOPUP_USD}  # fmt: skip
+        _need(
+            await api.call("setup", "PATCH", "/v1/wallet/settings", {"auto_recharge": auto}, admin),
+            "turn auto-recharge on",
+        )
     return books
 
 
@@ -119,15 +134,30 @@ async def create_all(
     balances: tuple[Decimal, ...],
     run_id: str,
     max_concurrent: int | None = None,
+    auto_recharge_share: float = 0.0,
 ) -> list[WsBooks]:
-    """`count` workspaces, ten at a time, balances cycled over them."""
+    """`count` workspaces, ten at a time, balances cycled over them; the first
+    `auto_recharge_share` of them with auto-recharge on."""
+    with_auto = round(count * auto_recharge_share)
     slots = asyncio.Semaphore(10)
 
     async def one(i: int) -> WsBooks:
         async with slots:
             return await create(
                 api, platform_key, receiver, i, balances[i % len(balances)], run_id,
-                max_concurrent,
+                max_concurrent, i < with_auto,
             )  # fmt: skip
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def settle_auto_recharges(api: Api, workspaces: list[WsBooks], timeout_s: float = 15) -> None:
+    """Wait until no workspace has an automatic charge in flight, so the wallet and the
+    ledger read for the reconciliation are not split by a credit landing in between."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        states = await asyncio.gather(*(wallet(api, wb.admin_key, wb.id) for wb in workspaces))
+        if all(s.get("auto_recharge", {}).get("state") != "charging" for s in states):
+            return
+        await asyncio.sleep(0.2)

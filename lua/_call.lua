@@ -98,15 +98,17 @@ local function hangup_ms(c)
 end
 
 -- Keep the switch's own timer (armed at hangup_at) ahead of a healthy call: a call.extended
--- event once less than half the buffer is left before what it was last told, or at once when
--- a limit moves it (an inbound limit already says so in its call.limit). At most one event
--- per call per half buffer; heartbeat answers carry hangup_at, so they reset `ha` instead.
+-- event once less than half the buffer (and at least two ticks, so a tick's lateness and a
+-- switch timer rounded to the second never meet it) is left before what the switch was last
+-- told, or at once when a limit moves it (an inbound limit says so in its call.limit). At
+-- most one event per call per half buffer; heartbeat answers carry hangup_at, so they reset
+-- `ha` instead.
 local function announce(c, now_ms)
   if c.ans == 0 then return end
   local h = hangup_ms(c)
   local told = c.ha or 0
   if h <= told then return end
-  if c.cut ~= 0 or told - now_ms <= c.buf * 500 then
+  if c.cut ~= 0 or told - now_ms <= math.max(c.buf * 500, c.tk * 2000) then
     c.ha = h
     if not (c.cut ~= 0 and c.dir == 'inbound') then
       emit(events, wallet, now_ms, 'call.extended', {'call_id', c.id, 'hangup_at_ms', h,
@@ -118,6 +120,7 @@ end
 local function hold(c, held)
   if held ~= c.held then
     rcall('HINCRBY', wallet, 'reserved', held - c.held)
+    if held > c.held then watch(ws, wallet, events, now_ms) end
     c.held = held
   end
 end

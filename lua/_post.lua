@@ -7,6 +7,8 @@
 --   type, desc, amount, balance, ref, then any extra (name, value) pairs of the caller.
 -- Event stream entries: type, at, seq, then "d:<name>" data fields (strings; the gate
 --   renders them; cjson would print large integers in exponent form).
+-- Needs the locals `rcall` and `ws` (the workspace hash, KEYS[1] of every script including
+-- this) defined before the include: post() runs the wallet's watch (lua/_watch.lua).
 
 local EVENTS_MAXLEN = 100000
 
@@ -19,6 +21,8 @@ local function emit(events, wallet, now_ms, etype, data)
   end
   return rcall('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', unpack(entry))
 end
+
+--!include _watch.lua
 
 -- Returns the ledger row id and the balance after the change.
 local function post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, extra)
@@ -43,6 +47,7 @@ local function post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, ex
   elseif not rcall('HGET', wallet, 'zero_since') then
     rcall('HSET', wallet, 'zero_since', now_ms)
   end
+  watch(ws, wallet, events, now_ms)
   return id, balance
 end
 

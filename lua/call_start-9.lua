@@ -37,6 +37,8 @@
 -- ARGV[22] ring_s        seconds an unanswered call may ring before it expires unbilled
 -- ARGV[23] components    the rate's parts, "name=micros per minute;..." in card order, so
 --                        the call's row splits its cost by them ("" = the rate is one part)
+-- ARGV[24] reports       1: the switch promises heartbeats for this call, so their silence
+--                        (from the answer on) ends it as stale; 0: none promised
 -- Replies:
 --   {0, record, balance, reserved}   allowed; record is the new call (MessagePack)
 --   {1, record, balance, reserved}   the call started before: the first answer, nothing held
@@ -61,6 +63,7 @@ local answered = ARGV[18] == '1'
 local deadline_ms, grace_max = tonumber(ARGV[19]), tonumber(ARGV[20])
 local live_max, ring_s = tonumber(ARGV[21]), tonumber(ARGV[22])
 local components = ARGV[23] or ''
+local promised = ARGV[24] == '1'
 
 --!include _post.lua
 --!include _rating.lua
@@ -90,8 +93,8 @@ local grace = math.min(tonumber(s[4]) or default_grace, grace_max)
 local c = {id = call_id, dir = dir, svc = svc, from = ARGV[5], to = ARGV[6], user = ARGV[7],
   grp = ARGV[8], nt = ARGV[9], rate = rate, fee = fee, f = first, n = nxt, buf = buffer_s,
   tk = tick_s, grace = grace, max = max_call_s, t0 = now_ms, ans = 0, bs = 0, hz = 0,
-  held = 0, cut = 0, lim = 0, cs = 0, hseq = 0, hms = 0, ring = ring_s, evm = 0, rep = 0,
-  ha = 0, clp = 0, cmp = components}
+  held = 0, cut = 0, lim = 0, cs = 0, hseq = 0, hms = 0, ring = ring_s, evm = 0,
+  ha = 0, clp = 0, cmp = components, rep = promised and 1 or 0}
 if answered then c.ans, c.evm = now_ms, now_ms end
 local target = math.min(buffer_s, max_call_s)
 local needed = cost(c, target)

@@ -29,7 +29,8 @@
 --   {-9, balance, reserved}          an adjustment or refund would take the balance past
 --                                    $1,000,000,000 (nothing changed)
 -- Side effects: ledger row, transaction.created event, wallet.recharged event for recharges;
--- a credit makes the limited live calls due now (their limit is lifted at the next tick).
+-- a credit makes the limited live calls due now (their limit is lifted at the next tick);
+-- a recharge ends a declined auto-recharge's back-off; the wallet's watch (lua/_watch.lua).
 local rcall = redis.call
 local ws, wallet, ledger, events, refs, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local cuts, due = KEYS[7], KEYS[8]
@@ -75,6 +76,13 @@ if amount > 0 and (rtype == 'adjustment' or rtype == 'refund') and balance + amo
   return {-9, balance, reserved}
 end
 
+-- A manual top-up ends a declined card's back-off (not a monthly cap): if money is still
+-- short, the watch in post() starts a new automatic attempt at once.
+if rtype == 'recharge' and amount > 0 and rcall('HGET', wallet, 'ar_state') == 'failed'
+    and not rcall('HGET', wallet, 'ar_capped') then
+  rcall('HSET', wallet, 'ar_state', 'idle')
+  rcall('HDEL', wallet, 'ar_next', 'ar_fails', 'ar_error')
+end
 local id
 id, balance = post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, extra)
 rcall('HSET', refs, dedupe, id)

@@ -255,6 +255,7 @@ async def test_admin_wallet_live_and_usage(page: Watched, gate: LiveGate) -> Non
     await p.get_by_label("Recharge amount (USD)", exact=True).fill("25")
     await p.get_by_label("Email me when the balance is low", exact=True).check()
     await p.get_by_label("Alert when below (USD)", exact=True).fill("40")
+    await p.locator("#lb-email").fill("ops@acme.test")  # required while alerts are on
     await p.get_by_role("button", name="Save settings", exact=True).click()
     await expect(p.locator("#settings-result")).to_have_text("Settings saved.")
     await expect(p.locator("#low-bar")).to_be_hidden()

@@ -46,7 +46,7 @@ async def state(client: Client, redis: Redis, ws: dict[str, Any]) -> dict[str, A
 
 
 def _url(route: Route, ws: dict[str, Any]) -> str:
-    return route.path.format(workspace_id=ws["id"], call_id="call-bad-1")
+    return route.path.format(workspace_id=ws["id"], call_id="call-bad-1", method_id="pm_card_visa")
 
 
 def _headers(route: Route, ws: dict[str, Any]) -> dict[str, str]:
@@ -337,28 +337,44 @@ async def test_wallet_settings_validation(client: Client, redis: Redis) -> None:
     resp = await client.patch("/v1/wallet/settings", json=good, headers=admin)
     assert resp.status == 200, await resp.text()
     shown = await wallet_json(client, ws["key"])
-    assert shown["auto_recharge"] == {"enabled": True, "threshold_usd": 5.5, "topup_usd": 25.0}
+    assert shown["auto_recharge"] | {"state": "?"} == shown["auto_recharge"] | {
+        "enabled": True,
+        "threshold_usd": 5.5,
+        "topup_usd": 25.0,
+        "state": "?",
+    }
     assert shown["low_balance_alert"] == {
         "enabled": True,
         "threshold_usd": 3.0,
         "email": "ops@example.com",
+        "state": "armed",
     }
     assert shown["payment_method_id"] == "pm_card_visa"
     assert await resp.json() == shown
     assert resp.headers["ETag"] != etag
     assert shown["balance_micros"] == 10_000_000  # settings are not money
 
+    # Alerts need an address while enabled (issue 9).
+    resp = await client.patch(
+        "/v1/wallet/settings", json={"low_balance_alert": {"email": None}}, headers=admin
+    )
+    assert (await error_of(resp, 400, "validation_error"))["field"] == "low_balance_alert.email"
     # Partial updates keep the rest; null clears the email; turning things off needs nothing.
     resp = await client.patch(
         "/v1/wallet/settings",
-        json={"auto_recharge": {"enabled": False}, "low_balance_alert": {"email": None}},
+        json={
+            "auto_recharge": {"enabled": False},
+            "low_balance_alert": {"enabled": False, "email": None},
+        },
         headers=admin,
     )
     assert resp.status == 200
     shown = await wallet_json(client, ws["key"])
-    assert shown["auto_recharge"] == {"enabled": False, "threshold_usd": 5.5, "topup_usd": 25.0}
+    assert shown["auto_recharge"]["enabled"] is False
+    assert shown["auto_recharge"]["threshold_usd"] == 5.5
+    assert shown["auto_recharge"]["topup_usd"] == 25.0
     assert shown["low_balance_alert"]["email"] is None
-    assert shown["low_balance_alert"]["enabled"] is True
+    assert shown["low_balance_alert"]["enabled"] is False
     resp = await client.patch("/v1/wallet/settings", json={}, headers=admin)
     assert resp.status == 200
     assert await wallet_json(client, ws["key"]) == shown

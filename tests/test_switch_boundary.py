@@ -447,3 +447,31 @@ async def test_starts_queued_behind_a_busy_redis_past_their_deadline_never_commi
     for i, status in enumerate(statuses):
         if status == 201:
             await client.post(f"/v1/calls/q{i}/end", json={"duration_s": 0}, headers=sw)
+
+
+async def test_a_promised_heartbeat_that_never_comes_ends_the_call_as_stale(
+    client: Client, clock: ManualClock
+) -> None:
+    """A heartbeat switch whose call (and end) is lost before its first heartbeat: the start's
+    heartbeat_s is the promise, so its silence counts from the answer."""
+    ws = await new_workspace(client)
+    sw = auth(await new_switch_key(client, ws["id"]))
+    body = START | {"heartbeat_s": 10}
+    assert (await client.post("/v1/calls", json=body, headers=sw)).status == 201
+    await tick(client, clock, 110)  # stale_after_s = 90, no heartbeat ever
+    state = await (await client.get("/v1/calls/c1", headers=sw)).json()
+    assert state["state"] == "ended" and state["stale"] is True
+    assert state["duration_s"] == 10, "the answer (0 s) plus one tick"
+
+
+async def test_answers_carry_hangup_at_in_milliseconds(client: Client, clock: ManualClock) -> None:
+    ws = await new_workspace(client)
+    sw = auth(await new_switch_key(client, ws["id"]))
+    clock.advance(0.7)  # not on a whole second: hangup_at (seconds) rounds down, _ms is exact
+    start = await (await client.post("/v1/calls", json=START, headers=sw)).json()
+    assert start["hangup_at_ms"] == clock.now_ms() + 60_000
+    assert start["hangup_at"] == start["hangup_at_ms"] // 1000
+    clock.advance(5)
+    hb = {"elapsed_s": 5, "seq": 1}
+    beat = await (await client.post("/v1/calls/c1/heartbeat", json=hb, headers=sw)).json()
+    assert beat["hangup_at_ms"] == start["hangup_at_ms"] + 5_000

@@ -15,7 +15,18 @@ async def test_new_workspace_has_signup_credit(client: Client) -> None:
     assert body["balance_usd"] == 10.0
     assert body["balance_micros"] == 10_000_000
     assert body["currency"] == "USD"
-    assert body["auto_recharge"] == {"enabled": False, "threshold_usd": None, "topup_usd": None}
+    assert body["auto_recharge"] == {
+        "enabled": False,
+        "threshold_usd": None,
+        "topup_usd": None,
+        "state": "idle",
+        "last_attempt_at": None,
+        "next_attempt_at": None,
+        "last_error": None,
+        "monthly_cap_usd": 1000.0,
+        "spent_this_month_usd": 0,
+    }
+    assert body["low_balance_alert"]["state"] == "armed"
     assert body["available_usd"] == 10.0
     assert body["reserved_usd"] == 0
     assert body["status"] == "active"
@@ -81,7 +92,7 @@ async def test_concurrent_distinct_topups_are_exact(client: Client) -> None:
     async def topup(i: int) -> int:
         resp = await client.post(
             "/v1/wallet/topup",
-            json={"amount_usd": f"{1 + i % 7}.{i:06d}"[:12], "payment_method_id": "pm_card_visa"},
+            json={"amount_usd": f"{1 + i % 7}.{i % 100:02d}", "payment_method_id": "pm_card_visa"},
             headers={**auth(ws["key"]), "Idempotency-Key": f"t{i}"},
         )
         assert resp.status == 201, await resp.text()

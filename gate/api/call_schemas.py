@@ -26,6 +26,9 @@ class StartCall(Body):
     # The switch's deadline for this answer; past it the start is answered 503 gate_timeout
     # and never committed. Default GATE_START_TIMEOUT_MS.
     timeout_ms: Annotated[int, Meta(ge=50, le=60_000)] | None = None
+    # The switch promises heartbeats for this call (every heartbeat_s): their silence for
+    # GATE_STALE_AFTER_S, even before the first one, then ends the call as a lost end.
+    heartbeat_s: Annotated[int, Meta(ge=1, le=3600)] | None = None
 
 
 class Heartbeat(Body):

@@ -62,6 +62,7 @@ async def start(request: web.Request) -> web.StreamResponse:
                     body.number_type,
                     body.answered,
                     timeout_ms,
+                    body.heartbeat_s,
                 ),
                 deadline_ms=arrival + timeout_ms - _commit_margin_ms(timeout_ms),
             )

@@ -34,7 +34,9 @@ from gate.store.circuit import Circuit
 from gate.tenancy.auth import Authenticator, Principal, Role
 from gate.tenancy.limits import MUTATING, KeyLimiter
 from gate.tenancy.workspaces import Workspaces
+from gate.wallet.automation import Automation
 from gate.wallet.charges import Charges
+from gate.wallet.methods import PaymentMethods
 from gate.wallet.numbers import Numbers
 from gate.wallet.service import Wallet
 
@@ -55,6 +57,8 @@ LIMITER = web.AppKey("limiter", KeyLimiter)
 FANOUT = web.AppKey("fanout", Fanout)  # wakes the event streams (gate/delivery/fanout.py)
 # The Redis client for blocking reads (event streams): its own pool, no per-command deadline.
 STREAMS_REDIS: web.AppKey[Redis | RedisCluster] = web.AppKey("streams_redis")
+AUTOMATION = web.AppKey("automation", Automation)
+METHODS = web.AppKey("methods", PaymentMethods)
 CHARGES = web.AppKey("charges", Charges)
 NUMBERS = web.AppKey("numbers", Numbers)
 

@@ -53,6 +53,7 @@ _PAGE = [
 
 QUERY: dict[str, list[dict[str, Any]]] = {
     "get_wallet": [_WORKSPACE],
+    "list_methods": [_WORKSPACE],
     "transactions": [_WORKSPACE, *_PAGE, *_LEDGER_FILTERS],
     "export": [_WORKSPACE, *_LEDGER_FILTERS],
     "stream": [
@@ -82,6 +83,8 @@ HEADERS: dict[str, list[dict[str, Any]]] = {
     "topup": [{**_param("Idempotency-Key", "header", "the same key returns the first answer"),
                "required": True}],
     "stream": [_param("Last-Event-ID", "header", "resume after this event id")],
+    "stripe_webhook": [{**_param("Stripe-Signature", "header", "Stripe's signature"),
+                        "required": True}],
 }  # fmt: skip
 
 _CALL_ID_PATTERN: str = typing.get_args(CallId)[1].pattern  # Annotated[str, Meta(pattern=...)]
@@ -91,6 +94,7 @@ PATH_PATTERNS = {
     "key_id": r"^key_[0-9a-f]{12}$",
     "number": r"^\+[1-9][0-9]{1,14}$",
     "name": r"^[A-Za-z0-9._-]+$",
+    "method_id": r"^[A-Za-z0-9._:@+-]+$",
 }
 
 # Statuses beyond the 200 and the errors every route shares (see `complete`).
@@ -119,6 +123,11 @@ STATUSES: dict[str, dict[str, str]] = {
                "402": "insufficient_balance", "409": "the charge_id was used with another body"},
     "release": {},
     "sync": {},
+    "add_method": {"201": "verified (a refunded $0.50 charge) and kept",
+                   "402": "the card was declined"},
+    "delete_method": {"204": "deleted", "409": "the last method while auto-recharge is on"},
+    "stripe_webhook": {"400": "a bad or old Stripe-Signature",
+                       "404": "Stripe is not this Gate's payment provider"},
     "billing": {"200": "text/html"},
     "asset": {"200": "a script, style or page of the billing page"},
 }  # fmt: skip
@@ -157,7 +166,8 @@ def complete(method: str, path: str, handler: str, has_body: bool, role: str | N
             responses[status] = {**error, "description": description}
         else:
             responses[status] = {"description": description}
-    if "201" in STATUSES.get(handler, {}) and "200" not in STATUSES.get(handler, {}):
+    own = STATUSES.get(handler, {})
+    if any(s in own for s in ("201", "204")) and "200" not in own:
         responses.pop("200", None)
     if handler not in _NO_REDIS:
         responses["503"] = error  # gate_unavailable: Redis away

@@ -15,6 +15,8 @@ from gate.api import events as api_events
 from gate.api import numbers as api_numbers
 from gate.api import openapi, schemas
 from gate.api import ops as api_ops
+from gate.api import payment_methods as api_methods
+from gate.api import providers as api_providers
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
 from gate.api.call_schemas import Charge, EndCall, Heartbeat, RentNumber, StartCall, SyncCalls
@@ -54,6 +56,17 @@ ROUTES = [
     Route("POST", "/v1/wallet/topup", api_wallet.topup, "Add funds", "admin", schemas.Topup),
     Route("PATCH", "/v1/wallet/settings", api_wallet.patch_settings,
           "Auto-recharge and low-balance alert", "admin", schemas.WalletSettings),
+    Route("GET", "/v1/wallet/payment_methods", api_methods.list_methods,
+          "Payment methods on file and the default", "agent"),
+    Route("POST", "/v1/wallet/payment_methods", api_methods.add_method,
+          "Add a payment method after a verification charge", "admin",
+          schemas.AddPaymentMethod),
+    Route("PATCH", "/v1/wallet/payment_methods/{method_id}", api_methods.patch_method,
+          "Make a payment method the default", "admin", schemas.PaymentMethodPatch),
+    Route("DELETE", "/v1/wallet/payment_methods/{method_id}", api_methods.delete_method,
+          "Delete a payment method", "admin"),
+    Route("POST", "/v1/providers/stripe/webhook", api_providers.stripe_webhook,
+          "Stripe events, verified by Stripe-Signature"),
     Route("GET", "/v1/wallet/transactions", api_wallet.transactions,
           "Ledger rows, newest first", "agent"),
     Route("GET", "/v1/usage/export", api_wallet.export, "CSV of all matching rows", "admin"),

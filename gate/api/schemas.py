@@ -47,7 +47,16 @@ class CreateKey(Body):
 
 class Topup(Body):
     amount_usd: Usd
+    payment_method_id: Id | None = None  # None: the default payment method
+
+
+class AddPaymentMethod(Body):
     payment_method_id: Id
+    default: bool = False
+
+
+class PaymentMethodPatch(Body):
+    default: Literal[True]
 
 
 class Adjustment(Body):
@@ -61,12 +70,14 @@ class AutoRecharge(Body):
     enabled: bool | UnsetType = UNSET
     threshold_usd: Usd | UnsetType = UNSET
     topup_usd: Usd | UnsetType = UNSET
+    monthly_cap_usd: Usd | UnsetType = UNSET
 
 
 class LowBalanceAlert(Body):
     enabled: bool | UnsetType = UNSET
     threshold_usd: Usd | UnsetType = UNSET
-    email: Email | UnsetType | None = UNSET
+    # One address, or a list of up to 10 (stored comma-separated).
+    email: Email | Annotated[list[Email], Meta(max_length=10)] | UnsetType | None = UNSET
 
 
 class WalletSettings(Body):

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from aiohttp import web
 from msgspec import UNSET
 
-from gate.api.http import CTX, RATES, WALLET, WORKSPACES, decode, json, principal, query_int
+from gate.api.http import (
+    AUTOMATION,
+    CTX,
+    RATES,
+    WALLET,
+    WORKSPACES,
+    decode,
+    json,
+    principal,
+    query_int,
+)
 from gate.api.schemas import Topup, WalletSettings
 from gate.errors import ValidationFailed
 from gate.history import ledger
@@ -16,8 +27,29 @@ from gate.history.summary import monthly
 from gate.history.summary import to_csv as summary_csv
 from gate.money import parse_usd
 from gate.tenancy.auth import Role
+from gate.wallet.service import AUTO_RECHARGE_CAP_MICROS, TOPUP_MAX_MICROS, TOPUP_MIN_MICROS
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Bounds of the automation settings: nothing a typo could turn into a runaway.
+AR_THRESHOLD_MAX = 1_000_000_000  # $1,000
+AR_CAP_MAX = 100_000_000_000  # $100,000 of automatic charges a month
+LB_THRESHOLD_MAX = 1_000_000_000_000  # $1,000,000
+
+
+def _dollars(micros: int) -> str:
+    return f"{micros / 1_000_000:.2f}".removesuffix(".00")
+
+
+def _bounded(value: Decimal, name: str, low: int, high: int) -> int:
+    """Whole-cent USD amount within [low, high] micros, or 400 naming the field."""
+    micros = parse_usd(value, name)
+    if not low <= micros <= high or micros % 10_000:
+        raise ValidationFailed(
+            f"{name} must be from {_dollars(low)} to {_dollars(high)} USD in whole cents "
+            f"(at most 2 decimal places)",
+            field=name,
+        )
+    return micros
 
 
 async def get_wallet(request: web.Request) -> web.StreamResponse:
@@ -37,7 +69,16 @@ async def topup(request: web.Request) -> web.StreamResponse:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise ValidationFailed("Idempotency-Key must be 1 to 255 characters")
-    row = await request.app[WALLET].topup(who.workspace(), amount, body.payment_method_id, key)
+    method = body.payment_method_id
+    if method is None:
+        method = (await request.app[WORKSPACES].get(who.workspace())).payment_method_id
+        if method is None:
+            raise ValidationFailed(
+                "no payment method on file: add one with POST /v1/wallet/payment_methods "
+                "or send payment_method_id",
+                field="payment_method_id",
+            )
+    row = await request.app[WALLET].topup(who.workspace(), amount, method, key)
     return json(row.to_json() | {"balance_usd": row.to_json()["balance_after_usd"]}, 201)
 
 
@@ -55,27 +96,31 @@ async def patch_settings(request: web.Request) -> web.StreamResponse:
         if ar.enabled is not UNSET:
             fields["ar_enabled"] = "1" if ar.enabled else "0"
         if ar.threshold_usd is not UNSET:
-            fields["ar_threshold_micros"] = parse_usd(
-                ar.threshold_usd, "auto_recharge.threshold_usd"
+            fields["ar_threshold_micros"] = _bounded(
+                ar.threshold_usd, "auto_recharge.threshold_usd", 0, AR_THRESHOLD_MAX
             )
         if ar.topup_usd is not UNSET:
-            micros = parse_usd(ar.topup_usd, "auto_recharge.topup_usd")
-            if not 1_000_000 <= micros <= 1_000_000_000:
-                raise ValidationFailed(
-                    "auto_recharge.topup_usd must be from 1 to 1000",
-                    field="auto_recharge.topup_usd",
-                )
-            fields["ar_topup_micros"] = micros
+            fields["ar_topup_micros"] = _bounded(
+                ar.topup_usd, "auto_recharge.topup_usd", TOPUP_MIN_MICROS, TOPUP_MAX_MICROS
+            )
+        if ar.monthly_cap_usd is not UNSET:
+            fields["ar_cap_micros"] = _bounded(
+                ar.monthly_cap_usd, "auto_recharge.monthly_cap_usd", TOPUP_MIN_MICROS, AR_CAP_MAX
+            )
     if (lb := body.low_balance_alert) is not UNSET:
         if lb.enabled is not UNSET:
             fields["lb_enabled"] = "1" if lb.enabled else "0"
         if lb.threshold_usd is not UNSET:
-            fields["lb_threshold_micros"] = parse_usd(
-                lb.threshold_usd, "low_balance_alert.threshold_usd"
+            fields["lb_threshold_micros"] = _bounded(
+                lb.threshold_usd, "low_balance_alert.threshold_usd", 0, LB_THRESHOLD_MAX
             )
         if lb.email is not UNSET:
-            fields["lb_email"] = lb.email
-    merged = current | {k: str(v) for k, v in fields.items() if v is not None}
+            emails = [lb.email] if isinstance(lb.email, str) else lb.email
+            # None clears the addresses: an empty value removes the field.
+            joined = ", ".join(dict.fromkeys(e.strip() for e in emails or []))
+            fields["lb_email"] = joined or None
+    kept = {k: v for k, v in current.items() if fields.get(k, "") is not None}
+    merged = kept | {k: str(v) for k, v in fields.items() if v is not None}
     if merged.get("ar_enabled") == "1":
         if "payment_method_id" not in merged:
             raise ValidationFailed(
@@ -87,11 +132,26 @@ async def patch_settings(request: web.Request) -> web.StreamResponse:
             raise ValidationFailed(
                 "auto-recharge needs threshold_usd and topup_usd", field="auto_recharge"
             )
+        cap = int(merged.get("ar_cap_micros") or AUTO_RECHARGE_CAP_MICROS)
+        if cap < int(merged["ar_topup_micros"]):
+            raise ValidationFailed(
+                "auto_recharge.monthly_cap_usd must be at least topup_usd, or no automatic "
+                "charge could ever be made; raise the cap or lower the top-up",
+                field="auto_recharge.monthly_cap_usd",
+            )
     if merged.get("lb_enabled") == "1" and "lb_threshold_micros" not in merged:
         raise ValidationFailed(
             "low-balance alerts need threshold_usd", field="low_balance_alert.threshold_usd"
         )
+    if merged.get("lb_enabled") == "1" and not merged.get("lb_email"):
+        raise ValidationFailed(
+            "low-balance alerts need an email address to write to: send low_balance_alert.email",
+            field="low_balance_alert.email",
+        )
     await request.app[WORKSPACES].update(workspace_id, fields)
+    if any(name.startswith("ar_") or name == "payment_method_id" for name in fields):
+        # Enabled while already below the threshold, or a raised cap: charge now if needed.
+        await request.app[AUTOMATION].look_now(workspace_id)
     view = await wallet.view(workspace_id)
     per_min = request.app[RATES].typical_per_min_micros()
     return json(view.to_json(per_min), headers={"ETag": view.etag})

@@ -188,6 +188,7 @@ class StartParams:
     number_type: str | None
     answered: bool
     timeout_ms: int | None = None
+    heartbeat_s: int | None = None
 
 
 class Calls:
@@ -265,6 +266,7 @@ class Calls:
                 s.max_concurrent_calls_max,
                 s.ring_timeout_s,
                 _components(rate),
+                0 if p.heartbeat_s is None else 1,
             ],
         )
         code = reply[0]
@@ -326,6 +328,7 @@ class Calls:
             "granted_s": rec.g0,
             "max_duration_s": None if rec.m0 < 0 else rec.m0,
             "hangup_at": _seconds(rec.h0),
+            "hangup_at_ms": rec.h0,
             "tick_s": rec.tk,
             "number_type": rec.nt or None,
             "answered": rec.an0 == 1,
@@ -340,6 +343,7 @@ class Calls:
             "granted_s": rec.hz,
             "max_duration_s": rec.max_duration_s,
             "hangup_at": _seconds(rec.hangup_at_ms),
+            "hangup_at_ms": rec.hangup_at_ms,
             "billed_s": rec.bs,
             "balance_usd": usd(balance),
         }
@@ -381,6 +385,7 @@ class Calls:
                 "granted_s": ended.duration,
                 "max_duration_s": None,
                 "hangup_at": _seconds(now),
+                "hangup_at_ms": now,
                 "billed_s": ended.duration,
                 "balance_usd": usd(ended.balance),
             }

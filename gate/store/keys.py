@@ -14,6 +14,7 @@ PREFIX = "gate"
 WORKSPACES = f"{PREFIX}:workspaces"  # set of every workspace id (for `gate check`, sweeps)
 TICK_INDEX = f"{PREFIX}:due:tick"  # zset workspace id -> earliest due ms of its live calls
 OUTBOX_INDEX = f"{PREFIX}:due:outbox"  # zset workspace id -> earliest undelivered event ms
+AUTOMATION_INDEX = f"{PREFIX}:due:wallet"  # zset workspace id -> auto-recharge/mail due ms
 RENT_INDEX = f"{PREFIX}:due:rent"  # zset workspace id -> earliest number renewal ms
 KEYS_REVOKED = f"{PREFIX}:keys:revoked"  # pub/sub channel: a workspace whose key was revoked
 

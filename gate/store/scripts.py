@@ -93,6 +93,10 @@ def compile_scripts(sources: dict[str, str] | None = None) -> dict[str, Script]:
                 raise ScriptError(f"lua/{filename}: include {m['file']} not found") from err
 
         source = _INCLUDE.sub(include, text)
+        for _ in range(8):  # includes may include others (lua/_post.lua pulls in _watch.lua)
+            if not _INCLUDE.search(source):
+                break
+            source = _INCLUDE.sub(include, source)
         sha = hashlib.sha1(source.encode()).hexdigest()
         scripts[match["name"]] = Script(match["name"], int(match["keys"]), source, sha)
     return scripts

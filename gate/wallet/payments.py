@@ -20,6 +20,20 @@ class Payment:
     payment_method_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class MethodInfo:
+    """What the provider says about a card (None where it says nothing)."""
+
+    id: str
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+
+
+VERIFY_MICROS = 500_000  # the verification charge, refunded at once (seed 004: "$0.50")
+
+
 class PaymentError(Exception):
     """The provider refused; `declined` tells a card decline from an unusable method."""
 
@@ -37,8 +51,21 @@ class PaymentProvider(Protocol):
     ) -> Payment:
         """Charge the method once per idempotency key; raise PaymentError when refused."""
 
+    async def verify(self, workspace_id: str, payment_method_id: str) -> MethodInfo:
+        """Attach the method to the workspace after a small charge refunded at once;
+        raise PaymentError (declined=True) when the card is refused."""
+
+    async def detach(self, workspace_id: str, payment_method_id: str) -> None:
+        """Forget the method at the provider (best effort)."""
+
 
 SANDBOX_SUCCEEDS = {"pm_card_visa", "pm_card_mastercard", "pm_card_amex", "pm_card_us"}
+SANDBOX_CARDS = {
+    "pm_card_visa": ("visa", "4242"),
+    "pm_card_mastercard": ("mastercard", "4444"),
+    "pm_card_amex": ("amex", "8431"),
+    "pm_card_us": ("visa", "4242"),
+}
 SANDBOX_DECLINES = {
     "pm_card_chargeDeclined",
     "pm_card_chargeDeclinedInsufficientFunds",
@@ -69,3 +96,13 @@ class SandboxProvider:
         digest = hashlib.sha256(f"{workspace_id}:{idempotency_key}".encode()).hexdigest()
         payment = Payment(f"pay_{digest[:24]}", amount_micros, payment_method_id)
         return self.charges.setdefault(payment.id, payment)
+
+    async def verify(self, workspace_id: str, payment_method_id: str) -> MethodInfo:
+        await self.check_method(workspace_id, payment_method_id)
+        if payment_method_id in SANDBOX_DECLINES:
+            raise PaymentError("Your card was declined.", declined=True)
+        brand, last4 = SANDBOX_CARDS[payment_method_id]
+        return MethodInfo(payment_method_id, brand, last4, 12, 2034)
+
+    async def detach(self, workspace_id: str, payment_method_id: str) -> None:
+        return None

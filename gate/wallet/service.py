@@ -6,12 +6,13 @@ import asyncio
 import hashlib
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from gate.context import Context
+from gate.delivery.events import iso_ms
 from gate.errors import (
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
@@ -26,8 +27,13 @@ from gate.store import keys
 from gate.store.redis_client import entries, text
 from gate.store.scripts import Code
 from gate.tenancy.workspaces import Workspace, Workspaces
+from gate.wallet.automation import month_of
 from gate.wallet.payments import PaymentError, PaymentProvider
 
+AUTO_RECHARGE_CAP_MICROS = 1_000_000_000  # default monthly cap of automatic charges
+AUTOMATION_FIELDS = (
+    "ar_state", "ar_last", "ar_since", "ar_next", "ar_error", "ar_month", "ar_spent", "lb_state",
+)  # fmt: skip
 TOPUP_MIN_MICROS = 1_000_000
 TOPUP_MAX_MICROS = 1_000_000_000
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
@@ -43,6 +49,7 @@ class WalletView:
     status: str
     live_calls: int
     version: int
+    automation: dict[str, str] = field(default_factory=dict)  # ar_*/lb_* wallet fields
 
     @property
     def available_micros(self) -> int:
@@ -55,7 +62,8 @@ class WalletView:
         # never gets 304 for a wallet that changed.
         state = (
             f"{self.workspace.id}:{self.version}:{self.balance_micros}:"
-            f"{self.reserved_micros}:{self.live_calls}:{self.status}"
+            f"{self.reserved_micros}:{self.live_calls}:{self.status}:"
+            f"{sorted(self.automation.items())}"
         )
         return f'W/"{hashlib.sha256(state.encode()).hexdigest()[:24]}"'
 
@@ -71,6 +79,7 @@ class WalletView:
                 "enabled": raw.get("ar_enabled") == "1",
                 "threshold_usd": _opt_usd(raw.get("ar_threshold_micros")),
                 "topup_usd": _opt_usd(raw.get("ar_topup_micros")),
+                **self._auto_recharge_state(),
             },
             "balance_micros": self.balance_micros,
             "reserved_usd": usd(self.reserved_micros),
@@ -82,11 +91,39 @@ class WalletView:
                 "enabled": raw.get("lb_enabled") == "1",
                 "threshold_usd": _opt_usd(raw.get("lb_threshold_micros")),
                 "email": raw.get("lb_email"),
+                "state": "triggered" if self.automation.get("lb_state") == "triggered" else "armed",
             },
             "payment_method_id": raw.get("payment_method_id"),
             "live_calls": self.live_calls,
             "minutes_left_estimate": estimate,
         }
+
+    def _auto_recharge_state(self) -> dict[str, Any]:
+        """State of the automatic charges (lua/_watch.lua): idle, charging or failed."""
+        a = self.automation
+        cap = int(self.workspace.raw.get("ar_cap_micros") or AUTO_RECHARGE_CAP_MICROS)
+        spent = int(a.get("ar_spent") or 0) if a.get("ar_month") == self._month() else 0
+        failed = a.get("ar_state") == "failed"
+        return {
+            "state": a.get("ar_state") or "idle",
+            "last_attempt_at": _opt_iso(a.get("ar_last") or a.get("ar_since")),
+            "next_attempt_at": _opt_iso(a.get("ar_next")) if failed else None,
+            "last_error": a.get("ar_error") if failed else None,
+            "monthly_cap_usd": usd(cap),
+            "spent_this_month_usd": usd(spent),
+        }
+
+    def _month(self) -> str:
+        return self.automation.get("_month", "")
+
+
+def _pending_key(workspace_id: str) -> str:
+    """Hash of top-ups charged or about to be: key -> JSON (amount, method, idem, digest)."""
+    return f"{keys.for_workspace(workspace_id).ws}:pending_topups"
+
+
+def _opt_iso(value: str | None) -> str | None:
+    return None if not value else iso_ms(int(value))
 
 
 def _opt_usd(value: str | None) -> float | None:
@@ -192,7 +229,8 @@ class Wallet:
             pipe.hmget(k.wallet, "balance", "reserved", "status", "version", "zero_since")
             # The live-calls hash is the truth: the call scripts keep no separate counter.
             pipe.hlen(k.live)
-            ws_raw, w, live = await pipe.execute()
+            pipe.hmget(k.wallet, AUTOMATION_FIELDS)
+            ws_raw, w, live, auto = await pipe.execute()
         if not ws_raw:
             raise NotFound("no such workspace")
         workspace = self.workspaces.parse(ws_raw)
@@ -203,6 +241,12 @@ class Wallet:
             status=self._status(workspace, int(w[0]), text(w[2]), w[4]),
             live_calls=int(live),
             version=int(w[3]),
+            automation={
+                name: text(value)
+                for name, value in zip(AUTOMATION_FIELDS, auto, strict=True)
+                if value is not None
+            }
+            | {"_month": month_of(self.ctx.clock.now_ms())[0]},
         )
 
     def _status(
@@ -244,6 +288,11 @@ class Wallet:
                 "amount_usd must be from 1 to 1000 (presets: 10, 25, 50, 100)",
                 field="amount_usd",
             )
+        if amount_micros % 10_000:
+            raise ValidationFailed(
+                "amount_usd must have at most 2 decimal places: a card is charged in whole cents",
+                field="amount_usd",
+            )
         await self.payments_check(workspace_id, payment_method_id)
         key = idempotency_key or f"auto-{secrets.token_hex(12)}"
         idem = keys.for_workspace(workspace_id).idem(f"topup:{key}")
@@ -280,6 +329,23 @@ class Wallet:
                 )
             await asyncio.sleep(0.02)
 
+        # Written before the charge: if this process dies between the charge and the credit,
+        # the recovery pass (recover_topups) finds the top-up and finishes it.
+        pending = orjson.dumps(
+            {"amount_micros": amount_micros, "pm": payment_method_id, "idem": idem,
+             "digest": digest}
+        )  # fmt: skip
+        await self.ctx.client.hset(_pending_key(workspace_id), key, pending)
+        row = await self._charge_and_credit(
+            workspace_id, amount_micros, payment_method_id, key, idem
+        )
+        await self.workspaces.update(workspace_id, {"payment_method_id": payment_method_id})
+        return row
+
+    async def _charge_and_credit(
+        self, workspace_id: str, amount_micros: int, payment_method_id: str, key: str, idem: str
+    ) -> ledger.Row:
+        """Charge once per key and credit once per payment; the idem record is claimed."""
         try:
             payment = await self.payments.charge(
                 workspace_id, payment_method_id, amount_micros, key
@@ -287,6 +353,7 @@ class Wallet:
         except PaymentError as err:
             message = str(err) + " Use another payment method, or try again later."
             await idem_fail(self.ctx, idem, orjson.dumps({"message": message}).decode())
+            await self.ctx.client.hdel(_pending_key(workspace_id), key)
             raise PaymentDeclined(message) from err
         posted = await post(
             self.ctx,
@@ -300,12 +367,46 @@ class Wallet:
             idem=idem,
             extra=[("source", "card"), ("payment_method_id", payment_method_id)],
         )
+        await self.ctx.client.hdel(_pending_key(workspace_id), key)
         if posted.code == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
         self._posted(workspace_id, posted)
-        await self.workspaces.update(workspace_id, {"payment_method_id": payment_method_id})
         assert posted.row_id is not None
         return await self.row(workspace_id, posted.row_id)
+
+    async def recover_topups(self, workspace_id: str) -> int:
+        """Finish top-ups whose request died between the charge and the credit.
+
+        Each pending top-up whose Idempotency-Key claim has lapsed is claimed again, charged
+        with the same key (the provider answers with the same payment) and credited once by
+        payment id. Returns how many were credited now.
+        """
+        pending = _pending_key(workspace_id)
+        credited = 0
+        for raw_key, raw in (await self.ctx.client.hgetall(pending)).items():
+            key, record = text(raw_key), orjson.loads(raw)
+            claim = await idem_claim(
+                self.ctx,
+                workspace_id,
+                record["idem"],
+                self.ctx.clock.now_ms(),
+                record["digest"],
+                IDEMPOTENCY_LEASE_MS,
+                IDEMPOTENCY_TTL_MS,
+            )
+            if claim.code == Code.IN_PROGRESS:
+                continue  # its request is still alive, or another pass is on it
+            if claim.code != Code.OK:  # finished (or the workspace is gone)
+                await self.ctx.client.hdel(pending, key)
+                continue
+            try:
+                await self._charge_and_credit(
+                    workspace_id, record["amount_micros"], record["pm"], key, record["idem"]
+                )
+                credited += 1
+            except PaymentDeclined:
+                pass  # recorded on the key: its retry answers the decline
+        return credited
 
     async def adjust(
         self,
