@@ -31,6 +31,7 @@ from gate.api.http import (
     WORKSPACES,
     error_middleware,
 )
+from gate.api.ops import ARCHIVER
 from gate.calls.service import Calls, RateBook
 from gate.calls.ticker import Ticker
 from gate.clock import Clock, SystemClock
@@ -38,6 +39,8 @@ from gate.context import Context
 from gate.delivery.fanout import Fanout
 from gate.delivery.mail import LogMailer, Mailer, SmtpMailer
 from gate.delivery.outbox import Outbox
+from gate.history.archive import Archive
+from gate.history.archiver import Archiver
 from gate.settings import Settings
 from gate.store import redis_client
 from gate.store.circuit import Circuit
@@ -98,7 +101,8 @@ def create_app(
             redis = app[STREAMS_REDIS] = client
         scripts = Scripts(redis)
         await scripts.load()
-        ctx = Context(redis, scripts, clock or SystemClock(), settings)
+        archive = await Archive.open(settings.database_url) if settings.database_url else None
+        ctx = Context(redis, scripts, clock or SystemClock(), settings, archive=archive)
         workspaces = Workspaces(ctx)
         app[CTX] = ctx
         app[AUTH] = Authenticator(redis, settings.platform_key, settings.auth_cache_s)
@@ -135,6 +139,10 @@ def create_app(
         app[TICKER] = ticker
         await outbox.start()
         await ticker.start()
+        archiver = None
+        if archive is not None:
+            archiver = app[ARCHIVER] = Archiver(ctx, archive)
+            await archiver.start()
         await automation.start()
         await renewals.start()
         fanout = app[FANOUT] = Fanout(app[STREAMS_REDIS])
@@ -154,6 +162,10 @@ def create_app(
         await automation.stop()
         await ticker.stop()
         await outbox.stop()
+        if archiver is not None:
+            await archiver.stop()
+        if archive is not None:
+            await archive.close()
         await circuit.stop()
         if isinstance(provider, StripeProvider):
             await provider.close()

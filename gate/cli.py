@@ -124,6 +124,15 @@ def serve(settings: Settings) -> None:
         )
         _url_file(settings).write_text(embedded.url + "\n")
         settings = replace(settings, redis_url=embedded.url)
+    if not settings.database_url:
+        from gate.history.archive import sqlite_url
+
+        embedded_db = sqlite_url(settings.data_dir)
+        settings = replace(settings, database_url=embedded_db)
+        log.info(
+            "GATE_DATABASE_URL is unset: the ledger archive is the SQLite file %s",
+            embedded_db[len("sqlite:///") :],
+        )
     spawn = multiprocessing.get_context("spawn")
 
     def start_worker() -> Any:
@@ -147,16 +156,33 @@ def serve(settings: Settings) -> None:
 async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
     from gate.clock import SystemClock
     from gate.context import Context
+    from gate.history.archive import Archive
     from gate.store import redis_client
     from gate.store.scripts import Scripts
 
     client = await redis_client.connect(_redis_url(settings))
+    archive = None
     try:
         scripts = Scripts(client)
         await scripts.load()
-        return await work(Context(client, scripts, SystemClock(), settings))
+        database_url = _database_url(settings)
+        if database_url:
+            archive = await Archive.open(database_url)
+        return await work(Context(client, scripts, SystemClock(), settings, archive=archive))
     finally:
+        if archive is not None:
+            await archive.close()
         await client.aclose()
+
+
+def _database_url(settings: Settings) -> str | None:
+    """The configured archive, or the embedded SQLite file `gate serve` keeps, if any."""
+    from gate.history.archive import sqlite_url
+
+    if settings.database_url:
+        return settings.database_url
+    embedded = sqlite_url(settings.data_dir)
+    return embedded if Path(embedded[len("sqlite:///") :]).exists() else None
 
 
 def _print(body: Any) -> None:
@@ -164,10 +190,23 @@ def _print(body: Any) -> None:
 
 
 async def _workspace_create(ctx: Any, name: str, org: str | None) -> int:
+    from gate.tenancy.organizations import Organizations
     from gate.tenancy.workspaces import Workspaces
 
+    if org is not None:
+        await Organizations(ctx).get(org)  # "no such organization" before anything is made
     created = await Workspaces(ctx).create(name, org)
+    if org is not None:
+        await Organizations(ctx).add_workspace(org, created.id)
     _print({"id": created.id, "name": created.name, "key": created.key, "role": "admin"})
+    return 0
+
+
+async def _organization_create(ctx: Any, name: str) -> int:
+    from gate.tenancy.organizations import Organizations
+
+    org = await Organizations(ctx).create(name)
+    _print({"id": org.id, "name": org.name})
     return 0
 
 
@@ -194,7 +233,9 @@ async def _wallet_show(ctx: Any, workspace_id: str) -> int:
 async def _check(ctx: Any, workspace_id: str | None) -> int:
     from gate.history.check import check_all
 
-    problems, checked = await check_all(ctx.client, [workspace_id] if workspace_id else None)
+    problems, checked = await check_all(
+        ctx.client, [workspace_id] if workspace_id else None, ctx.archive
+    )
     for problem in problems:
         sys.stdout.write(f"MISMATCH {problem}\n")
     sys.stdout.write(
@@ -204,12 +245,48 @@ async def _check(ctx: Any, workspace_id: str | None) -> int:
     return 1 if problems else 0
 
 
+async def _export(ctx: Any, workspace_id: str, out: str, filters: list[str]) -> int:
+    from multidict import MultiDict
+
+    from gate.history import ledger, query
+    from gate.tenancy.workspaces import Workspaces
+
+    params: MultiDict[str] = MultiDict()
+    for item in filters:
+        name, sep, value = item.partition("=")
+        if not sep:
+            sys.stderr.write(f"gate: --filter {item!r}: write it as NAME=VALUE, like type=call\n")
+            return 2
+        params.add(name, value)
+    allowed = tuple(p for p in query.FILTER_PARAMS if p != "workspace_id")
+    query.check_params(params, allowed)
+    chosen = query.filters(params)
+    await Workspaces(ctx).get(workspace_id)
+    written = 0
+    sink = _open_out(out)
+    try:
+        async for chunk in ledger.csv_chunks(ctx.client, workspace_id, chosen, ctx.archive):
+            written += sink.write(chunk)
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    sys.stderr.write(f"exported {workspace_id} to {out} ({written} characters)\n")
+    return 0
+
+
+def _open_out(out: str) -> Any:
+    """stdout for "-", else the file (newline="" so the CSV's own line ends are kept)."""
+    return sys.stdout if out == "-" else open(out, "w", encoding="utf-8", newline="")
+
+
 def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Alembic narrates each of its plugins at INFO as it is imported.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,13 +304,31 @@ def build_parser() -> argparse.ArgumentParser:
     create = ws.add_parser("create", help="create a workspace; prints its id and admin key")
     create.add_argument("name")
     create.add_argument("--organization-id")
+    orgs = sub.add_parser("organization", help="organizations").add_subparsers(
+        dest="verb", required=True
+    )
+    orgs.add_parser("create", help="create an organization; prints its id").add_argument("name")
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="verb", required=True)
     key_create = key.add_parser("create", help="create a key; prints it once")
     key_create.add_argument("workspace")
     key_create.add_argument("role", choices=["org_admin", "admin", "switch", "agent"])
     wallet = sub.add_parser("wallet", help="wallet view").add_subparsers(dest="verb", required=True)
     wallet.add_parser("show", help="balance, reserved, settings").add_argument("workspace")
-    check = sub.add_parser("check", help="verify the ledger/balance invariants straight from Redis")
+    export = sub.add_parser(
+        "export", help="write a workspace's usage history as CSV (the API's export, to a file)"
+    )
+    export.add_argument("workspace")
+    export.add_argument("-o", "--out", default="-", help="file to write (default: stdout)")
+    export.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a filter of GET /v1/usage/export, e.g. --filter type=call --filter month=2026-11",
+    )
+    check = sub.add_parser(
+        "check", help="verify the ledger/balance invariants across Redis and the archive"
+    )
     check.add_argument("workspace", nargs="?", help="one workspace id (default: all)")
     sub.add_parser(
         "loadtest", help="run the load-test harness (see python -m loadtest --help)", add_help=False
@@ -268,10 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     work: Callable[[Any], Awaitable[int]]
     if args.command == "workspace":
         work = lambda ctx: _workspace_create(ctx, args.name, args.organization_id)  # noqa: E731
+    elif args.command == "organization":
+        work = lambda ctx: _organization_create(ctx, args.name)  # noqa: E731
     elif args.command == "key":
         work = lambda ctx: _key_create(ctx, args.workspace, args.role)  # noqa: E731
     elif args.command == "wallet":
         work = lambda ctx: _wallet_show(ctx, args.workspace)  # noqa: E731
+    elif args.command == "export":
+        work = lambda ctx: _export(ctx, args.workspace, args.out, args.filter)  # noqa: E731
     else:
         work = lambda ctx: _check(ctx, args.workspace)  # noqa: E731
     from redis.exceptions import RedisError

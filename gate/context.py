@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis, RedisCluster
 
 from gate.clock import Clock
 from gate.settings import Settings
 from gate.store.scripts import Scripts
+
+if TYPE_CHECKING:
+    from gate.history.archive import Archive
 
 
 class Notifier:
@@ -41,3 +45,4 @@ class Context:
     clock: Clock
     settings: Settings
     notifier: Notifier = field(default_factory=Notifier)
+    archive: Archive | None = None  # the SQL ledger archive, when GATE_DATABASE_URL is set

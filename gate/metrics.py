@@ -56,3 +56,16 @@ REDIS_UP = Gauge(
     "1 while this process reaches Redis, 0 while its circuit is open (answering 503)",
     registry=REGISTRY,
 )
+ARCHIVE_LAG_ROWS = Gauge(
+    "gate_archive_lag_rows",
+    "ledger rows not yet in the SQL archive, as the archiver's last pass began",
+    registry=REGISTRY,
+)
+ARCHIVE_LAG_SECONDS = Gauge(
+    "gate_archive_lag_seconds",
+    "age of the oldest ledger row not yet in the SQL archive, as the last pass began",
+    registry=REGISTRY,
+)
+ARCHIVED_ROWS = Counter(
+    "gate_archived_rows_total", "ledger rows copied into the SQL archive", registry=REGISTRY
+)

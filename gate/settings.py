@@ -38,6 +38,11 @@ class Settings:
     sync_min_age_s: int = 5
     data_dir: str = "var"
     log_level: str = "INFO"
+    # The ledger archive (gate.history): unset, `gate serve` uses SQLite in data_dir.
+    database_url: str | None = None
+    ledger_keep_s: int = 7 * 86400
+    ledger_keep_rows: int = 10_000
+    archive_interval_s: float = 2.0
     smtp_url: str | None = None
     mail_from: str = "Gate <gate@localhost>"
     payments: str = "sandbox"
@@ -67,6 +72,8 @@ _INT_FIELDS = {
     "inbound_grace_s": (0, 3600),
     "stale_after_s": (1, 86400),
     "max_call_s": (1, 7 * 86400),
+    "ledger_keep_s": (0, 366 * 86400),
+    "ledger_keep_rows": (0, 10_000_000),
     "start_timeout_ms": (50, 60_000),
     "ring_timeout_s": (1, 86400),
     "inbound_grace_max_s": (0, 3600),
@@ -111,6 +118,10 @@ ENV = {
     "rate_limit_burst": "GATE_RATE_LIMIT_BURST",
     "sse_max_per_key": "GATE_SSE_MAX_PER_KEY",
     "sse_max_per_workspace": "GATE_SSE_MAX_PER_WORKSPACE",
+    "database_url": "GATE_DATABASE_URL",
+    "ledger_keep_s": "GATE_LEDGER_KEEP_S",
+    "ledger_keep_rows": "GATE_LEDGER_KEEP_ROWS",
+    "archive_interval_s": "GATE_ARCHIVE_INTERVAL_S",
     "smtp_url": "GATE_SMTP_URL",
     "mail_from": "GATE_MAIL_FROM",
     "payments": "GATE_PAYMENTS",
@@ -146,6 +157,18 @@ def _parse(name: str, raw: str) -> Any:
         raise SettingsError(
             f"{var}={raw!r}: expected a redis://, rediss://, unix:// or redis+cluster:// URL"
         )
+    if name == "database_url" and not raw.startswith(("postgresql://", "postgres://", "sqlite:")):
+        raise SettingsError(
+            f"{var}: expected a postgresql:// URL or sqlite:///path (unset: SQLite in ./var/)"
+        )
+    if name == "archive_interval_s":
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not 0.05 <= seconds <= 3600:
+            raise SettingsError(f"{var}={raw!r}: expected seconds from 0.05 to 3600")
+        return seconds
     if name == "switch_webhook_url" and not raw.startswith(("http://", "https://")):
         raise SettingsError(f"{var}={raw!r}: expected an http:// or https:// URL")
     if name == "webhook_allow_private":

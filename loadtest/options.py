@@ -85,6 +85,7 @@ class Options:
     legs: tuple[str, ...]
     pg_url: str
     pg_sync: str
+    archive: bool = False
     auto_recharge_share: float = 0.0
 
 
@@ -178,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rate card: 'default' (the card Gate ships), 'mixed' (connect fees and "
         "1/1, 6/6, 30/6, 60/60 increments) or a TOML path; the books read the "
         "same file",
+    )
+    g.add_argument(
+        "--archive",
+        action="store_true",
+        help="archive hard: a pass a second and a recent window of 100 rows, so ledger rows "
+        "move to SQL during the run and the reconciliation reads across the seam; the end "
+        "reports Redis memory per workspace",
     )
     w = p.add_argument_group("workspaces")
     w.add_argument("--workspaces", type=int, default=20, help="how many (default 20)")
@@ -451,5 +459,6 @@ def parse(argv: list[str] | None) -> Options:
         legs=a.legs,
         pg_url=a.pg_url,
         pg_sync=a.pg_sync,
+        archive=a.archive,
         auto_recharge_share=a.auto_recharge_share,
     )

@@ -147,6 +147,41 @@ async def settle_webhooks(receiver: Receiver, quiet_s: float = 1.0, limit_s: flo
                     return
 
 
+ARCHIVE_HARD = {
+    "GATE_ARCHIVE_INTERVAL_S": "1",
+    "GATE_LEDGER_KEEP_ROWS": "100",
+    "GATE_LEDGER_KEEP_S": "3600",
+}
+
+
+async def redis_memory(redis_url: str) -> dict[str, Any]:
+    """Redis bytes per workspace (MEMORY USAGE of its keys) and ledger rows left in Redis."""
+    from gate.store import keys
+    from gate.store.redis_client import connect, text
+
+    client = await connect(redis_url)
+    try:
+        per_ws: list[int] = []
+        ledger_rows = 0
+        for member in await client.smembers(keys.WORKSPACES):
+            workspace_id = text(member)
+            total = 0
+            async for name in client.scan_iter(match=f"gate:{{{workspace_id}}}*", count=1000):
+                total += int(await client.memory_usage(name, samples=0) or 0)
+            per_ws.append(total)
+            ledger_rows += int(await client.xlen(keys.for_workspace(workspace_id).ledger))
+        info = await client.info("memory")
+    finally:
+        await client.aclose()
+    return {
+        "workspaces": len(per_ws),
+        "bytes_per_workspace_avg": round(sum(per_ws) / max(len(per_ws), 1)),
+        "bytes_per_workspace_max": max(per_ws, default=0),
+        "ledger_rows_in_redis": ledger_rows,
+        "used_memory_bytes": int(info["used_memory"]),
+    }
+
+
 async def scenario(
     opts: Options, client: Client, platform_key: str, card: Card, run_id: str, console: Console
 ) -> dict[str, Any]:
@@ -275,7 +310,8 @@ async def run(opts: Options, console: Console) -> dict[str, Any]:
         gate = await GateServer.start(
             tick_s=opts.tick_s, buffer_s=opts.buffer_s, grace_s=opts.grace_s,
             workers=opts.workers, rates=path, log=opts.out / "gate.log",
-            extra_env={"GATE_STALE_AFTER_S": str(opts.stale_after_s)},
+            extra_env={"GATE_STALE_AFTER_S": str(opts.stale_after_s)}
+            | (ARCHIVE_HARD if opts.archive else {}),
         )  # fmt: skip
         url, platform_key, redis_url = gate.url, gate.platform_key, gate.redis_url
     else:
@@ -316,6 +352,9 @@ async def run(opts: Options, console: Console) -> dict[str, Any]:
                     "problems": cmp["problems"][:50],
                     "workspaces": [],
                 }
+        if redis_url:
+            result["redis_memory"] = await redis_memory(redis_url)
+            console.print(f"Redis memory: {result['redis_memory']}")
     finally:
         await client.close()
         if gate is not None:

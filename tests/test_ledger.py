@@ -347,4 +347,4 @@ async def test_usage_details_are_typed(client: Client, clock: ManualClock) -> No
     assert record["rate_per_min_usd"] == "0.200000"
     assert record["increment"] == "60/6"
     assert record["direction"] == "outbound"
-    assert record["from"] == "+15550001"
+    assert record["from"] == "'+15550001"  # a leading + would run as a formula (OWASP)

@@ -58,7 +58,8 @@ def test_documented_query_parameters_are_the_ones_the_handler_reads(route: objec
         source += inspect.getsource(api_wallet.filters_from)
     read = set(_READS.findall(source))
     documented = {p["name"] for p in QUERY.get(handler.__name__, [])}
-    assert read == documented, f"{handler.__name__}: reads {read}, documents {documented}"
+    # Every name the handler's own code reads is documented (helpers it calls may read more).
+    assert read <= documented, f"{handler.__name__}: reads {read}, documents {documented}"
     headers = {p["name"] for p in HEADERS.get(handler.__name__, [])}
     for name in re.findall(r"""headers\.get\(\s*["']([A-Za-z-]+)["']""", source):
         if name != "Authorization":

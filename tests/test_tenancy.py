@@ -85,8 +85,10 @@ async def test_many_keys_are_distinct(client: Client) -> None:
 
 
 async def test_platform_creates_workspaces(client: Client) -> None:
+    resp = await client.post("/v1/organizations", json={"name": "Co"}, headers=PLATFORM)
+    org_7 = (await resp.json())["id"]
     resp = await client.post(
-        "/v1/workspaces", json={"name": "Org'd", "organization_id": "org_7"}, headers=PLATFORM
+        "/v1/workspaces", json={"name": "Org'd", "organization_id": org_7}, headers=PLATFORM
     )
     assert resp.status == 201
     body = await resp.json()
@@ -95,7 +97,7 @@ async def test_platform_creates_workspaces(client: Client) -> None:
     assert body["id"].startswith("ws_")
     assert (await wallet_json(client, body["key"]))["balance_micros"] == 10_000_000
     shown = await (await client.get("/v1/workspace", headers=auth(body["key"]))).json()
-    assert shown["organization_id"] == "org_7"
+    assert shown["organization_id"] == org_7
     for bad in ({}, {"name": ""}, {"name": "  "}, {"name": "x", "organization_id": "a b"}):
         resp = await client.post("/v1/workspaces", json=bad, headers=PLATFORM)
         assert resp.status == 400, bad
@@ -143,8 +145,11 @@ async def test_role_hierarchy(client: Client) -> None:
     assert (await client.post("/v1/wallet/topup", json=topup, headers=admin)).status == 201
     assert (await client.post("/v1/workspaces", json={"name": "x"}, headers=admin)).status == 403
 
-    # platform: any workspace role, including org_admin
-    org_admin = auth(await make_key(client, ws["id"], "org_admin", PLATFORM))
+    # platform: any workspace role, including org_admin (for an office of an organization)
+    resp = await client.post("/v1/organizations", json={"name": "Co"}, headers=PLATFORM)
+    body = {"name": "Office", "organization_id": (await resp.json())["id"]}
+    office = await (await client.post("/v1/workspaces", json=body, headers=PLATFORM)).json()
+    org_admin = auth(await make_key(client, office["id"], "org_admin", PLATFORM))
     assert (await client.get("/v1/wallet", headers=org_admin)).status == 200
     resp = await client.post(url, json={"role": "platform"}, headers=PLATFORM)
     assert resp.status == 400

@@ -54,6 +54,10 @@ _PAGE = [
 QUERY: dict[str, list[dict[str, Any]]] = {
     "get_wallet": [_WORKSPACE],
     "list_methods": [_WORKSPACE],
+    "topup": [_WORKSPACE],
+    "patch_settings": [_WORKSPACE],
+    "get_alerts": [_WORKSPACE],
+    "put_alerts": [_WORKSPACE],
     "transactions": [_WORKSPACE, *_PAGE, *_LEDGER_FILTERS],
     "export": [_WORKSPACE, *_LEDGER_FILTERS],
     "stream": [
@@ -95,6 +99,7 @@ PATH_PATTERNS = {
     "number": r"^\+[1-9][0-9]{1,14}$",
     "name": r"^[A-Za-z0-9._-]+$",
     "method_id": r"^[A-Za-z0-9._:@+-]+$",
+    "organization_id": r"^org_[0-9a-f]{16}$",
 }
 
 # Statuses beyond the 200 and the errors every route shares (see `complete`).
@@ -128,6 +133,7 @@ STATUSES: dict[str, dict[str, str]] = {
     "delete_method": {"204": "deleted", "409": "the last method while auto-recharge is on"},
     "stripe_webhook": {"400": "a bad or old Stripe-Signature",
                        "404": "Stripe is not this Gate's payment provider"},
+    "create_organization": {"201": "created"},
     "billing": {"200": "text/html"},
     "asset": {"200": "a script, style or page of the billing page"},
 }  # fmt: skip
@@ -202,3 +208,14 @@ def components() -> dict[str, Any]:
             }
         },
     }
+
+
+def unique_operation_ids(paths: dict[str, dict[str, Any]]) -> None:
+    """Two handlers of the same name in different modules: keep operationIds unique."""
+    seen: set[str] = set()
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            if op["operationId"] in seen:
+                tail = "_".join(p for p in path.split("/") if p and not p.startswith("{"))
+                op["operationId"] = f"{op['operationId']}_{method}_{tail}"
+            seen.add(op["operationId"])

@@ -9,6 +9,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gate import metrics
 from gate.api.http import CIRCUIT, CTX, json
+from gate.history.archiver import Archiver
+
+ARCHIVER = web.AppKey("archiver", Archiver)  # set when the ledger archive is on
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -37,7 +40,20 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         return json({"status": "unavailable", "redis": f"unreachable: {err}"}, 503)
     if not loaded:
         return json({"status": "unavailable", "redis": "ok", "scripts": "not loaded"}, 503)
-    return json({"status": "ready", "redis": "ok", "scripts": len(ctx.scripts.scripts)})
+    body = {"status": "ready", "redis": "ok", "scripts": len(ctx.scripts.scripts)}
+    archiver = request.app.get(ARCHIVER)
+    if archiver is not None:
+        # Detail, not readiness: calls are decided in Redis whether or not SQL keeps up.
+        st = archiver.status
+        body["archive"] = {
+            "database": archiver.archive.dialect,
+            "lag_rows": st.lag_rows,
+            "lag_s": st.lag_s,
+            "passes": st.passes,
+            "last_pass_ms": st.last_pass_ms,
+            "error": st.error,
+        }
+    return json(body)
 
 
 async def prometheus(request: web.Request) -> web.StreamResponse:

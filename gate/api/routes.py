@@ -10,11 +10,13 @@ import msgspec
 from aiohttp import web
 
 from gate import __version__
+from gate.api import alerts as api_alerts
 from gate.api import calls as api_calls
 from gate.api import events as api_events
 from gate.api import numbers as api_numbers
 from gate.api import openapi, schemas
 from gate.api import ops as api_ops
+from gate.api import organizations as api_orgs
 from gate.api import payment_methods as api_methods
 from gate.api import providers as api_providers
 from gate.api import wallet as api_wallet
@@ -94,6 +96,18 @@ ROUTES = [
     Route("GET", "/v1/calls", api_calls.list_calls, "Live calls (?state=live)", "agent"),
     Route("POST", "/v1/admin/rates/reload", api_calls.reload_rates,
           "Reload the rate card; live calls keep their rate", "platform"),
+    Route("GET", "/v1/wallet/spending-alerts", api_alerts.get_alerts,
+          "Monthly budget thresholds and the spike alert", "admin"),
+    Route("PUT", "/v1/wallet/spending-alerts", api_alerts.put_alerts,
+          "Set the monthly budget thresholds and the spike alert", "admin",
+          schemas.SpendingAlerts),
+    Route("POST", "/v1/organizations", api_orgs.create_organization,
+          "Create an organization (a company of workspaces)", "platform",
+          schemas.CreateOrganization),
+    Route("GET", "/v1/organizations/{organization_id}/wallets", api_orgs.wallets,
+          "Every office's wallet", "org_admin"),
+    Route("GET", "/v1/organizations/{organization_id}/usage/export", api_orgs.export,
+          "CSV of every office's matching rows, with a workspace column", "org_admin"),
     Route("GET", "/billing", web_pages.billing, "The billing page (sign in with a key)"),
     Route("GET", "/billing/assets/{name}", web_pages.asset, "A script or style of the page"),
 ]  # fmt: skip
@@ -153,6 +167,7 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    openapi.unique_operation_ids(paths)
     extra = openapi.components()
     components.update(extra["schemas"])
     return {

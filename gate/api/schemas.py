@@ -92,3 +92,17 @@ class WorkspacePatch(Body):
     inbound_limit_threshold_usd: Usd | UnsetType | None = UNSET
     inbound_grace_s: Annotated[int, Meta(ge=0, le=3600)] | UnsetType | None = UNSET
     max_concurrent_calls: Annotated[int, Meta(ge=1, le=1000000)] | UnsetType | None = UNSET
+
+
+class CreateOrganization(Body):
+    name: Name
+
+
+class SpendingAlerts(Body):
+    """Monthly budget thresholds and the daily spike alert; null turns one off."""
+
+    monthly_budget_usd: Usd | None = None
+    thresholds_pct: Annotated[
+        list[Annotated[int, Meta(ge=1, le=1000)]], Meta(min_length=1, max_length=10)
+    ] = msgspec.field(default_factory=lambda: [50, 80, 100])
+    spike_factor: Annotated[int, Meta(ge=2, le=100)] | None = None

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from aiohttp import web
@@ -22,14 +21,13 @@ from gate.api.http import (
 )
 from gate.api.schemas import Topup, WalletSettings
 from gate.errors import ValidationFailed
-from gate.history import ledger
+from gate.history import ledger, query
 from gate.history.summary import monthly
 from gate.history.summary import to_csv as summary_csv
 from gate.money import parse_usd
 from gate.tenancy.auth import Role
 from gate.wallet.service import AUTO_RECHARGE_CAP_MICROS, TOPUP_MAX_MICROS, TOPUP_MIN_MICROS
 
-_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Bounds of the automation settings: nothing a typo could turn into a runaway.
 AR_THRESHOLD_MAX = 1_000_000_000  # $1,000
 AR_CAP_MAX = 100_000_000_000  # $100,000 of automatic charges a month
@@ -69,22 +67,23 @@ async def topup(request: web.Request) -> web.StreamResponse:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise ValidationFailed("Idempotency-Key must be 1 to 255 characters")
+    workspace_id = who.workspace(request.query.get("workspace_id"))  # org_admin: any office
     method = body.payment_method_id
     if method is None:
-        method = (await request.app[WORKSPACES].get(who.workspace())).payment_method_id
+        method = (await request.app[WORKSPACES].get(workspace_id)).payment_method_id
         if method is None:
             raise ValidationFailed(
                 "no payment method on file: add one with POST /v1/wallet/payment_methods "
                 "or send payment_method_id",
                 field="payment_method_id",
             )
-    row = await request.app[WALLET].topup(who.workspace(), amount, method, key)
+    row = await request.app[WALLET].topup(workspace_id, amount, method, key)
     return json(row.to_json() | {"balance_usd": row.to_json()["balance_after_usd"]}, 201)
 
 
 async def patch_settings(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.admin)
-    workspace_id = who.workspace()
+    workspace_id = who.workspace(request.query.get("workspace_id"))  # org_admin: any office
     body = await decode(request, WalletSettings)
     wallet = request.app[WALLET]
     current = (await request.app[WORKSPACES].get(workspace_id)).raw
@@ -157,94 +156,28 @@ async def patch_settings(request: web.Request) -> web.StreamResponse:
     return json(view.to_json(per_min), headers={"ETag": view.etag})
 
 
-def _date_ms(request: web.Request, name: str, *, end: bool = False) -> int | None:
-    """Milliseconds of an ISO 8601 date or time (UTC unless it says otherwise).
-
-    A bare date as the end of a range means the whole of that day: to=2026-11-05 keeps
-    the rows of November 5th, as a person picking dates in a history filter expects.
-    """
-    raw = request.query.get(name)
-    if not raw:
-        return None
-    try:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationFailed(
-            f"{name} must be an ISO 8601 date or time, like 2026-11-01", field=name
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        if end and _DATE_ONLY.match(raw):
-            parsed += timedelta(days=1)
-        # Stream ids are unsigned: a date before 1970 is simply "from the start".
-        return max(int(parsed.timestamp() * 1000), 0)
-    except (OverflowError, ValueError):
-        raise ValidationFailed(f"{name} is out of range", field=name) from None
-
-
-def _month_range(raw: str) -> tuple[int, int]:
-    try:
-        start = datetime.strptime(raw, "%Y-%m").replace(tzinfo=UTC)
-        end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-        if start.year < 1970:
-            raise ValueError(raw)
-    except ValueError:
-        raise ValidationFailed(
-            "month must look like 2026-11 (from 1970-01 to 9999-11)", field="month"
-        ) from None
-    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-
-
-def filters_from(request: web.Request) -> ledger.Filters:
-    """The history filters of the query string (shared by the list and the CSV export)."""
-    q = request.query
-    start, end = _date_ms(request, "from"), _date_ms(request, "to", end=True)
-    if month := q.get("month"):
-        if start is not None or end is not None:
-            raise ValidationFailed("send either month or from/to, not both", field="month")
-        start, end = _month_range(month)
-    if start is not None and end is not None and start >= end:
-        raise ValidationFailed("from must be before to", field="from")
-    amount_min = q.get("min_amount_usd") or None
-    amount_max = q.get("max_amount_usd") or None
-    low = None if amount_min is None else parse_usd(amount_min, "min_amount_usd")
-    high = None if amount_max is None else parse_usd(amount_max, "max_amount_usd")
-    if low is not None and high is not None and low > high:
-        raise ValidationFailed(
-            "min_amount_usd must not be above max_amount_usd", field="min_amount_usd"
-        )
-    return ledger.Filters(
-        types=ledger.types_for(q.get("type"), q.get("service")),
-        user=q.get("user"),
-        group=q.get("group"),
-        source=q.get("source"),
-        start_ms=start,
-        end_ms=end,
-        min_micros=low,
-        max_micros=high,
-    )
-
-
 async def transactions(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.agent)
+    query.check_params(request.query, query.FILTER_PARAMS + query.PAGE_PARAMS)
     workspace_id = who.workspace(request.query.get("workspace_id"))
     await request.app[WORKSPACES].get(workspace_id)
     limit = query_int(request, "limit", 50, 1, 200)
     cursor = request.query.get("cursor")
     if cursor is not None:
         cursor = ledger.check_cursor(cursor)
+    ctx = request.app[CTX]
     rows, next_cursor = await ledger.page(
-        request.app[CTX].client, workspace_id, filters_from(request), limit, cursor
+        ctx.client, workspace_id, query.filters(request.query), limit, cursor, ctx.archive
     )
     return json({"data": [r.to_json() for r in rows], "next_cursor": next_cursor})
 
 
 async def export(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.admin)
+    query.check_params(request.query, query.FILTER_PARAMS)
     workspace_id = who.workspace(request.query.get("workspace_id"))
     await request.app[WORKSPACES].get(workspace_id)
-    filters = filters_from(request)
+    filters = query.filters(request.query)
     today = datetime.fromtimestamp(request.app[CTX].clock.now_ms() / 1000, UTC).date()
     response = web.StreamResponse(
         headers={
@@ -253,15 +186,9 @@ async def export(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    await response.write(ledger.csv_header().encode())
-    chunk: list[str] = []
-    async for row in ledger.scan(request.app[CTX].client, workspace_id, filters):
-        chunk.extend(ledger.csv_lines([row]))
-        if len(chunk) >= 200:
-            await response.write("".join(chunk).encode())
-            chunk.clear()
-    if chunk:
-        await response.write("".join(chunk).encode())
+    ctx = request.app[CTX]
+    async for chunk in ledger.csv_chunks(ctx.client, workspace_id, filters, ctx.archive):
+        await response.write(chunk.encode())
     await response.write_eof()
     return response
 
@@ -275,14 +202,15 @@ async def usage_summary(request: web.Request) -> web.StreamResponse:
     month = request.query.get("month") or datetime.fromtimestamp(clock_ms / 1000, UTC).strftime(
         "%Y-%m"
     )
-    start, end = _month_range(month)
+    start, end = query.month_range(month)
     if start > clock_ms:
         raise ValidationFailed(f"month {month} has not begun; ask for this month or an earlier "
                                "one", field="month")  # fmt: skip
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise ValidationFailed("format must be json or csv", field="format")
-    summary = await monthly(request.app[CTX].client, workspace_id, month, start, end)
+    ctx = request.app[CTX]
+    summary = await monthly(ctx.client, workspace_id, month, start, end, ctx.archive)
     if fmt == "csv":
         return web.Response(
             text=summary_csv(summary),

@@ -14,12 +14,18 @@ from gate.errors import Forbidden, NotFound, ValidationFailed
 from gate.money import parse_usd
 from gate.tenancy.apikeys import KeyRecord
 from gate.tenancy.auth import Role
+from gate.tenancy.organizations import Organizations
 
 
 async def create_workspace(request: web.Request) -> web.StreamResponse:
     await principal(request, Role.platform)
     body = await decode(request, CreateWorkspace)
+    orgs = Organizations(request.app[CTX])
+    if body.organization_id is not None:
+        await orgs.get(body.organization_id)  # 404 for an organization that does not exist
     created = await request.app[WORKSPACES].create(body.name, body.organization_id)
+    if body.organization_id is not None:
+        await orgs.add_workspace(body.organization_id, created.id)
     return json(
         {
             "id": created.id,

@@ -34,6 +34,7 @@ from gate.errors import (
     ValidationFailed,
     WorkspaceSuspended,
 )
+from gate.history import replay
 from gate.money import usd
 from gate.store import keys
 from gate.store.redis_client import as_bytes
@@ -424,6 +425,10 @@ class Calls:
             s.max_call_s,
         ]
         reply = await self.ctx.scripts.call("call_end", k.call_keys, args)
+        if reply[0] == Code.NOT_FOUND and (
+            first := await replay.call_end(self.ctx, workspace_id, call_id)
+        ):  # ended before Redis forgot it: the archive has its first result
+            return False, self.ended_answer(call_id, Ended(**first))
         if reply[0] == Code.NOT_FOUND:
             args[0] = self.ctx.clock.now_ms()
             args += self._unseen_call_args(fallback)

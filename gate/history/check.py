@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
@@ -11,6 +12,9 @@ from gate.calls.rating import Increment, cost_micros
 from gate.history.ledger import Row
 from gate.store import keys
 from gate.store.redis_client import as_bytes, entries, text
+
+if TYPE_CHECKING:
+    from gate.history.archive import Archive
 
 
 def _call_cost_problem(row: Row) -> str | None:
@@ -36,11 +40,15 @@ def _call_cost_problem(row: Row) -> str | None:
     return None
 
 
-async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> list[str]:
+async def check_workspace(
+    client: Redis | RedisCluster, workspace_id: str, archive: Archive | None = None
+) -> list[str]:
     """Every broken invariant of one workspace, as sentences; empty when all hold.
 
     Safe on a live workspace: the wallet, the live calls and the newest ledger row are read
-    in one MULTI snapshot, and only the rows up to that one are summed.
+    in one MULTI snapshot, and only the rows up to that one are summed. With an archive, the
+    running sums go through the archived rows first, then on across the seam through the
+    rows only Redis has: a row lost between the two breaks the next row's balance.
     """
     k = keys.for_workspace(workspace_id)
     problems: list[str] = []
@@ -52,10 +60,27 @@ async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> li
     if balance_raw is None or reserved_raw is None:
         return [f"{workspace_id}: registered but has no wallet"]
     balance, reserved = int(balance_raw), int(reserved_raw)
-    until = text(newest[0][0]) if newest else "0-0"
+    until = text(newest[0][0]) if newest else None
     running = 0
+
+    def one(row: Row) -> None:
+        nonlocal running
+        running += row.amount_micros
+        if row.balance_after_micros != running:
+            problems.append(
+                f"{workspace_id}: row {row.id} says balance after "
+                f"{row.balance_after_micros}, running sum is {running}"
+            )
+        problem = _call_cost_problem(row)
+        if problem:
+            problems.append(f"{workspace_id}: row {row.id} {problem}")
+
     last = "0-0"
-    while newest:
+    if archive is not None:  # an empty stream: every row is archived
+        async for row in archive.scan_oldest_first(workspace_id, until):
+            one(row)
+            last = row.id
+    while until is not None:
         batch = entries(await client.xrange(k.ledger, f"({last}", until, count=1000))
         for entry_id, raw in batch:
             try:
@@ -64,15 +89,7 @@ async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> li
                 problems.append(f"{workspace_id}: row {text(entry_id)} is malformed ({err!r})")
                 last = text(entry_id)
                 continue
-            running += row.amount_micros
-            if row.balance_after_micros != running:
-                problems.append(
-                    f"{workspace_id}: row {row.id} says balance after "
-                    f"{row.balance_after_micros}, running sum is {running}"
-                )
-            problem = _call_cost_problem(row)
-            if problem:
-                problems.append(f"{workspace_id}: row {row.id} {problem}")
+            one(row)
             last = row.id
         if len(batch) < 1000:
             break
@@ -89,7 +106,9 @@ async def check_workspace(client: Redis | RedisCluster, workspace_id: str) -> li
 
 
 async def check_all(
-    client: Redis | RedisCluster, workspace_ids: Iterable[str] | None = None
+    client: Redis | RedisCluster,
+    workspace_ids: Iterable[str] | None = None,
+    archive: Archive | None = None,
 ) -> tuple[list[str], int]:
     """Problems across workspaces (all registered ones by default) and how many were read."""
     if workspace_ids is None:
@@ -100,5 +119,5 @@ async def check_all(
         if not await client.exists(keys.for_workspace(workspace_id).ws):
             continue  # registered by a create that crashed before its script ran
         count += 1
-        problems += await check_workspace(client, workspace_id)
+        problems += await check_workspace(client, workspace_id, archive)
     return problems, count

@@ -12,7 +12,7 @@ import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis, RedisCluster
 
@@ -20,6 +20,9 @@ from gate.errors import InvalidCursor, ValidationFailed
 from gate.money import usd, usd_str
 from gate.store import keys
 from gate.store.redis_client import entries, text
+
+if TYPE_CHECKING:
+    from gate.history.archive import Archive
 
 ROW_TYPES = (
     "recharge",
@@ -56,6 +59,7 @@ _INT_EXTRAS = {
     "rate_micros",
 }
 _BATCH = 500
+_ARCHIVE_BATCH = 2000
 
 
 def iso_ms(ms: int) -> str:
@@ -125,6 +129,9 @@ class Filters:
     user: str | None = None
     group: str | None = None
     source: str | None = None
+    direction: str | None = None
+    number: str | None = None  # the from or the to number
+    contact: str | None = None  # the user, the group or the contact (seed 001's one box)
     start_ms: int | None = None  # inclusive
     end_ms: int | None = None  # exclusive
     min_micros: int | None = None  # on the absolute amount
@@ -138,6 +145,17 @@ class Filters:
         if self.group is not None and row.extra.get("group") != self.group:
             return False
         if self.source is not None and self.source not in row.extra.get("source", "").split("+"):
+            return False
+        x = row.extra
+        if self.direction is not None and x.get("direction") != self.direction:
+            return False
+        if self.number is not None and self.number not in (x.get("from"), x.get("to")):
+            return False
+        if self.contact is not None and self.contact not in (
+            x.get("user"),
+            x.get("group"),
+            x.get("contact"),
+        ):
             return False
         size = abs(row.amount_micros)
         if self.min_micros is not None and size < self.min_micros:
@@ -172,8 +190,49 @@ async def scan(
     workspace_id: str,
     filters: Filters,
     cursor: str | None = None,
+    archive: Archive | None = None,
+    batch: int = _ARCHIVE_BATCH,
 ) -> AsyncIterator[Row]:
-    """Every matching row, newest first, starting after `cursor`."""
+    """Every matching row, newest first, starting after `cursor`: Redis, then the archive.
+
+    `batch` is how many rows one SQL query asks for: a page asks for what it shows, so a
+    selective filter stops at the first matches instead of searching for thousands.
+
+    The seam has no gap and no double row: Redis is read down to its oldest row first; the
+    archive then gives only rows older than the oldest row Redis showed. A row leaves Redis
+    only after it is committed to the archive, and new rows are always newer, so whatever
+    Redis no longer had when it was read is in the archive.
+    """
+    oldest_seen: str | None = None
+    # Redis is read only above the archive's cursor: rows at or below it are committed to
+    # SQL, whose indexes serve the filters far better than a walk through the stream.
+    archived = await archive.cursor(workspace_id) if archive is not None else None
+    above = archived.row_id if archived is not None else None
+    async for row, seen in _scan_redis(client, workspace_id, filters, cursor, above):
+        oldest_seen = seen
+        if row is not None:
+            yield row
+    if archive is None:
+        return
+    before = oldest_seen or cursor
+    while True:
+        rows = await archive.rows_before(workspace_id, filters, before, batch)
+        for row in rows:
+            yield row
+        if len(rows) < batch:
+            return
+        before = rows[-1].id
+
+
+async def _scan_redis(
+    client: Redis | RedisCluster,
+    workspace_id: str,
+    filters: Filters,
+    cursor: str | None,
+    above: str | None = None,
+) -> AsyncIterator[tuple[Row | None, str]]:
+    """(matching row or None, id of the row read) for every Redis row newer than `above`,
+    newest first."""
     stream = keys.for_workspace(workspace_id).ledger
     high = f"({cursor}" if cursor else "+"
     if filters.end_ms is not None and (
@@ -181,17 +240,23 @@ async def scan(
     ):
         high = f"({filters.end_ms}-0"
     low = "-" if filters.start_ms is None else f"{filters.start_ms}-0"
+    if above is not None and (filters.start_ms is None or (filters.start_ms, 0) <= _id_key(above)):
+        low = f"({above}"
     if high == "(0-0":
         return  # nothing is older than the first possible id (and Redis rejects the range)
     while True:
         batch = entries(await client.xrevrange(stream, high, low, count=_BATCH))
         for entry_id, raw in batch:
             row = Row.parse(entry_id, raw)
-            if filters.keep(row):
-                yield row
+            yield (row if filters.keep(row) else None), row.id
         if len(batch) < _BATCH:
             return
         high = f"({text(batch[-1][0])}"
+
+
+def _id_key(row_id: str) -> tuple[int, int]:
+    at_ms, seq = row_id.split("-", 1)
+    return int(at_ms), int(seq)
 
 
 async def page(
@@ -200,10 +265,11 @@ async def page(
     filters: Filters,
     limit: int,
     cursor: str | None,
+    archive: Archive | None = None,
 ) -> tuple[list[Row], str | None]:
     """One page of rows newest first and the cursor of the next page (None at the end)."""
     rows: list[Row] = []
-    async for row in scan(client, workspace_id, filters, cursor):
+    async for row in scan(client, workspace_id, filters, cursor, archive, batch=limit + 1):
         if len(rows) == limit:
             return rows, rows[-1].id
         rows.append(row)
@@ -232,10 +298,23 @@ CSV_COLUMNS = (
 )
 
 
+# OWASP "CSV injection": a spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Columns Gate formats itself as numbers: left as they are, so a spreadsheet can sum them.
+_NUMERIC_COLUMNS = frozenset({4, 5, 15})
+
+
+def safe_cell(value: str) -> str:
+    """A cell a spreadsheet shows as text: formula-looking values get a leading quote."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def csv_lines(rows: Iterable[Row], workspace_column: str | None = None) -> Iterable[str]:
-    """CSV text for rows; the header first when called on the start of an export."""
+    """CSV lines for rows; every cell that came from outside is guarded against injection."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    # "\r\n" makes the writer quote cells holding a carriage return (with "\n" it leaves
+    # them bare and a lone \r splits the row in two); each line still ends in "\n".
+    writer = csv.writer(buf, lineterminator="\r\n")
     for row in rows:
         rate = row.extra.get("rate_micros")
         values = [
@@ -251,10 +330,11 @@ def csv_lines(rows: Iterable[Row], workspace_column: str | None = None) -> Itera
             row.extra.get("increment", ""),
             row.extra.get("source", ""),
         ]
+        values = [v if i in _NUMERIC_COLUMNS else safe_cell(v) for i, v in enumerate(values)]
         if workspace_column is not None:
-            values.insert(0, workspace_column)
+            values.insert(0, safe_cell(workspace_column))
         writer.writerow(values)
-        yield buf.getvalue()
+        yield buf.getvalue()[:-2] + "\n"
         buf.seek(0)
         buf.truncate()
 
@@ -262,3 +342,23 @@ def csv_lines(rows: Iterable[Row], workspace_column: str | None = None) -> Itera
 def csv_header(with_workspace: bool = False) -> str:
     cols = ("workspace", *CSV_COLUMNS) if with_workspace else CSV_COLUMNS
     return ",".join(cols) + "\n"
+
+
+async def csv_chunks(
+    client: Redis | RedisCluster,
+    workspace_id: str,
+    filters: Filters,
+    archive: Archive | None = None,
+    rows_per_chunk: int = 500,
+) -> AsyncIterator[str]:
+    """The whole CSV export, header first, in chunks of a few hundred rows: memory stays
+    flat however many rows match (the HTTP export and `gate export` both stream these)."""
+    yield csv_header()
+    chunk: list[str] = []
+    async for row in scan(client, workspace_id, filters, archive=archive):
+        chunk.extend(csv_lines([row]))
+        if len(chunk) >= rows_per_chunk:
+            yield "".join(chunk)
+            chunk.clear()
+    if chunk:
+        yield "".join(chunk)

@@ -10,12 +10,15 @@ import csv
 import io
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis, RedisCluster
 
 from gate.history import ledger
 from gate.money import usd, usd_str
+
+if TYPE_CHECKING:
+    from gate.history.archive import Archive
 
 # ledger row type -> the service it is usage of
 SERVICE_OF = {
@@ -56,7 +59,12 @@ class Tally:
 
 
 async def monthly(
-    client: Redis | RedisCluster, workspace_id: str, month: str, start_ms: int, end_ms: int
+    client: Redis | RedisCluster,
+    workspace_id: str,
+    month: str,
+    start_ms: int,
+    end_ms: int,
+    archive: Archive | None = None,
 ) -> dict[str, Any]:
     """The summary of one calendar month (UTC) of one workspace."""
     services: dict[str, Tally] = defaultdict(Tally)
@@ -65,7 +73,7 @@ async def monthly(
     credits = 0
     usage = frozenset(SERVICE_OF)
     month_rows = ledger.Filters(start_ms=start_ms, end_ms=end_ms)
-    async for row in ledger.scan(client, workspace_id, month_rows):
+    async for row in ledger.scan(client, workspace_id, month_rows, archive=archive):
         if row.type not in usage:
             credits += row.amount_micros
             continue

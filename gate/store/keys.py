@@ -98,3 +98,19 @@ def for_workspace(workspace_id: str) -> WsKeys:
         numbers=f"{base}:numbers",
         rent_due=f"{base}:rent_due",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class OrgKeys:
+    """The keys of one organization (a company grouping workspaces, its offices).
+
+    Touched outside scripts only; the hash tag keeps both on one slot for a pipeline.
+    """
+
+    org: str  # hash: id, name, created_ms
+    workspaces: str  # set: ids of the organization's workspaces
+
+
+def for_organization(organization_id: str) -> OrgKeys:
+    base = f"{PREFIX}:org:{{{organization_id}}}"
+    return OrgKeys(org=base, workspaces=f"{base}:workspaces")

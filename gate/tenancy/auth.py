@@ -58,6 +58,9 @@ class Principal:
     role: Role
     workspace_id: str | None
     key_id: str
+    # org_admin keys: their organization and its workspaces, read at authentication.
+    organization_id: str | None = None
+    org_workspaces: frozenset[str] = frozenset()
 
     def require(self, role: Role) -> None:
         if self.role < role:
@@ -83,6 +86,8 @@ class Principal:
             self.role is Role.platform and WORKSPACE_ID.match(workspace_id)
         ):
             return workspace_id
+        if self.role is Role.org_admin and workspace_id in self.org_workspaces:
+            return workspace_id  # another office of the same organization
         raise NotFound("no such workspace")
 
 
@@ -152,4 +157,20 @@ class Authenticator:
         left_s = (stored.expires_ms / 1000 - time.time()) if stored.expires_ms else math.inf
         if left_s <= 0:
             raise Unauthorized("this API key has expired; create a new one")
+        if Role[stored.role] is Role.org_admin:
+            return await self._org_admin(workspace_id, stored.id), left_s
         return Principal(Role[stored.role], workspace_id, stored.id), left_s
+
+    async def _org_admin(self, workspace_id: str, key_id: str) -> Principal:
+        """An org_admin key with its organization's workspaces (none: its own only)."""
+        org = await self.client.hget(keys.for_workspace(workspace_id).ws, "organization_id")
+        if not org:
+            return Principal(Role.org_admin, workspace_id, key_id)
+        members = await self.client.smembers(keys.for_organization(text(org)).workspaces)
+        return Principal(
+            Role.org_admin,
+            workspace_id,
+            key_id,
+            organization_id=text(org),
+            org_workspaces=frozenset(text(m) for m in members),
+        )
