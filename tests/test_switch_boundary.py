@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from gate import metrics
 from gate.api.http import CALLS, TICKER
-from gate.calls.service import StartParams
+from gate.calls.service import StartParams, undos_done
 from gate.clock import ManualClock
 from gate.errors import GateTimeout
 from gate.history.check import check_all
@@ -71,6 +71,23 @@ async def test_a_start_past_its_deadline_is_refused_by_the_script(
     k = keys.for_workspace(ws["id"])
     assert await redis.hlen(k.live) == 0
     assert int(await redis.hget(k.wallet, "reserved")) == 0
+
+
+async def test_a_start_whose_reply_comes_too_late_is_undone(client: Client, redis: Redis) -> None:
+    """The script ran in time, but Gate gave up before reading its reply (a stalled process):
+    Gate answers 503 and removes the call itself, leaving no row and no ended result."""
+    ws = await new_workspace(client)
+    calls = client.server.app[CALLS]
+    params = StartParams("late", "outbound", "+14155550100", "+14155550123", "voice",
+                         None, None, None, True)  # fmt: skip
+    with pytest.raises(GateTimeout):
+        await calls.start(ws["id"], params, expires_at=asyncio.get_running_loop().time())
+    await undos_done()
+    k = keys.for_workspace(ws["id"])
+    assert await redis.hlen(k.live) == 0, "the late start is still live"
+    assert int(await redis.hget(k.wallet, "reserved")) == 0
+    assert not await redis.hexists(k.ended, "late"), "a later real end must still be billed"
+    assert await redis.xlen(k.ledger) == 1, "only the signup credit"
 
 
 async def test_a_start_behind_a_paused_redis_answers_503_and_never_commits(
@@ -423,15 +440,15 @@ end
 async def test_starts_queued_behind_a_busy_redis_past_their_deadline_never_commit(
     make_client: MakeClient, redis: Redis
 ) -> None:
-    """Under load: a hundred starts wait behind a script that holds Redis for 300 ms; each
+    """Under load: a hundred starts wait behind a script that holds Redis for 500 ms; each
     answered 503 must leave nothing behind when Redis gets to it."""
     client = await make_client(auth_cache_s=60.0)  # warm auth: the starts' scripts queue
     ws = await new_workspace(client)
     sw = auth(await new_switch_key(client, ws["id"]))
     await client.get("/v1/wallet", headers=sw)
     evalsha_before = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
-    blocker = asyncio.create_task(redis.eval(BUSY_LUA, 0, 300_000))
-    await asyncio.sleep(0.05)
+    blocker = asyncio.create_task(redis.eval(BUSY_LUA, 0, 500_000))
+    await asyncio.sleep(0.1)
     answers = await asyncio.gather(*(
         client.post("/v1/calls", json=START | {"call_id": f"q{i}", "timeout_ms": 100}, headers=sw)
         for i in range(100)
@@ -439,10 +456,14 @@ async def test_starts_queued_behind_a_busy_redis_past_their_deadline_never_commi
     await blocker
     statuses = [a.status for a in answers]
     k = keys.for_workspace(ws["id"])
-    assert statuses.count(503) > 90, statuses
-    await asyncio.sleep(0.1)
-    ran = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] - evalsha_before
+    assert statuses.count(503) > 50, statuses
+    for _ in range(100):  # a loaded machine may take a moment to hand Redis the backlog
+        ran = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"] - evalsha_before
+        if ran >= 100:
+            break
+        await asyncio.sleep(0.05)
     assert ran >= 100, "the late starts did reach Redis, after their deadline"
+    await undos_done()  # Gate's own undo of any that ran in time but answered too late
     assert await redis.hlen(k.live) == statuses.count(201), "a 503 start was committed"
     for i, status in enumerate(statuses):
         if status == 201:

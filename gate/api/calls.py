@@ -40,40 +40,39 @@ async def start(request: web.Request) -> web.StreamResponse:
     """
     arrival = time.time_ns() // 1_000_000
     timeout_ms = request.app[CTX].settings.start_timeout_ms
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    try:
+    started = asyncio.get_running_loop().time()
+    try:  # auth may need Redis too: it spends the same budget
         async with asyncio.timeout(timeout_ms / 1000) as deadline:
             who = await principal(request, Role.switch)
             body = await decode(request, StartCall)
             if body.timeout_ms is not None:
                 timeout_ms = body.timeout_ms
                 deadline.reschedule(started + timeout_ms / 1000)
-            new, answer = await request.app[CALLS].start(
-                who.workspace(),
-                StartParams(
-                    body.call_id,
-                    body.direction,
-                    body.from_,
-                    body.to,
-                    body.service,
-                    body.user,
-                    body.group,
-                    body.number_type,
-                    body.answered,
-                    timeout_ms,
-                    body.heartbeat_s,
-                ),
-                deadline_ms=arrival + timeout_ms - _commit_margin_ms(timeout_ms),
-            )
     except TimeoutError:
         metrics.START_TIMEOUTS.inc()
         raise GateTimeout(
             f"the call start was not decided within {timeout_ms} ms and will not be committed; "
-            "fail the call by direction (outbound closed, inbound may open) and send its end "
-            "with duration_s 0",
+            "fail the call by direction (outbound closed, inbound may open)",
             timeout_ms=timeout_ms,
         ) from None
+    new, answer = await request.app[CALLS].start(
+        who.workspace(),
+        StartParams(
+            body.call_id,
+            body.direction,
+            body.from_,
+            body.to,
+            body.service,
+            body.user,
+            body.group,
+            body.number_type,
+            body.answered,
+            timeout_ms,
+            body.heartbeat_s,
+        ),
+        deadline_ms=arrival + timeout_ms - _commit_margin_ms(timeout_ms),
+        expires_at=started + timeout_ms / 1000,
+    )
     return json(answer, 201 if new else 200)
 
 

@@ -6,6 +6,7 @@ shapes the script's arguments and turns its reply into the answer the switch rea
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,13 @@ from gate.store.redis_client import text as text_of
 from gate.store.scripts import Code
 
 log = logging.getLogger("gate.calls.service")
+_undoing: set[asyncio.Future[None]] = set()  # keeps the background undo tasks alive
+
+
+async def undos_done() -> None:
+    """Wait for the undos of timed-out starts under way (tests and a draining shutdown)."""
+    while _undoing:
+        await asyncio.gather(*_undoing, return_exceptions=True)
 
 
 class Record(msgspec.Struct, frozen=True):
@@ -228,48 +236,69 @@ class Calls:
         return rate, nt or rate.number_type
 
     async def start(
-        self, workspace_id: str, p: StartParams, deadline_ms: int = 0
+        self,
+        workspace_id: str,
+        p: StartParams,
+        deadline_ms: int = 0,
+        expires_at: float | None = None,
     ) -> tuple[bool, dict[str, Any]]:
         """Decide and hold; returns (new?, answer). Raises the refusals as GateErrors.
 
         `deadline_ms` (wall-clock unix ms, 0 = none) is when the switch stops waiting: the
         script refuses to commit after it by Redis's own clock, so a start stuck behind a
-        paused Redis can never become a call the switch does not know about.
+        paused Redis can never become a call the switch does not know about. `expires_at`
+        (event-loop time) is when Gate stops waiting for the script's reply: then it answers
+        GateTimeout and undoes the start in the background, in case the script ran in time
+        but its reply came too late.
         """
         s = self.ctx.settings
         rate, nt = self._rate_args(p.service, p.direction, p.from_, p.to, p.number_type)
         k = keys.for_workspace(workspace_id)
         now = self.ctx.clock.now_ms()
-        reply = await self.ctx.scripts.call(
-            "call_start",
-            k.call_keys,
-            [
-                now,
-                p.call_id,
-                p.direction,
-                p.service,
-                p.from_,
-                p.to,
-                p.user or "",
-                p.group or "",
-                nt,
-                rate.per_min_micros,
-                rate.connect_fee_micros,
-                rate.increment.first,
-                rate.increment.next,
-                s.buffer_s,
-                s.tick_s,
-                s.inbound_grace_s,
-                s.max_call_s,
-                1 if p.answered else 0,
-                deadline_ms,
-                s.inbound_grace_max_s,
-                s.max_concurrent_calls_max,
-                s.ring_timeout_s,
-                _components(rate),
-                0 if p.heartbeat_s is None else 1,
-            ],
+        call = asyncio.ensure_future(
+            self.ctx.scripts.call(
+                "call_start",
+                k.call_keys,
+                [
+                    now,
+                    p.call_id,
+                    p.direction,
+                    p.service,
+                    p.from_,
+                    p.to,
+                    p.user or "",
+                    p.group or "",
+                    nt,
+                    rate.per_min_micros,
+                    rate.connect_fee_micros,
+                    rate.increment.first,
+                    rate.increment.next,
+                    s.buffer_s,
+                    s.tick_s,
+                    s.inbound_grace_s,
+                    s.max_call_s,
+                    1 if p.answered else 0,
+                    deadline_ms,
+                    s.inbound_grace_max_s,
+                    s.max_concurrent_calls_max,
+                    s.ring_timeout_s,
+                    _components(rate),
+                    0 if p.heartbeat_s is None else 1,
+                ],
+            )
         )
+        try:
+            async with asyncio.timeout_at(expires_at):
+                reply = await asyncio.shield(call)
+        except TimeoutError:
+            metrics.START_TIMEOUTS.inc()
+            self._undo_if_committed(workspace_id, call)
+            raise GateTimeout(
+                f"call {p.call_id} was not decided within its timeout and will not be "
+                "committed; fail the call by direction (outbound closed, inbound may open) and "
+                "send its end: duration_s 0 if it did not go ahead",
+                call_id=p.call_id,
+            ) from None
         code = reply[0]
         if code == Code.DEADLINE:
             metrics.START_TIMEOUTS.inc()
@@ -312,6 +341,35 @@ class Calls:
         if code == Code.ENDED:
             raise InvalidState(f"call {p.call_id} has ended; use a new call_id for a new call")
         raise NotFound("no such workspace")
+
+    def _undo_if_committed(self, workspace_id: str, call: asyncio.Future[list[Any]]) -> None:
+        """Gate gave up waiting for a start's reply: when it comes, and says the start
+        committed (it ran in time but answered too late), remove that call again. Waiting for
+        the reply keeps the undo behind the start in Redis's order."""
+
+        async def undo() -> None:
+            k = keys.for_workspace(workspace_id)
+            try:
+                started = await call
+                if started[0] != Code.OK:
+                    return  # refused, or past its deadline: nothing was committed
+                rec = _record.decode(as_bytes(started[1]))
+                reply = await self.ctx.scripts.call(
+                    "call_abort", k.call_keys, [self.ctx.clock.now_ms(), rec.id, rec.t0]
+                )
+            except Exception as err:  # no reply: the start's own deadline keeps it out
+                log.warning("could not check a timed-out start of %s: %s", workspace_id, err)
+                return
+            call_id = rec.id
+            if reply[0] == Code.OK:
+                log.warning("undid call %s of %s: its start committed after Gate gave up",
+                            call_id, workspace_id)  # fmt: skip
+                if int(reply[1]):
+                    self.ctx.notifier.ticks(workspace_id, self.ctx.clock.now_ms())
+
+        task = asyncio.ensure_future(undo())
+        _undoing.add(task)
+        task.add_done_callback(_undoing.discard)
 
     def first_answer(self, rec: Record) -> dict[str, Any]:
         """The start answer, rebuilt the same from the record on every repeat."""
