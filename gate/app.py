@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -15,12 +16,16 @@ from gate.api.http import (
     AUTOMATION,
     CALLS,
     CHARGES,
+    CIRCUIT,
     CTX,
+    FANOUT,
+    LIMITER,
     MAX_BODY,
     METHODS,
     NUMBERS,
     OUTBOX,
     RATES,
+    STREAMS_REDIS,
     TICKER,
     WALLET,
     WORKSPACES,
@@ -31,14 +36,19 @@ from gate.calls.service import Calls, RateBook
 from gate.calls.ticker import Ticker
 from gate.clock import Clock, SystemClock
 from gate.context import Context
+from gate.delivery.fanout import Fanout
 from gate.delivery.mail import LogMailer, Mailer, SmtpMailer
 from gate.delivery.outbox import Outbox
 from gate.history.archive import Archive
 from gate.history.archiver import Archiver
 from gate.settings import Settings
 from gate.store import redis_client
+from gate.store.circuit import Circuit
 from gate.store.scripts import Scripts
+from gate.tasks import cancel
+from gate.tenancy.apikeys import listen_for_revocations
 from gate.tenancy.auth import Authenticator
+from gate.tenancy.limits import KeyLimiter
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.automation import Automation
 from gate.wallet.charges import Charges
@@ -64,15 +74,31 @@ def create_app(
     routes.add_routes(app)
     api_events.setup(app)  # end open event streams on shutdown
     rates = RateBook(settings.rates)  # a bad card fails the boot, naming the file and entry
+    app[LIMITER] = KeyLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app[RATES] = rates
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         own = client is None
+        circuit = app[CIRCUIT] = Circuit()
         if client is None:
             assert settings.redis_url, "the CLI starts a private redis-server when unset"
-            redis = await redis_client.connect(settings.redis_url)
+            deadline_s = settings.redis_timeout_ms / 1000
+            circuit.open_after_s = deadline_s  # timeouts over at least one deadline
+            # A dead Redis refuses a connect at once; a slow connect is a busy host.
+            connect_s = max(deadline_s, 1.0)
+            redis = await redis_client.connect(
+                settings.redis_url,
+                circuit=circuit,
+                socket_timeout=deadline_s,
+                socket_connect_timeout=connect_s,
+            )
+            # Event streams block in XREAD for seconds: their own pool, without the per-command
+            # deadline, so they never hold the connections the call path needs.
+            app[STREAMS_REDIS] = await redis_client.connect(
+                settings.redis_url, circuit=circuit, socket_connect_timeout=connect_s
+            )
         else:
-            redis = client
+            redis = app[STREAMS_REDIS] = client
         scripts = Scripts(redis)
         await scripts.load()
         archive = await Archive.open(settings.database_url) if settings.database_url else None
@@ -121,8 +147,19 @@ def create_app(
             await archiver.start()
         await automation.start()
         await renewals.start()
+        fanout = app[FANOUT] = Fanout(app[STREAMS_REDIS])
+        revocations = None
+        listener = app[STREAMS_REDIS]
+        if isinstance(listener, Redis):  # on a cluster the cache's few seconds apply
+            revocations = asyncio.create_task(
+                listen_for_revocations(listener, app[AUTH].forget_workspace, app[AUTH].forget_all),
+                name="gate-key-revocations",
+            )
         log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
         yield
+        if revocations is not None:
+            await cancel([revocations])
+        await fanout.stop()
         await renewals.stop()
         await automation.stop()
         await ticker.stop()
@@ -131,10 +168,12 @@ def create_app(
             await archiver.stop()
         if archive is not None:
             await archive.close()
+        await circuit.stop()
         if isinstance(provider, StripeProvider):
             await provider.close()
         if own:
             await redis.aclose()
+            await app[STREAMS_REDIS].aclose()
 
     app.cleanup_ctx.append(services)
     return app

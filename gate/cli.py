@@ -54,14 +54,18 @@ def _reload_rates(app: Any, children: list[Any]) -> None:
 
 
 async def _serve_process(
-    settings: Settings, stop: asyncio.Event | None = None, children: list[Any] | None = None
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    children: list[Any] | None = None,
+    supervisor: Any = None,
 ) -> None:
     from aiohttp import web
 
+    from gate.api.protocol import make_runner
     from gate.app import create_app
 
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = make_runner(app, settings)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.workers > 1)
     await site.start()
@@ -71,13 +75,22 @@ async def _serve_process(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
     loop.add_signal_handler(signal.SIGHUP, _reload_rates, app, children or [])
+    watch = asyncio.create_task(supervisor.watch()) if supervisor is not None else None
     await done.wait()
     log.info("gate stopping (pid %d)", os.getpid())
+    if watch is not None:
+        watch.cancel()
+        supervisor.terminate()  # the workers drain at the same time as this process
     await runner.cleanup()
 
 
-def _worker(settings: Settings) -> None:
+def _worker(settings: Settings, parent_pid: int | None = None) -> None:
     import uvloop
+
+    from gate.supervisor import die_with_parent
+
+    if parent_pid is not None:
+        die_with_parent(parent_pid)  # never serve the port on after the main process died
 
     # A SIGHUP forwarded before this worker's loop handles it must not kill it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -90,7 +103,12 @@ def serve(settings: Settings) -> None:
     import uvloop
 
     from gate.store.redis_proc import RedisServer, RedisServerMissing
+    from gate.supervisor import PortTaken, Supervisor, claim_port
 
+    try:
+        port_lock = claim_port(settings.host, settings.port)
+    except PortTaken as err:
+        raise SystemExit(f"gate: {err}") from err
     embedded = None
     if not settings.redis_url:
         data = Path(settings.data_dir) / "redis"
@@ -115,20 +133,20 @@ def serve(settings: Settings) -> None:
             "GATE_DATABASE_URL is unset: the ledger archive is the SQLite file %s",
             embedded_db[len("sqlite:///") :],
         )
-    children: list[Any] = []
+    spawn = multiprocessing.get_context("spawn")
+
+    def start_worker() -> Any:
+        child = spawn.Process(target=_worker, args=(settings, os.getpid()), daemon=True)
+        child.start()
+        return child
+
+    supervisor = Supervisor(start_worker, settings.workers - 1)
     try:
-        spawn = multiprocessing.get_context("spawn")
-        for _ in range(settings.workers - 1):
-            child = spawn.Process(target=_worker, args=(settings,), daemon=True)
-            child.start()
-            children.append(child)
-        uvloop.run(_serve_process(settings, children=children))
+        supervisor.start()
+        uvloop.run(_serve_process(settings, children=supervisor.children, supervisor=supervisor))
     finally:
-        for child in children:
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
-        for child in children:
-            child.join(10)
+        supervisor.stop()
+        port_lock.close()
         if embedded is not None:
             _url_file(settings).unlink(missing_ok=True)
             embedded.stop()

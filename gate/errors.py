@@ -21,8 +21,11 @@ GateError
 ├── Unprocessable (422)
 │   └── NoRateFound (422 no_rate)
 ├── TooManyRequests (429 concurrency_limit)
+│   ├── RateLimited (429 rate_limited, with Retry-After)
+│   └── TooManyStreams (429 too_many_streams)
 └── Unavailable (503 unavailable)
-    └── GateTimeout (503 gate_timeout)
+    ├── GateTimeout (503 gate_timeout)
+    └── GateUnavailable (503 gate_unavailable)
 """
 
 from __future__ import annotations
@@ -150,3 +153,25 @@ class GateTimeout(Unavailable):
     """A call start that could not be decided before the switch's deadline: never committed."""
 
     code = "gate_timeout"
+
+
+class GateUnavailable(Unavailable):
+    """Redis did not answer in time or is unreachable: nothing was done, retry shortly."""
+
+    code = "gate_unavailable"
+
+
+class RateLimited(TooManyRequests):
+    """A key made more mutating requests than its rate allows; answered with Retry-After."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, **details: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
+        self.retry_after_s = retry_after_s
+
+
+class TooManyStreams(TooManyRequests):
+    """A key or workspace has as many event streams open as the process allows."""
+
+    code = "too_many_streams"

@@ -51,6 +51,11 @@ DELIVERY_DELAY = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0),
     registry=REGISTRY,
 )
+REDIS_UP = Gauge(
+    "gate_redis_up",
+    "1 while this process reaches Redis, 0 while its circuit is open (answering 503)",
+    registry=REGISTRY,
+)
 ARCHIVE_LAG_ROWS = Gauge(
     "gate_archive_lag_rows",
     "ledger rows not yet in the SQL archive, as the archiver's last pass began",

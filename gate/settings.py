@@ -59,6 +59,15 @@ class Settings:
     # Tunables that tests shrink; not part of the documented contract.
     cut_poll_ms: int = 50
     auth_cache_s: float = 5.0
+    # Reliability (README "Reliability"): the deadline of one Redis command.
+    redis_timeout_ms: int = 250
+    header_timeout_s: int = 10
+    keepalive_timeout_s: int = 75
+    webhook_allow_private: bool = False
+    rate_limit_per_s: int = 50
+    rate_limit_burst: int = 200
+    sse_max_per_key: int = 10
+    sse_max_per_workspace: int = 50
 
 
 # integer settings -> (lowest, highest) allowed
@@ -78,6 +87,13 @@ _INT_FIELDS = {
     "max_concurrent_calls_max": (1, 1_000_000),
     "clock_tolerance_s": (0, 300),
     "sync_min_age_s": (0, 3600),
+    "redis_timeout_ms": (5, 60_000),
+    "header_timeout_s": (1, 3600),
+    "keepalive_timeout_s": (1, 86400),
+    "rate_limit_per_s": (0, 1_000_000),
+    "rate_limit_burst": (1, 1_000_000),
+    "sse_max_per_key": (1, 100_000),
+    "sse_max_per_workspace": (1, 100_000),
 }
 ENV = {
     "redis_url": "GATE_REDIS_URL",
@@ -105,6 +121,14 @@ ENV = {
     "sync_min_age_s": "GATE_SYNC_MIN_AGE_S",
     "data_dir": "GATE_DATA_DIR",
     "log_level": "GATE_LOG_LEVEL",
+    "redis_timeout_ms": "GATE_REDIS_TIMEOUT_MS",
+    "header_timeout_s": "GATE_HEADER_TIMEOUT_S",
+    "keepalive_timeout_s": "GATE_KEEPALIVE_TIMEOUT_S",
+    "webhook_allow_private": "GATE_WEBHOOK_ALLOW_PRIVATE",
+    "rate_limit_per_s": "GATE_RATE_LIMIT_PER_S",
+    "rate_limit_burst": "GATE_RATE_LIMIT_BURST",
+    "sse_max_per_key": "GATE_SSE_MAX_PER_KEY",
+    "sse_max_per_workspace": "GATE_SSE_MAX_PER_WORKSPACE",
     "database_url": "GATE_DATABASE_URL",
     "ledger_keep_s": "GATE_LEDGER_KEEP_S",
     "ledger_keep_rows": "GATE_LEDGER_KEEP_ROWS",
@@ -116,6 +140,10 @@ ENV = {
     "stripe_webhook_secret": "GATE_STRIPE_WEBHOOK_SECRET",
     "stripe_api_base": "GATE_STRIPE_API_BASE",
 }
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLS |= {"0": False, "false": False, "no": False, "off": False}
 
 
 def _parse(name: str, raw: str) -> Any:
@@ -162,6 +190,10 @@ def _parse(name: str, raw: str) -> Any:
         ("http://", "https://")
     ):
         raise SettingsError(f"{var}={raw!r}: expected an http:// or https:// URL")
+    if name == "webhook_allow_private":
+        if raw.lower() not in _BOOLS:
+            raise SettingsError(f"{var}={raw!r}: expected 1 or 0 (true/false, yes/no, on/off)")
+        return _BOOLS[raw.lower()]
     if name == "smtp_url" and not raw.startswith(("smtp://", "smtps://")):
         raise SettingsError(f"{var}={raw!r}: expected smtp://user:password@host:port or smtps://")
     if name == "payments" and raw not in ("sandbox", "stripe"):

@@ -1,11 +1,11 @@
 -- outbox_window: the events of one workspace to send now, and when the rest fall due.
 --
 -- Reads the events after the delivery cursor, in stream order. An event never tried is due
--- now; a failed one at its next try time. With an owner it first moves the cursor over
--- finished events and drops a retried call.* event (cut, limit, extended) whose call has
--- ended (the switch hung up already: nothing left to cut or re-arm, so it is not retried
--- for hours). Without one (owner "") it only reads: the
--- due-index uses that to learn the workspace's earliest due time.
+-- now; a failed one at its next try time, or now when `flush` says the receiver answers
+-- again. With an owner it first moves the cursor over finished events and drops a retried
+-- call.* event (cut, limit, extended) whose call has ended (the switch hung up already:
+-- nothing left to cut or re-arm, so it is not retried for hours). Without one (owner "") it
+-- only reads: the due-index uses that to learn the workspace's earliest due time.
 --
 -- KEYS[1] outbox  hash    delivery state (see lua/_outbox.lua)
 -- KEYS[2] events  stream  the workspace's events
@@ -14,6 +14,7 @@
 -- ARGV[2] now_ms  integer
 -- ARGV[3] limit   integer  most events returned (0: only the due time)
 -- ARGV[4] scan    integer  most events after the cursor looked at
+-- ARGV[5] flush   "1": failed events are due now (the receiver came back); optional
 -- Replies:
 --   {0, due_ms, cursor, id1, attempts1, fields1, id2, ...}
 --       the events due now (at most `limit`, oldest first; fields as a flat list) after
@@ -25,6 +26,7 @@ local rcall = redis.call
 local outbox, events, ended = KEYS[1], KEYS[2], KEYS[3]
 local owner = ARGV[1]
 local now_ms, limit, scan = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local flush = ARGV[5] == '1'
 
 --!include _outbox.lua
 
@@ -48,6 +50,7 @@ for i = 1, #batch do
       local colon = string.find(state, ':', 1, true)
       attempts = tonumber(string.sub(state, 1, colon - 1))
       next_ms = tonumber(string.sub(state, colon + 1))
+      if flush then next_ms = now_ms end
     end
     local dropped = false
     -- A stale cut is sent by the sweeper as it ends the call: it must still be retried.

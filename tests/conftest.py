@@ -37,7 +37,16 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def settings(redis_server: RedisServer) -> Settings:
-    return Settings(redis_url=redis_server.url, platform_key=PLATFORM_KEY, auth_cache_s=0.0)
+    return Settings(
+        redis_url=redis_server.url,
+        platform_key=PLATFORM_KEY,
+        auth_cache_s=0.0,
+        webhook_allow_private=True,  # the tests' receivers listen on 127.0.0.1
+        rate_limit_per_s=0,  # tests fire hundreds of changes at once; test_rate_limits sets it
+        # A loaded 2-core CI machine stalls the event loop past 250 ms at times; the outage
+        # tests set their own deadline.
+        redis_timeout_ms=2000,
+    )
 
 
 Client = TestClient  # type: ignore[type-arg]

@@ -192,3 +192,34 @@ async def test_client_disconnect_ends_the_stream(
             break
         await asyncio.sleep(0.01)
     assert streams.count == 0
+
+
+@pytest.mark.parametrize(
+    "last_id",
+    [
+        "18446744073709551616-0",  # 2^64: no stream id is that large
+        "0-18446744073709551616",
+        "evt_{hex}_99999999999999999999-0",
+        "\uff11\uff12-0",  # non-ASCII digits
+        "12",
+        "evt_{hex}_",
+    ],
+)
+async def test_last_event_id_out_of_range_is_400(sse: Client, last_id: str) -> None:
+    ws = await new_workspace(sse)
+    agent = await agent_key(sse, ws)
+    value = last_id.format(hex=ws["id"].removeprefix("ws_"))
+    resp = await sse.get("/v1/events", headers={**agent, "Last-Event-ID": value})
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["error"]["code"] == "validation_error"
+    assert "Last-Event-ID" in body["error"]["message"]
+
+
+async def test_last_event_id_at_the_top_of_the_range_is_accepted(sse: Client) -> None:
+    ws = await new_workspace(sse)
+    agent = await agent_key(sse, ws)
+    top = f"evt_{ws['id'].removeprefix('ws_')}_18446744073709551615-18446744073709551615"
+    resp = await open_stream(sse, {**agent, "Last-Event-ID": top})
+    assert resp.status == 200
+    resp.close()

@@ -11,29 +11,55 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gate.api.http import CTX, principal
+from gate.api.http import CTX, FANOUT, STREAMS_REDIS, principal
 from gate.delivery import events
-from gate.errors import NotFound, ValidationFailed
+from gate.errors import NotFound, TooManyStreams, ValidationFailed
+from gate.settings import Settings
 from gate.store import keys
+from gate.store.circuit import is_unavailable
 from gate.store.redis_client import entries, text
 from gate.tenancy.auth import Role
 
 log = logging.getLogger("gate.events")
 
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
-# One XREAD BLOCK holds a Redis connection this long at most, so an idle stream notices a
-# gone client or a shutdown within it.
+# A waiting stream looks at its connection this often, to notice a client that went away.
 BLOCK_MS = 2000
 BATCH = 100  # events per read
 RETRY_MS = 2000  # how long an EventSource waits before it reconnects
 
 
 class OpenStreams:
-    """The event streams this app is serving, so shutdown can end them."""
+    """The event streams this app is serving: shutdown ends them; caps per key and workspace."""
 
     def __init__(self) -> None:
         self.closing = asyncio.Event()
         self.count = 0
+        self.by_key: dict[str, int] = {}
+        self.by_workspace: dict[str, int] = {}
+
+    def admit(self, key_id: str, workspace_id: str, settings: Settings) -> None:
+        """Count one more stream, or raise TooManyStreams past GATE_SSE_MAX_PER_*."""
+        if self.by_key.get(key_id, 0) >= settings.sse_max_per_key:
+            raise TooManyStreams(
+                f"this key has {settings.sse_max_per_key} event streams open in this process "
+                "already; close one, or share one stream between your dashboards",
+            )
+        if self.by_workspace.get(workspace_id, 0) >= settings.sse_max_per_workspace:
+            raise TooManyStreams(
+                f"this workspace has {settings.sse_max_per_workspace} event streams open in "
+                "this process already; close one, or share one stream between your dashboards",
+            )
+        self.count += 1
+        self.by_key[key_id] = self.by_key.get(key_id, 0) + 1
+        self.by_workspace[workspace_id] = self.by_workspace.get(workspace_id, 0) + 1
+
+    def leave(self, key_id: str, workspace_id: str) -> None:
+        self.count -= 1
+        for counts, name in ((self.by_key, key_id), (self.by_workspace, workspace_id)):
+            counts[name] -= 1
+            if counts[name] <= 0:
+                del counts[name]
 
 
 OPEN_STREAMS = web.AppKey("open_streams", OpenStreams)
@@ -66,10 +92,69 @@ def _frame(workspace_id: str, entry_id: str, fields: Any) -> bytes:
     )
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Take an abandoned read's outcome, so asyncio does not log it as never retrieved."""
-    if not future.cancelled():
-        future.exception()
+async def _serve(
+    request: web.Request,
+    response: web.StreamResponse,
+    streams: OpenStreams,
+    workspace_id: str,
+    cursor: str,
+) -> None:
+    """Write the workspace's events after `cursor` as they come, until the client goes.
+
+    The process's one reader (gate/delivery/fanout.py) wakes this stream when its workspace's
+    events move; the stream then reads its own events from its own cursor with XRANGE on the
+    streams' pool, never on the call path's, and never holds a connection while it waits.
+    """
+    streams_redis = request.app[STREAMS_REDIS]
+    k = keys.for_workspace(workspace_id)
+    loop = asyncio.get_running_loop()
+    subscriber = request.app[FANOUT].subscribe(workspace_id, cursor)
+    closing = asyncio.ensure_future(streams.closing.wait())
+    try:
+        await response.write(b"retry: %d\n\n" % RETRY_MS)
+        last_write = loop.time()
+        woken_up = True  # read once at the start: catch up from the cursor
+        while True:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            got = []
+            if woken_up:
+                subscriber.wake.clear()  # before the read: a wake during it means read again
+                got = entries(await streams_redis.xrange(k.events, f"({cursor}", "+", count=BATCH))
+            if got:
+                cursor = text(got[-1][0])
+                await response.write(b"".join(_frame(workspace_id, text(i), f) for i, f in got))
+                last_write = loop.time()
+                if len(got) == BATCH:
+                    continue  # more are waiting
+            elif loop.time() >= last_write + KEEPALIVE_S:
+                await response.write(b": keep-alive\n\n")
+                last_write = loop.time()
+            idle_left = last_write + KEEPALIVE_S - loop.time()
+            woken = asyncio.ensure_future(subscriber.wake.wait())
+            try:
+                # Wake up now and then anyway, to notice a client that went away.
+                await asyncio.wait(
+                    {woken, closing},
+                    timeout=max(0.001, min(BLOCK_MS / 1000, idle_left)),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                woken.cancel()
+            woken_up = subscriber.wake.is_set()
+            if closing.done():
+                break  # shutting down
+    except ConnectionError:  # the client went away mid-write
+        pass
+    except RedisError as err:  # end the stream; the client resumes with Last-Event-ID
+        # An outage is logged once by the circuit, not once per open stream.
+        if not is_unavailable(err):
+            log.warning("event stream of %s ended by a Redis error", workspace_id, exc_info=True)
+    finally:
+        # Also reached when aiohttp cancels the handler because the client went away.
+        closing.cancel()
+        request.app[FANOUT].unsubscribe(subscriber)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -94,57 +179,20 @@ async def stream(request: web.Request) -> web.StreamResponse:
         newest = entries(await ctx.client.xrevrange(k.events, "+", "-", count=1))
         cursor = text(newest[0][0]) if newest else "0-0"
 
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # nginx would buffer the stream otherwise
-        }
-    )
-    await response.prepare(request)
     streams = request.app.get(OPEN_STREAMS) or OpenStreams()
-    streams.count += 1
-    loop = asyncio.get_running_loop()
-    closing = asyncio.ensure_future(streams.closing.wait())
-    read: asyncio.Future[Any] | None = None
+    streams.admit(who.key_id, workspace_id, request.app[CTX].settings)  # 429 beyond the caps
     try:
-        await response.write(b"retry: %d\n\n" % RETRY_MS)
-        last_write = loop.time()
-        while True:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                break
-            idle_left = last_write + KEEPALIVE_S - loop.time()
-            block = max(1, min(BLOCK_MS, int(idle_left * 1000)))  # BLOCK 0 would wait forever
-            read = asyncio.ensure_future(
-                ctx.client.xread({k.events: cursor}, count=BATCH, block=block)
-            )
-            await asyncio.wait({read, closing}, return_when=asyncio.FIRST_COMPLETED)
-            if not read.done():
-                break  # shutting down
-            reply, read = read.result(), None
-            frames = []
-            for _key, items in reply.items() if isinstance(reply, dict) else reply or []:
-                for entry_id, fields in entries(items):
-                    cursor = text(entry_id)
-                    frames.append(_frame(workspace_id, cursor, fields))
-            if frames:
-                await response.write(b"".join(frames))
-                last_write = loop.time()
-            elif loop.time() >= last_write + KEEPALIVE_S:
-                await response.write(b": keep-alive\n\n")
-                last_write = loop.time()
-    except ConnectionError:  # the client went away mid-write
-        pass
-    except RedisError:  # end the stream; the client resumes with Last-Event-ID
-        log.warning("event stream of %s ended by a Redis error", workspace_id, exc_info=True)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # nginx would buffer the stream otherwise
+            }
+        )
+        await response.prepare(request)
+        await _serve(request, response, streams, workspace_id, cursor)
     finally:
-        # Also reached when aiohttp cancels the handler because the client went away.
-        closing.cancel()
-        streams.count -= 1
-        if read is not None:
-            read.cancel()  # redis-py drops the connection of an unfinished read
-            read.add_done_callback(_retrieve)
+        streams.leave(who.key_id, workspace_id)
     with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response

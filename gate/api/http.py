@@ -10,21 +10,29 @@ from typing import Any, TypeVar
 import msgspec
 import orjson
 from aiohttp import web
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gate import metrics
 from gate.calls.service import Calls, RateBook
 from gate.calls.ticker import Ticker
 from gate.context import Context
+from gate.delivery.fanout import Fanout
 from gate.delivery.outbox import Outbox
 from gate.errors import (
     GateError,
+    GateUnavailable,
     InvalidJSON,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     ValidationFailed,
 )
+from gate.store.circuit import Circuit
 from gate.tenancy.auth import Authenticator, Principal, Role
+from gate.tenancy.limits import MUTATING, KeyLimiter
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.automation import Automation
 from gate.wallet.charges import Charges
@@ -44,6 +52,11 @@ OUTBOX = web.AppKey("outbox", Outbox)
 RATES = web.AppKey("rates", RateBook)
 CALLS = web.AppKey("calls", Calls)
 TICKER = web.AppKey("ticker", Ticker)
+CIRCUIT = web.AppKey("circuit", Circuit)
+LIMITER = web.AppKey("limiter", KeyLimiter)
+FANOUT = web.AppKey("fanout", Fanout)  # wakes the event streams (gate/delivery/fanout.py)
+# The Redis client for blocking reads (event streams): its own pool, no per-command deadline.
+STREAMS_REDIS: web.AppKey[Redis | RedisCluster] = web.AppKey("streams_redis")
 AUTOMATION = web.AppKey("automation", Automation)
 METHODS = web.AppKey("methods", PaymentMethods)
 CHARGES = web.AppKey("charges", Charges)
@@ -77,6 +90,10 @@ async def principal(request: web.Request, role: Role) -> Principal:
         who.require_switch()
     else:
         who.require(role)
+    if request.method in MUTATING and who.role not in (Role.platform, Role.switch):
+        limiter = request.app.get(LIMITER)
+        if limiter is not None:
+            limiter.take(who.key_id)
     return who
 
 
@@ -109,7 +126,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except GateError as err:
-        response = json(err.body(), err.status)
+        retry = {"Retry-After": str(err.retry_after_s)} if isinstance(err, RateLimited) else None
+        response = json(err.body(), err.status, retry)
     except web.HTTPException as err:
         if err.status < 400:
             raise
@@ -125,6 +143,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             gate_err.status = err.status
             gate_err.code = err.reason.lower().replace(" ", "_")
         response = json(gate_err.body(), gate_err.status)
+    except (RedisConnectionError, RedisTimeoutError) as err:
+        # No traceback per request: the circuit logs each outage once (gate/store/circuit.py).
+        unavailable = GateUnavailable(
+            "Gate's store did not answer in time; retry shortly (starts, ends and top-ups "
+            "are idempotent). Switches: fail outbound starts closed, inbound may fail open",
+        )
+        unavailable.__cause__ = err
+        response = json(unavailable.body(), unavailable.status, {"Retry-After": "1"})
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = json(

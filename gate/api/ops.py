@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gate import metrics
-from gate.api.http import CTX, json
+from gate.api.http import CIRCUIT, CTX, json
 from gate.history.archiver import Archiver
 
 ARCHIVER = web.AppKey("archiver", Archiver)  # set when the ledger archive is on
@@ -18,6 +20,13 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 async def readyz(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
+    circuit = request.app[CIRCUIT]
+    if circuit.is_open:
+        down_s = time.monotonic() - circuit.opened_at
+        return json(
+            {"status": "unavailable", "redis": f"unreachable for {down_s:.1f} s: {circuit.reason}"},
+            503,
+        )
     try:
         await ctx.client.ping()
         loaded = await ctx.scripts.loaded()

@@ -14,11 +14,11 @@ from gate.api import alerts as api_alerts
 from gate.api import calls as api_calls
 from gate.api import events as api_events
 from gate.api import numbers as api_numbers
+from gate.api import openapi, schemas
 from gate.api import ops as api_ops
 from gate.api import organizations as api_orgs
 from gate.api import payment_methods as api_methods
 from gate.api import providers as api_providers
-from gate.api import schemas
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
 from gate.api.call_schemas import Charge, EndCall, Heartbeat, RentNumber, StartCall, SyncCalls
@@ -45,6 +45,10 @@ ROUTES = [
           "platform", schemas.CreateWorkspace),
     Route("POST", "/v1/workspaces/{workspace_id}/keys", api_workspaces.create_key,
           "Create an API key", "admin", schemas.CreateKey),
+    Route("GET", "/v1/workspaces/{workspace_id}/keys", api_workspaces.list_keys,
+          "List the workspace's API keys (never their secrets)", "admin"),
+    Route("DELETE", "/v1/workspaces/{workspace_id}/keys/{key_id}", api_workspaces.revoke_key,
+          "Revoke an API key: refused by every gate process at once", "admin"),
     Route("POST", "/v1/workspaces/{workspace_id}/adjustments", api_workspaces.adjust,
           "Credit or debit a wallet by hand", "platform", schemas.Adjustment),
     Route("GET", "/v1/workspace", api_workspaces.get_workspace, "Workspace settings", "admin"),
@@ -161,6 +165,8 @@ def openapi_document() -> dict[str, Any]:
                 {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                 for p in params
             ]
+        # Query parameters, headers, patterns and every status (gate/api/openapi.py).
+        openapi.complete(r.method, r.path, r.handler.__name__, r.body is not None, r.role, op)
         paths.setdefault(r.path, {})[r.method.lower()] = op
     components["Error"] = {
         "type": "object",
@@ -172,12 +178,16 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    openapi.unique_operation_ids(paths)
+    extra = openapi.components()
+    components.update(extra["schemas"])
     return {
         "openapi": "3.1.0",
         "info": {"title": "Gate", "version": __version__},
         "paths": paths,
         "components": {
             "schemas": components,
+            "responses": extra["responses"],
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -7,6 +7,7 @@ exactly (no float ever touches money), rejects unknown fields, and emits JSON Sc
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -40,6 +41,8 @@ class CreateWorkspace(Body):
 
 class CreateKey(Body):
     role: Literal["org_admin", "admin", "switch", "agent"]
+    # When the key stops working (RFC 3339 with a zone, e.g. "2027-01-01T00:00:00Z").
+    expires_at: Annotated[datetime, Meta(tz=True)] | None = None
 
 
 class Topup(Body):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 from msgspec import UNSET
 
-from gate.api.http import CTX, OUTBOX, WALLET, WORKSPACES, decode, json, principal
+from gate.api.http import AUTH, CTX, OUTBOX, WALLET, WORKSPACES, decode, json, principal
 from gate.api.schemas import Adjustment, CreateKey, CreateWorkspace, WorkspacePatch
-from gate.errors import Forbidden, ValidationFailed
+from gate.delivery.destinations import check_url
+from gate.errors import Forbidden, NotFound, ValidationFailed
 from gate.money import parse_usd
+from gate.tenancy.apikeys import KeyRecord
 from gate.tenancy.auth import Role
 from gate.tenancy.organizations import Organizations
 
@@ -48,8 +52,45 @@ async def create_key(request: web.Request) -> web.StreamResponse:
             "switch keys are issued by the platform only (the switch is the platform's "
             "infrastructure, not the tenant's): create it with the platform key"
         )
-    key, key_id = await request.app[WORKSPACES].create_key(workspace_id, role)
-    return json({"key": key, "role": role.name, "id": key_id}, 201)
+    expires_ms = 0
+    if body.expires_at is not None:
+        expires_ms = int(body.expires_at.timestamp() * 1000)
+        if expires_ms <= time.time() * 1000:
+            raise ValidationFailed(
+                "expires_at is in the past; give a future time or leave it out for a key "
+                "that does not expire",
+                field="expires_at",
+            )
+    key, key_id = await request.app[WORKSPACES].create_key(workspace_id, role, expires_ms)
+    record = KeyRecord(role.name, key_id, expires_ms).to_json()
+    return json({"key": key, **record}, 201)
+
+
+async def list_keys(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.agent)
+    workspace_id = who.workspace(request.match_info["workspace_id"])  # 404 for other tenants
+    who.require(Role.admin)
+    records = await request.app[WORKSPACES].list_keys(workspace_id)
+    return json({"data": [r.to_json() for r in records]})
+
+
+async def revoke_key(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.agent)
+    workspace_id = who.workspace(request.match_info["workspace_id"])  # 404 for other tenants
+    who.require(Role.admin)
+    key_id = request.match_info["key_id"]
+    found = [r for r in await request.app[WORKSPACES].list_keys(workspace_id) if r.id == key_id]
+    if not found:
+        raise NotFound(
+            f"no key {key_id[:40]!r} in this workspace; list them with GET "
+            f"/v1/workspaces/{workspace_id}/keys"
+        )
+    # Nobody revokes a key stronger than their own; switch keys are the platform's.
+    role = Role[found[0].role]
+    who.require(Role.platform if role is Role.switch else role)
+    await request.app[WORKSPACES].revoke_key(workspace_id, key_id)
+    request.app[AUTH].forget_workspace(workspace_id)  # this process at once; others by pub/sub
+    return json({**found[0].to_json(), "revoked": True})
 
 
 async def get_workspace(request: web.Request) -> web.StreamResponse:
@@ -68,6 +109,8 @@ async def patch_workspace(request: web.Request) -> web.StreamResponse:
             raise ValidationFailed("name must not be blank", field="name")
         fields["name"] = body.name
     if body.switch_webhook_url is not UNSET:
+        if body.switch_webhook_url and not request.app[CTX].settings.webhook_allow_private:
+            check_url(body.switch_webhook_url)
         fields["switch_webhook_url"] = body.switch_webhook_url
     if body.inbound_limit_threshold_usd is not UNSET:
         fields["inbound_limit_threshold_micros"] = (

@@ -15,6 +15,7 @@ import logging
 from gate import metrics
 from gate.context import Context
 from gate.store import keys
+from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
 from gate.tasks import cancel, wait_for_wake
 
@@ -24,6 +25,7 @@ BATCH = 500  # calls per call_tick run: bounds how long one script blocks Redis
 CLAIM = 100  # workspaces per claim
 LEASE_MS = 10_000
 RESCAN_S = 30.0  # how often the whole index is rebuilt from the workspaces' own schedules
+UNAVAILABLE_RETRY_S = 0.25  # while Redis is unreachable: cheap (the circuit fails fast)
 
 
 class Ticker:
@@ -114,7 +116,10 @@ class Ticker:
                 await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # keep ticking through Redis hiccups; the log says what broke
+            except Exception as err:  # keep ticking through Redis hiccups; the log says what broke
+                if is_unavailable(err):  # an outage: the circuit logged it; retry quietly, soon
+                    await asyncio.sleep(UNAVAILABLE_RETRY_S)
+                    continue
                 log.exception("ticker round failed; retrying")
                 await asyncio.sleep(1)
             self._wake.clear()

@@ -22,7 +22,10 @@ from gate.money import usd
 from gate.store import keys
 from gate.store.redis_client import entries, text
 
-STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+# Each half of a Redis stream id is an unsigned 64-bit number: an id beyond it can never
+# come, so resuming after it is refused rather than answered with an empty stream forever.
+_MAX_ID_PART = 2**64 - 1
 # Data fields that are whole numbers whatever their suffix.
 _INT_NAMES = frozenset({"seq", "count", "attempts", "segments", "pages"})
 
@@ -34,14 +37,14 @@ def event_id(workspace_id: str, entry_id: str) -> str:
 def parse_event_id(workspace_id: str, value: str) -> str:
     """The stream id inside a public event id (a bare stream id is accepted too)."""
     value = value.strip()
-    if STREAM_ID.match(value):
-        return value
     prefix = event_id(workspace_id, "")
-    if value.startswith(prefix) and STREAM_ID.match(value[len(prefix) :]):
-        return value[len(prefix) :]
+    bare = value[len(prefix) :] if value.startswith(prefix) else value
+    if STREAM_ID.match(bare) and all(int(part) <= _MAX_ID_PART for part in bare.split("-")):
+        return bare
     example = event_id(workspace_id, "0-0")
     raise ValidationFailed(
-        f"{value[:80]!r} is not an event id of this workspace (like {example})",
+        f"{value[:80]!r} is not an event id of this workspace (like {example}); resume from "
+        "the id of the last event received, or leave Last-Event-ID out for new events only",
         field="last_event_id",
     )
 

@@ -26,10 +26,11 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -38,7 +39,9 @@ from standardwebhooks.webhooks import Webhook
 from gate import __version__, metrics
 from gate.context import Context
 from gate.delivery import events
+from gate.delivery.destinations import PublicResolver, check_literal
 from gate.store import keys
+from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
 from gate.store.keys import WsKeys
 from gate.store.redis_client import text
@@ -58,9 +61,28 @@ class Outcome:
     entry_id: str
     outcome: str  # ok | retry | dead
     detail: str
+    error: str = ""  # why a send failed, for the log
 
 
 QUIET_S = 10.0  # how long a workspace without a webhook URL is left alone
+LIVE_TYPES = frozenset({"call.cut", "call.limit", "call.extended"})  # live calls: short back-off
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    """One webhook receiver as this process sees it."""
+
+    failing_since: float | None = None  # time.monotonic()
+    waiting: set[str] = field(default_factory=set)  # workspaces with failed events for it
+
+
+def _where(url: str) -> str:
+    """The receiver's host and port for the log (never a path or query: they may hold tokens)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+UNAVAILABLE_RETRY_S = 0.25  # while Redis is unreachable: cheap (the circuit fails fast)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +127,7 @@ class Outbox:
         lease_ms: int = 30_000,
         rescan_s: float = 60.0,
         max_workspaces: int = 256,
+        live_retry_max_s: float = 2.0,
     ) -> None:
         self.ctx = ctx
         self.index = DueIndex(ctx.scripts, keys.OUTBOX_INDEX)
@@ -118,12 +141,18 @@ class Outbox:
         self.lease_ms = lease_ms
         self.rescan_s = rescan_s
         self.max_workspaces = max_workspaces
+        self.live_retry_max_ms = max(1, round(live_retry_max_s * 1000))
+        # Per receiver URL: failing since when, and which workspaces wait on it, so its
+        # pending events are sent at once when it answers again (_endpoint_outcomes).
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._flush: set[str] = set()  # workspaces whose failed events are due now
         self._dirty: set[str] = set()
         self._again: set[str] = set()
         self._active: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._operator_session: aiohttp.ClientSession | None = None
         self._stopping = False
         # Workspaces seen without a webhook URL (and no global one): leasing, recording and
         # releasing their outbox for every event cost more than the call itself, so their
@@ -150,11 +179,11 @@ class Outbox:
     async def start(self) -> None:
         """Start the background delivery tasks."""
         self._stopping = False
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            connector=aiohttp.TCPConnector(limit=self.max_workspaces * self.in_flight),
-            headers={"User-Agent": f"gate/{__version__}"},
-        )
+        # Tenants' URLs may reach public addresses only (gate/delivery/destinations.py); the
+        # operator's GATE_SWITCH_WEBHOOK_URL is trusted and goes through a session of its own.
+        guard = not self.ctx.settings.webhook_allow_private
+        self._session = self._new_session(PublicResolver() if guard else None)
+        self._operator_session = self._new_session(None) if guard else self._session
         self._tasks = [
             asyncio.create_task(self._loop(), name="gate-outbox"),
             asyncio.create_task(self._rescan_loop(), name="gate-outbox-rescan"),
@@ -174,8 +203,9 @@ class Outbox:
                 await self.ctx.scripts.call(
                     "outbox_release", [keys.for_workspace(workspace_id).outbox], [self.owner]
                 )
-            except Exception:  # it runs out by itself after lease_ms
-                log.exception("could not release the outbox lease of %s", workspace_id)
+            except Exception as err:  # it runs out by itself after lease_ms
+                if not is_unavailable(err):  # an outage is logged once, by the circuit
+                    log.exception("could not release the outbox lease of %s", workspace_id)
         # Interrupted and not yet handled workspaces are due now, for whichever process
         # claims them first.
         left = {*active, *self._dirty, *self._again}
@@ -185,11 +215,24 @@ class Outbox:
             now = self.ctx.clock.now_ms()
             try:
                 await self.index.notify_many(dict.fromkeys(left, now))
-            except Exception:  # the periodic rescan of any process finds them anyway
-                log.exception("could not hint %d workspaces at stop", len(left))
+            except Exception as err:  # the periodic rescan of any process finds them anyway
+                if not is_unavailable(err):
+                    log.exception("could not hint %d workspaces at stop", len(left))
+        if self._operator_session is not None and self._operator_session is not self._session:
+            await self._operator_session.close()
+        self._operator_session = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _new_session(self, resolver: PublicResolver | None) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            connector=aiohttp.TCPConnector(
+                limit=self.max_workspaces * self.in_flight, resolver=resolver
+            ),
+            headers={"User-Agent": f"gate/{__version__}"},
+        )
 
     async def due_at(self, workspace_id: str) -> int | None:
         """When the workspace's next undelivered event falls due (ms), None when drained."""
@@ -225,7 +268,10 @@ class Outbox:
                     await self._claim()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # keep delivering through Redis hiccups; the log says what broke
+            except Exception as err:  # keep delivering through hiccups; the log says what broke
+                if is_unavailable(err):  # an outage: the circuit logged it; retry quietly, soon
+                    await asyncio.sleep(UNAVAILABLE_RETRY_S)
+                    continue
                 log.exception("outbox round failed; retrying")
                 await asyncio.sleep(1)
                 continue
@@ -237,7 +283,10 @@ class Outbox:
                 await self.rescan()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as err:
+                if is_unavailable(err):  # an outage: try again soon, quietly
+                    await asyncio.sleep(UNAVAILABLE_RETRY_S)
+                    continue
                 log.exception("outbox rescan failed")
             await asyncio.sleep(self.rescan_s)
 
@@ -294,8 +343,9 @@ class Outbox:
             )
         except asyncio.CancelledError:
             raise
-        except Exception:  # the index still holds the hint: retried after the lease
-            log.exception("delivery of %s failed; retrying after the lease", workspace_id)
+        except Exception as err:  # the index still holds the hint: retried after the lease
+            if not is_unavailable(err):  # an outage is logged once, by the circuit
+                log.exception("delivery of %s failed; retrying after the lease", workspace_id)
 
     # -- delivering one workspace --------------------------------------------------------
 
@@ -313,8 +363,9 @@ class Outbox:
         finally:
             try:
                 await self.ctx.scripts.call("outbox_release", [k.outbox], [self.owner])
-            except Exception:  # it runs out by itself after lease_ms
-                log.exception("could not release the outbox lease of %s", workspace_id)
+            except Exception as err:  # it runs out by itself after lease_ms
+                if not is_unavailable(err):
+                    log.exception("could not release the outbox lease of %s", workspace_id)
 
     async def _deliver_held(self, workspace_id: str, k: WsKeys) -> int | _Lost | None:
         # One snapshot of the URL and the newest event: with no URL, only the events that
@@ -327,6 +378,7 @@ class Outbox:
             return None  # no such workspace (any more): nothing to deliver to
         settings = self.ctx.settings
         url = text(record[0]) if record[0] else settings.switch_webhook_url
+        tenants = bool(record[0])  # the workspace's own URL, not the operator's
         routes = _Routes(
             url,
             # The service-wide switch URL may have the service's own secret (one switch, many
@@ -347,10 +399,12 @@ class Outbox:
                 return None
             return None if await self._record(k, [], skip_to=text(newest[0][0])) else LOST
         while not self._stopping:
+            flush = "1" if workspace_id in self._flush else ""
+            self._flush.discard(workspace_id)
             reply = await self.ctx.scripts.call(
                 "outbox_window",
                 [k.outbox, k.events, k.ended],
-                [self.owner, self.ctx.clock.now_ms(), self.in_flight, SCAN],
+                [self.owner, self.ctx.clock.now_ms(), self.in_flight, SCAN, flush],
             )
             if reply[0] != Code.OK:
                 return LOST
@@ -366,13 +420,55 @@ class Outbox:
                         text(items[i]),
                         int(items[i + 1]),
                         items[i + 2],
+                        tenants=tenants,
                     )
                     for i in range(0, len(items), 3)
                 )
             )
             if not await self._record(k, outcomes):
                 return LOST
+            # The receiver state follows the switch URL (the events URL when there is none);
+            # with the two split, a recovered events receiver is noticed at its own retries.
+            if target := url or routes.events_url:
+                self._endpoint_outcomes(target, workspace_id, outcomes)
         return LOST  # stopping: whoever claims the workspace next settles it
+
+    def _endpoint_outcomes(self, url: str, workspace_id: str, outcomes: Sequence[Outcome]) -> None:
+        """Keep the receiver's state; when it answers again, send everything it missed now.
+
+        Each failed event waits on its own back-off (live calls' cuts and limits at most
+        live_retry_max_s), so the first to get through after an outage tells that the
+        receiver is back: then every workspace waiting on it is delivered at once.
+        """
+        if len(self._endpoints) > 10_000:
+            self._endpoints.clear()
+        endpoint = self._endpoints.setdefault(url, _Endpoint())
+        if any(o.outcome == "ok" for o in outcomes):
+            if endpoint.failing_since is not None:
+                log.warning(
+                    "webhook receiver %s answers again after %.1f s; sending what it missed "
+                    "(%d workspaces)",
+                    _where(url),
+                    time.monotonic() - endpoint.failing_since,
+                    len(endpoint.waiting | {workspace_id}),
+                )
+                for waiting in endpoint.waiting | {workspace_id}:
+                    self._flush.add(waiting)
+                    if waiting != workspace_id:
+                        self._run(waiting)
+                endpoint.failing_since = None
+                endpoint.waiting.clear()
+        elif any(o.outcome == "retry" for o in outcomes):
+            if endpoint.failing_since is None:
+                endpoint.failing_since = time.monotonic()
+                log.warning(
+                    "webhook receiver %s does not answer (%s); retrying, live calls' cuts "
+                    "and limits at least every %g s",
+                    _where(url),
+                    next(o.error for o in outcomes if o.outcome == "retry"),
+                    self.live_retry_max_ms / 1000,
+                )
+            endpoint.waiting.add(workspace_id)
 
     async def _record(self, k: WsKeys, outcomes: Sequence[Outcome], *, skip_to: str = "") -> bool:
         args: list[str | int] = [
@@ -396,6 +492,8 @@ class Outbox:
         entry_id: str,
         attempts: int,
         flat: list[Any],
+        *,
+        tenants: bool = True,
     ) -> Outcome:
         if url is None:  # routed nowhere: it stays in the stream for SSE and pulls
             return Outcome(entry_id, "ok", "")
@@ -419,10 +517,12 @@ class Outbox:
         }
         sent_ms = self.ctx.clock.now_ms()
         assert self._session is not None, "start() the Outbox first"
+        session = self._session if tenants else self._operator_session
+        assert session is not None
         try:
-            async with self._session.post(
-                url, data=body, headers=headers, allow_redirects=False
-            ) as resp:
+            if tenants and not self.ctx.settings.webhook_allow_private:
+                check_literal(url)  # names are checked by the session's resolver
+            async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
             error = f"HTTP {status}"
             delivered = 200 <= status < 300
@@ -443,11 +543,19 @@ class Outbox:
             )
             return Outcome(entry_id, "dead", f"{attempts} {error}")
         metrics.DELIVERIES.labels("retry").inc()
-        return Outcome(entry_id, "retry", f"{attempts}:{self._next_try(now, at, attempts)}")
+        live = event["type"] in LIVE_TYPES
+        next_try = self._next_try(now, at, attempts, live)
+        return Outcome(entry_id, "retry", f"{attempts}:{next_try}", error)
 
-    def _next_try(self, now: int, at: int, attempts: int) -> int:
-        """Exponential backoff with jitter; the last try lands on the end of the budget."""
-        delay = min(self.first_retry_ms << min(attempts - 1, 40), self.max_retry_ms)
+    def _next_try(self, now: int, at: int, attempts: int, live: bool = False) -> int:
+        """Exponential backoff with jitter; the last try lands on the end of the budget.
+
+        A live call's cut or limit backs off to live_retry_max_s at most: the switch must
+        get it within seconds of its receiver coming back (outbox_window drops it once the
+        call has ended).
+        """
+        longest = min(self.max_retry_ms, self.live_retry_max_ms) if live else self.max_retry_ms
+        delay = min(self.first_retry_ms << min(attempts - 1, 40), longest)
         # Half fixed, half random: receivers coming back up are not hit by every gate at once.
         delay = delay // 2 + random.randint(0, delay - delay // 2)
         return min(now + max(delay, 1), at + self.budget_ms)

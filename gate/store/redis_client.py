@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 
 import redis.asyncio
 
+from gate.store.circuit import Circuit, GuardedPool
+
 __all__ = ["RedisClient", "connect"]
 
 RedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.RedisCluster
@@ -16,11 +18,13 @@ _SINGLE_SCHEMES = ("redis", "rediss", "unix")
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
-async def connect(url: str, **kw: Any) -> RedisClient:
+async def connect(url: str, *, circuit: Circuit | None = None, **kw: Any) -> RedisClient:
     """Return a client for url; bytes in and out (decode_responses=False) unless kw says otherwise.
 
     A single-node client connects lazily on its first command; a cluster client contacts the
-    seed node at once to learn the slot map, so an unreachable cluster fails here.
+    seed node at once to learn the slot map, so an unreachable cluster fails here. With a
+    circuit, a single-node client fails fast while Redis is unreachable (gate/store/circuit.py);
+    a cluster client does not use it (redis-py's cluster client retries across nodes itself).
     """
     scheme = urlsplit(url).scheme.lower()
     options: dict[str, Any] = {"decode_responses": False, **kw}
@@ -29,12 +33,20 @@ async def connect(url: str, **kw: Any) -> RedisClient:
         # of failing with "Too many connections"; 64 is far more than one Redis needs.
         options.setdefault("max_connections", 64)
         options.setdefault("timeout", 10)
-        pool = redis.asyncio.BlockingConnectionPool.from_url(url, **options)
+        if circuit is not None:
+            pool: redis.asyncio.BlockingConnectionPool = GuardedPool.from_url(
+                url, circuit=circuit, **options
+            )
+        else:
+            pool = redis.asyncio.BlockingConnectionPool.from_url(url, **options)
         return redis.asyncio.Redis.from_pool(pool)  # the client owns and closes the pool
     if scheme in _CLUSTER_SCHEMES:
         # RedisCluster.from_url parses host, port, credentials and query options from a plain
         # redis:// URL, so only the scheme is rewritten.
         plain = _CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
+        # No per-command deadline on a cluster: a call start must wait for its own deadline
+        # (gate/store/scripts.py OWN_DEADLINE), and cluster commands cannot opt out one by one.
+        options.pop("socket_timeout", None)
         client = redis.asyncio.RedisCluster.from_url(plain, **options)
         try:
             await client.initialize()

@@ -21,8 +21,10 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gate import metrics
+from gate.store import circuit
 
 _FILE = re.compile(r"^(?P<name>[a-z_]+)-(?P<keys>\d+)\.lua$")
 _INCLUDE = re.compile(r"^--!include (?P<file>_[a-z_]+\.lua)\s*$", re.MULTILINE)
@@ -124,7 +126,11 @@ def _pack(head: _Head, args: Sequence[Arg]) -> bytes:
 
 
 _Command = tuple[_Head, Sequence[Arg]]
-READ_TIMEOUT_S = 10.0  # a batch whose replies take longer fails, and its connection is dropped
+READ_TIMEOUT_S = 10.0  # the longest wait for each reply of a batch; then its connection drops
+# Scripts whose callers answer at a deadline of their own, carried in the script's arguments:
+# call_start (GATE_START_TIMEOUT_MS). The per-command deadline must not answer for them
+# earlier, or the script could still commit after the 503 (a phantom call).
+OWN_DEADLINE = frozenset({"call_start", "call_abort"})  # an undo must not give up early
 
 
 class _AutoPipeline:
@@ -183,23 +189,32 @@ class _AutoPipeline:
         except BaseException as err:
             _fail(batch, err)
             return
+        # The batch's own deadline restarts at every reply, so a big batch on a busy Redis is
+        # not cut but a silent one is. Each caller also waits at most its own deadline
+        # (Scripts._evalsha), which is shorter: this one only keeps the stream in sync.
+        wait_s = READ_TIMEOUT_S
         try:
             await conn.send_packed_command(b"".join([_pack(*command) for command, _ in batch]))
             # Read straight from the connection's (hiredis) parser under one deadline for the
             # whole batch: error replies come back as exception values, the stream stays in
             # sync, and the per-read timeout scaffolding of read_response() is paid once.
             parser = conn._parser
-            async with asyncio.timeout(READ_TIMEOUT_S):
+            async with asyncio.timeout(wait_s) as deadline:
                 for _, future in batch:
                     reply = await parser.read_response()
+                    deadline.reschedule(asyncio.get_running_loop().time() + wait_s)
                     if future.done():
                         continue
                     if isinstance(reply, Exception):
                         future.set_exception(reply)
                     else:
                         future.set_result(reply)
+            circuit.report(conn, None)
         except BaseException as err:
             await conn.disconnect()  # a half-read stream must never be reused
+            if isinstance(err, TimeoutError):  # the error any other command gives
+                err = RedisTimeoutError(f"no reply from Redis within {wait_s:g} s")
+            circuit.report(conn, err)
             _fail(batch, err)
             if not isinstance(err, Exception):
                 raise
@@ -230,6 +245,10 @@ class Scripts:
         self.scripts = compile_scripts() if scripts is None else scripts
         self._batch = _AutoPipeline(client) if isinstance(client, Redis) else None
         self._counters: dict[tuple[str, int], Any] = {}
+        # The per-command deadline (GATE_REDIS_TIMEOUT_MS) of a pool that has one.
+        pool = client.connection_pool if isinstance(client, Redis) else None
+        self._wait_s: float | None = pool.connection_kwargs.get("socket_timeout") if pool else None
+        self._circuit = pool.circuit if isinstance(pool, circuit.GuardedPool) else None
 
     async def load(self) -> None:
         """SCRIPT LOAD every script (on every primary of a cluster); fails on syntax errors."""
@@ -247,10 +266,20 @@ class Scripts:
         exists = await self.client.script_exists(*shas)
         return all(exists)
 
-    async def _evalsha(self, command: _Command) -> Any:
-        if self._batch is not None:
-            return await self._batch.submit(command)
-        return await self.client.execute_command(*command[0], *command[1])
+    async def _evalsha(self, command: _Command, name: str = "") -> Any:
+        if self._batch is None:
+            return await self.client.execute_command(*command[0], *command[1])
+        future = self._batch.submit(command)
+        if self._wait_s is None or name in OWN_DEADLINE:
+            return await future
+        try:
+            async with asyncio.timeout(self._wait_s):
+                return await future  # on timeout the reply is read and dropped by the batch
+        except TimeoutError as err:
+            timeout = RedisTimeoutError(f"no reply from Redis within {self._wait_s:g} s")
+            if self._circuit is not None:
+                self._circuit.failed(timeout)
+            raise timeout from err
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
         """Run one script; returns its reply list, whose first item is a Code."""
@@ -259,10 +288,10 @@ class Scripts:
             raise ScriptError(f"{name} takes {script.num_keys} keys, got {len(keys)}")
         command = (_head(script.sha, script.num_keys, tuple(keys)), args)
         try:
-            reply = await self._evalsha(command)
+            reply = await self._evalsha(command, name)
         except NoScriptError:
             await self.load()  # after SCRIPT FLUSH or a failover to a fresh replica
-            reply = await self._evalsha(command)
+            reply = await self._evalsha(command, name)
         code = int(reply[0])
         counter = self._counters.get((name, code))
         if counter is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -22,6 +23,7 @@ from redis.asyncio import Redis, RedisCluster
 from gate.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from gate.store import keys
 from gate.store.redis_client import text
+from gate.tenancy.apikeys import KeyRecord
 
 WORKSPACE_ID = re.compile(r"^ws_[0-9a-f]{16}$")
 
@@ -136,17 +138,26 @@ class Authenticator:
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        principal = await self._lookup(key)
+        principal, expires_in_s = await self._lookup(key)
         if len(self._cache) > 100_000:
             self._cache.clear()
-        self._cache[key] = (now + self.cache_s, principal)
+        self._cache[key] = (now + min(self.cache_s, expires_in_s), principal)
         return principal
 
-    async def _lookup(self, key: str) -> Principal:
+    def forget_workspace(self, workspace_id: str) -> None:
+        """Drop the cached keys of a workspace (one of its keys was revoked)."""
+        for key in [k for k, (_, p) in self._cache.items() if p.workspace_id == workspace_id]:
+            del self._cache[key]
+
+    def forget_all(self) -> None:
+        self._cache.clear()
+
+    async def _lookup(self, key: str) -> tuple[Principal, float]:
+        """Who the key is, and for how many more seconds it is valid (inf: no expiry)."""
         if self.platform_key and hmac.compare_digest(key.encode(), self.platform_key.encode()):
-            return Principal(Role.platform, None, "platform")
+            return Principal(Role.platform, None, "platform"), math.inf
         if self.switch_key and hmac.compare_digest(key.encode(), self.switch_key.encode()):
-            return Principal(Role.switch, None, "service_switch")
+            return Principal(Role.switch, None, "service_switch"), math.inf
         # gk_ + the 19-character workspace id + _ + secret (the secret may contain "_")
         workspace_id = key[3:22]
         if not (key.startswith("gk_") and key[22:23] == "_" and WORKSPACE_ID.match(workspace_id)):
@@ -154,10 +165,13 @@ class Authenticator:
         record = await self.client.hget(keys.for_workspace(workspace_id).keys, hash_key(key))
         if record is None:
             raise Unauthorized("unknown API key; create one with POST /v1/workspaces/{id}/keys")
-        role, key_id = text(record).split(" ", 1)
-        if Role[role] is Role.org_admin:
-            return await self._org_admin(workspace_id, key_id)
-        return Principal(Role[role], workspace_id, key_id)
+        stored = KeyRecord.parse(text(record))
+        left_s = (stored.expires_ms / 1000 - time.time()) if stored.expires_ms else math.inf
+        if left_s <= 0:
+            raise Unauthorized("this API key has expired; create a new one")
+        if Role[stored.role] is Role.org_admin:
+            return await self._org_admin(workspace_id, stored.id), left_s
+        return Principal(Role[stored.role], workspace_id, stored.id), left_s
 
     async def _org_admin(self, workspace_id: str, key_id: str) -> Principal:
         """An org_admin key with its organization's workspaces (none: its own only)."""

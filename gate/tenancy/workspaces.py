@@ -12,6 +12,7 @@ from gate.money import usd
 from gate.store import keys
 from gate.store.redis_client import text
 from gate.store.scripts import Code
+from gate.tenancy.apikeys import KeyRecord
 from gate.tenancy.auth import Role, new_key, new_webhook_secret, new_workspace_id
 
 
@@ -92,16 +93,42 @@ class Workspaces:
             raise RuntimeError(f"workspace id {workspace_id} exists already")
         return Created(workspace_id, name, key, key_id, int(reply[1]))
 
-    async def create_key(self, workspace_id: str, role: Role) -> tuple[str, str]:
-        """A new key of `role`; returns (key, key id). The key is never stored."""
+    async def create_key(
+        self, workspace_id: str, role: Role, expires_ms: int = 0
+    ) -> tuple[str, str]:
+        """A new key of `role` (refused after expires_ms unless 0); returns (key, key id).
+
+        The key is never stored."""
         key, key_hash, key_id = new_key(workspace_id)
         k = keys.for_workspace(workspace_id)
         reply = await self.ctx.scripts.call(
-            "key_create", [k.ws, k.keys], [key_hash, role.name, key_id]
+            "key_create", [k.ws, k.keys], [key_hash, role.name, key_id, expires_ms]
         )
         if reply[0] == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
         return key, key_id
+
+    async def list_keys(self, workspace_id: str) -> list[KeyRecord]:
+        """The workspace's keys (never their secrets or hashes), by id."""
+        k = keys.for_workspace(workspace_id)
+        raw = await self.ctx.client.hgetall(k.keys)
+        if not raw and not await self.ctx.client.exists(k.ws):
+            raise NotFound("no such workspace")
+        return sorted((KeyRecord.parse(text(v)) for v in raw.values()), key=lambda r: r.id)
+
+    async def revoke_key(self, workspace_id: str, key_id: str) -> None:
+        """Delete a key; every gate process stops accepting it at once (see tenancy/auth.py)."""
+        k = keys.for_workspace(workspace_id)
+        reply = await self.ctx.scripts.call(
+            "key_revoke", [k.ws, k.keys], [key_id, keys.KEYS_REVOKED, workspace_id]
+        )
+        if reply[0] == Code.NO_WORKSPACE:
+            raise NotFound("no such workspace")
+        if reply[0] == Code.NOT_FOUND:
+            raise NotFound(
+                f"no key {key_id[:40]!r} in this workspace; list them with GET "
+                f"/v1/workspaces/{workspace_id}/keys"
+            )
 
     async def get(self, workspace_id: str) -> Workspace:
         raw = await self.ctx.client.hgetall(keys.for_workspace(workspace_id).ws)

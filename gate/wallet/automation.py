@@ -28,6 +28,7 @@ from functools import partial
 from gate.context import Context
 from gate.delivery import mail
 from gate.store import keys
+from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
 from gate.store.redis_client import text
 from gate.tasks import cancel, wait_for_wake
@@ -180,8 +181,9 @@ class Automation:
                 await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # keep working through Redis hiccups; the log says what broke
-                log.exception("automation round failed; retrying")
+            except Exception as err:  # keep working through Redis hiccups; the log says what broke
+                if not is_unavailable(err):  # an outage is logged once, by the circuit
+                    log.exception("automation round failed; retrying")
                 await asyncio.sleep(1)
                 continue
             await wait_for_wake(self._wake, self.poll_s)
@@ -192,8 +194,9 @@ class Automation:
                 await self.rescan()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("automation rescan failed")
+            except Exception as err:
+                if not is_unavailable(err):  # an outage is logged once, by the circuit
+                    log.exception("automation rescan failed")
             await asyncio.sleep(self.rescan_s)
 
     async def _work(self, workspace_id: str) -> None:
@@ -210,8 +213,9 @@ class Automation:
             await self.index.settle(workspace_id, due, partial(self._head, workspace_id))
         except asyncio.CancelledError:
             raise
-        except Exception:  # the index keeps the lease as a retry time
-            log.exception("automation of %s failed; retrying after the lease", workspace_id)
+        except Exception as err:  # the index keeps the lease as a retry time
+            if not is_unavailable(err):  # an outage is logged once, by the circuit
+                log.exception("automation of %s failed; retrying after the lease", workspace_id)
         finally:
             self._active.discard(workspace_id)
 

@@ -24,6 +24,7 @@ from gate.context import Context
 from gate.errors import InsufficientBalance, InvalidState, NotFound, ValidationFailed
 from gate.money import usd
 from gate.store import keys
+from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
 from gate.store.redis_client import text
 from gate.store.scripts import Code
@@ -183,8 +184,9 @@ class Renewals:
         while not self._stopping:
             try:
                 await self.numbers.run_once()
-            except Exception:  # a Redis hiccup must not end the loop; the lease brings work back
-                log.exception("number renewals failed this round; trying again")
+            except Exception as err:  # a Redis hiccup must not end the loop; the lease brings
+                if not is_unavailable(err):  # work back; an outage is logged once, by the circuit
+                    log.exception("number renewals failed this round; trying again")
             await wait_for_wake(self._wake, self.every_s)
             self._wake.clear()
 
