@@ -159,7 +159,9 @@ def complete(method: str, path: str, handler: str, has_body: bool, role: str | N
     if role:
         responses["401"] = error
         responses["403"] = error
-    if "{" in path or role == "platform" or handler in QUERY:
+    # 404: a path id, or a workspace named by a platform key or by a service switch key
+    # (`workspace_id` in the body), may not exist.
+    if "{" in path or role in ("platform", "switch") or handler in QUERY:
         responses["404"] = error
     if has_body:
         responses["413"] = error
