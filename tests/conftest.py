@@ -46,6 +46,8 @@ def settings(redis_server: RedisServer) -> Settings:
         # A loaded 2-core CI machine stalls the event loop past 250 ms at times; the outage
         # tests set their own deadline.
         redis_timeout_ms=2000,
+        # Likewise for a start's default deadline (500 ms): the deadline tests send timeout_ms.
+        start_timeout_ms=5000,
     )
 
 
