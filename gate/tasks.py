@@ -1,10 +1,37 @@
-"""Helpers for the background loops (ticker, outbox): waiting and stopping that never hang."""
+"""Helpers for the background loops (ticker, outbox, automation, renewals): one round that
+survives errors, and waiting and stopping that never hang."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from gate.store.circuit import is_unavailable
+
+OUTAGE_PAUSE_S = 0.25  # while Redis is unreachable: cheap, the circuit fails fast
+ERROR_PAUSE_S = 1.0
+
+
+async def survive(log: logging.Logger, what: str, step: Callable[[], Awaitable[object]]) -> bool:
+    """Run one round of a background loop; True when it ran through.
+
+    On an error the loop must go on: a Redis outage (which the circuit logs once, when it opens)
+    pauses briefly and quietly; anything else logs its traceback and pauses a second.
+    """
+    try:
+        await step()
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:
+        if is_unavailable(err):
+            await asyncio.sleep(OUTAGE_PAUSE_S)
+        else:
+            log.exception("%s failed; retrying", what)
+            await asyncio.sleep(ERROR_PAUSE_S)
+        return False
+    return True
 
 
 async def cancel(tasks: Sequence[asyncio.Task[None]]) -> None:

@@ -15,9 +15,8 @@ import logging
 from gate import metrics
 from gate.context import Context
 from gate.store import keys
-from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
-from gate.tasks import cancel, wait_for_wake
+from gate.tasks import cancel, survive, wait_for_wake
 
 log = logging.getLogger("gate.calls.ticker")
 
@@ -25,7 +24,6 @@ BATCH = 500  # calls per call_tick run: bounds how long one script blocks Redis
 CLAIM = 100  # workspaces per claim
 LEASE_MS = 10_000
 RESCAN_S = 30.0  # how often the whole index is rebuilt from the workspaces' own schedules
-UNAVAILABLE_RETRY_S = 0.25  # while Redis is unreachable: cheap (the circuit fails fast)
 
 
 class Ticker:
@@ -108,20 +106,17 @@ class Ticker:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_rescan = loop.time()
+
+        async def one_round() -> None:
+            nonlocal next_rescan
+            if loop.time() >= next_rescan:
+                await self.rescan()
+                next_rescan = loop.time() + RESCAN_S
+            await self.run_once()
+
         while not self._stopping:
-            try:
-                if loop.time() >= next_rescan:
-                    await self.rescan()
-                    next_rescan = loop.time() + RESCAN_S
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # keep ticking through Redis hiccups; the log says what broke
-                if is_unavailable(err):  # an outage: the circuit logged it; retry quietly, soon
-                    await asyncio.sleep(UNAVAILABLE_RETRY_S)
-                    continue
-                log.exception("ticker round failed; retrying")
-                await asyncio.sleep(1)
+            if not await survive(log, "ticker round", one_round):
+                continue
             self._wake.clear()
             await wait_for_wake(self._wake, self.poll_s)
 

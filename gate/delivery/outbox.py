@@ -46,7 +46,7 @@ from gate.store.due import DueIndex
 from gate.store.keys import WsKeys
 from gate.store.redis_client import text
 from gate.store.scripts import Code
-from gate.tasks import cancel, wait_for_wake
+from gate.tasks import cancel, survive, wait_for_wake
 
 log = logging.getLogger("gate.delivery.outbox")
 
@@ -80,9 +80,6 @@ def _where(url: str) -> str:
     """The receiver's host and port for the log (never a path or query: they may hold tokens)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-
-
-UNAVAILABLE_RETRY_S = 0.25  # while Redis is unreachable: cheap (the circuit fails fast)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,35 +256,23 @@ class Outbox:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_claim = loop.time()
+
+        async def one_round() -> None:
+            nonlocal next_claim
+            await self._take_dirty()
+            if loop.time() >= next_claim:
+                next_claim = loop.time() + self.poll_s
+                await self._claim()
+
         while not self._stopping:
             self._wake.clear()
-            try:
-                await self._take_dirty()
-                if loop.time() >= next_claim:
-                    next_claim = loop.time() + self.poll_s
-                    await self._claim()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # keep delivering through hiccups; the log says what broke
-                if is_unavailable(err):  # an outage: the circuit logged it; retry quietly, soon
-                    await asyncio.sleep(UNAVAILABLE_RETRY_S)
-                    continue
-                log.exception("outbox round failed; retrying")
-                await asyncio.sleep(1)
+            if not await survive(log, "outbox round", one_round):
                 continue
             await wait_for_wake(self._wake, next_claim - loop.time())
 
     async def _rescan_loop(self) -> None:
         while not self._stopping:
-            try:
-                await self.rescan()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                if is_unavailable(err):  # an outage: try again soon, quietly
-                    await asyncio.sleep(UNAVAILABLE_RETRY_S)
-                    continue
-                log.exception("outbox rescan failed")
+            await survive(log, "outbox rescan", self.rescan)
             await asyncio.sleep(self.rescan_s)
 
     async def _take_dirty(self) -> None:

@@ -31,7 +31,7 @@ from gate.store import keys
 from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
 from gate.store.redis_client import text
-from gate.tasks import cancel, wait_for_wake
+from gate.tasks import cancel, survive, wait_for_wake
 from gate.wallet.payments import PaymentError, PaymentProvider
 
 log = logging.getLogger("gate.wallet.automation")
@@ -177,26 +177,12 @@ class Automation:
     async def _loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # keep working through Redis hiccups; the log says what broke
-                if not is_unavailable(err):  # an outage is logged once, by the circuit
-                    log.exception("automation round failed; retrying")
-                await asyncio.sleep(1)
-                continue
-            await wait_for_wake(self._wake, self.poll_s)
+            if await survive(log, "automation round", self.run_once):
+                await wait_for_wake(self._wake, self.poll_s)
 
     async def _rescan_loop(self) -> None:
         while not self._stopping:
-            try:
-                await self.rescan()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                if not is_unavailable(err):  # an outage is logged once, by the circuit
-                    log.exception("automation rescan failed")
+            await survive(log, "automation rescan", self.rescan)
             await asyncio.sleep(self.rescan_s)
 
     async def _work(self, workspace_id: str) -> None:

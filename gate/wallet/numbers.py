@@ -24,11 +24,10 @@ from gate.context import Context
 from gate.errors import InsufficientBalance, InvalidState, NotFound, ValidationFailed
 from gate.money import usd
 from gate.store import keys
-from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
 from gate.store.redis_client import text
 from gate.store.scripts import Code
-from gate.tasks import cancel, wait_for_wake
+from gate.tasks import cancel, survive, wait_for_wake
 
 log = logging.getLogger("gate.wallet.numbers")
 
@@ -182,11 +181,9 @@ class Renewals:
 
     async def _loop(self) -> None:
         while not self._stopping:
-            try:
-                await self.numbers.run_once()
-            except Exception as err:  # a Redis hiccup must not end the loop; the lease brings
-                if not is_unavailable(err):  # work back; an outage is logged once, by the circuit
-                    log.exception("number renewals failed this round; trying again")
+            await survive(
+                log, "number renewals", self.numbers.run_once
+            )  # the lease brings work back
             await wait_for_wake(self._wake, self.every_s)
             self._wake.clear()
 
