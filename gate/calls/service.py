@@ -205,14 +205,27 @@ class Calls:
         self.ctx = ctx
         self.rates = rates
 
+    def _match(
+        self, service: str, direction: str, from_: str, to: str
+    ) -> tuple[Rate | None, str | None, str]:
+        """The card's rate for a call (None: no rate matches), the card's type of the dialled
+        number (an inbound toll-free call is one to our toll-free number; None: unclassified),
+        and the far end the rate was matched on."""
+        card = self.rates.card
+        nt = card.number_type_of(to)
+        far_end = to if direction == "outbound" else from_
+        try:
+            return card.match(service, direction, far_end, nt or "any"), nt, far_end
+        except NoRate:
+            return None, nt, far_end
+
     def _rate_args(
         self, service: str, direction: str, from_: str, to: str, claimed: str | None
     ) -> tuple[Rate, str]:
         """The call's rate and number type. The type is the rate card's to derive from the
-        dialled number (an inbound toll-free call is one to our toll-free number), never the
-        switch's to choose: a claimed type that differs is refused, not believed."""
-        card = self.rates.card
-        nt = card.number_type_of(to)
+        dialled number, never the switch's to choose: a claimed type that differs is refused,
+        not believed."""
+        rate, nt, far_end = self._match(service, direction, from_, to)
         if claimed is not None and claimed != nt:
             raise ValidationFailed(
                 f"number_type is derived from the number by the rate card, not taken from the "
@@ -221,10 +234,7 @@ class Calls:
                 field="number_type",
                 number_type=nt,
             )
-        far_end = to if direction == "outbound" else from_
-        try:
-            rate = card.match(service, direction, far_end, nt or "any")
-        except NoRate as err:
+        if rate is None:
             way = "to" if direction == "outbound" else "from"
             raise NoRateFound(
                 f"no rate in the rate card for {service} {direction} calls {way} {far_end}; "
@@ -232,7 +242,7 @@ class Calls:
                 number=far_end,
                 direction=direction,
                 service=service,
-            ) from err
+            )
         return rate, nt or rate.number_type
 
     async def start(
@@ -519,19 +529,13 @@ class Calls:
         """How call_end rates a call the gate never saw. Usage is never lost: with no rate on
         the card it is recorded at zero, flagged no_rate for review; the switch's number_type
         is not believed here either (the card's derived type prices it)."""
-        card = self.rates.card
-        nt = card.number_type_of(p.to) or "any"
-        far_end = p.to if p.direction == "outbound" else p.from_
-        try:
-            rate = card.match(p.service, p.direction, far_end, nt)
-        except NoRate:
+        rate, nt, _ = self._match(p.service, p.direction, p.from_, p.to)
+        who = [p.direction, p.service, p.from_, p.to, p.user or "", p.group or ""]
+        if rate is None:
             log.warning("unseen call %s has no rate: recorded at zero, flagged no_rate", p.call_id)
-            return [p.direction, p.service, p.from_, p.to, p.user or "", p.group or "",
-                    0, 0, 1, 1, nt, 1, ""]  # fmt: skip
-        return [p.direction, p.service, p.from_, p.to, p.user or "", p.group or "",
-                rate.per_min_micros, rate.connect_fee_micros, rate.increment.first,
-                rate.increment.next, nt if nt != "any" else rate.number_type, 0,
-                _components(rate)]  # fmt: skip
+            return [*who, 0, 0, 1, 1, nt or "any", 1, ""]
+        return [*who, rate.per_min_micros, rate.connect_fee_micros, rate.increment.first,
+                rate.increment.next, nt or rate.number_type, 0, _components(rate)]  # fmt: skip
 
     async def sync(self, workspace_id: str, call_ids: list[str]) -> dict[str, Any]:
         """The switch's list of the calls it has up: every other live call (older than
