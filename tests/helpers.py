@@ -11,7 +11,7 @@ from gate.context import Context
 from gate.settings import Settings
 from gate.store import keys
 from gate.store.scripts import Scripts
-from tests.conftest import Client, auth
+from tests.conftest import PLATFORM, Client, auth
 
 
 async def make_ctx(client: Redis | RedisCluster, clock: Clock, settings: Settings) -> Context:
@@ -57,3 +57,13 @@ async def all_rows(client: Client, key: str, query: str = "") -> list[dict[str, 
         cursor = page["next_cursor"]
         if cursor is None:
             return rows
+
+
+async def adjust(client: Client, ws: dict[str, Any], usd: str) -> None:
+    """Credit (or, negative, debit) a workspace by an operator adjustment of `usd` dollars."""
+    resp = await client.post(
+        f"/v1/workspaces/{ws['id']}/adjustments",
+        json={"amount_usd": usd, "type": "adjustment", "description": "test adjustment"},
+        headers=PLATFORM,
+    )
+    assert resp.status == 201, await resp.text()

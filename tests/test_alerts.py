@@ -22,8 +22,8 @@ from gate.app import create_app
 from gate.clock import ManualClock
 from gate.settings import Settings
 from gate.store import keys
-from tests.conftest import PLATFORM, Client, assert_invariants, auth, new_workspace
-from tests.helpers import wallet_json
+from tests.conftest import Client, assert_invariants, auth, new_workspace
+from tests.helpers import adjust, wallet_json
 
 
 class Inbox:
@@ -70,15 +70,6 @@ async def client(
     )
     yield await aiohttp_client(create_app(mail_settings, clock=clock))
     await assert_invariants(redis, before)
-
-
-async def adjust(client: Client, ws: dict[str, Any], usd: str) -> None:
-    resp = await client.post(
-        f"/v1/workspaces/{ws['id']}/adjustments",
-        json={"amount_usd": usd, "type": "adjustment", "description": "test"},
-        headers=PLATFORM,
-    )
-    assert resp.status == 201, await resp.text()
 
 
 async def alerts_on(client: Client, ws: dict[str, Any], threshold: str, email: Any) -> None:

@@ -18,7 +18,7 @@ from gate.store import keys
 from gate.wallet.automation import month_of
 from gate.wallet.payments import Payment, SandboxProvider
 from tests.conftest import PLATFORM, Client, assert_invariants, auth, new_workspace
-from tests.helpers import all_rows, wallet_json
+from tests.helpers import adjust, all_rows, wallet_json
 
 
 class Crash(Exception):
@@ -66,15 +66,6 @@ async def client(
     app = create_app(settings, clock=clock, payments=provider)
     yield await aiohttp_client(app)
     await assert_invariants(redis, before)
-
-
-async def adjust(client: Client, ws: dict[str, Any], usd: str) -> None:
-    resp = await client.post(
-        f"/v1/workspaces/{ws['id']}/adjustments",
-        json={"amount_usd": usd, "type": "adjustment", "description": "test debit"},
-        headers=PLATFORM,
-    )
-    assert resp.status == 201, await resp.text()
 
 
 async def enable(client: Client, ws: dict[str, Any], pm: str = "pm_card_visa", **ar: Any) -> None:

@@ -14,6 +14,7 @@ from gate.calls.rating import Increment, cost_micros
 from gate.clock import ManualClock
 from gate.store import keys
 from tests.conftest import PLATFORM, Client, MakeClient, auth, new_switch_key, new_workspace
+from tests.helpers import adjust
 
 CARD = """
 currency = "USD"
@@ -61,12 +62,7 @@ async def set_balance(client: Client, ws: dict[str, Any], micros: int) -> None:
 
 
 async def credit(client: Client, ws: dict[str, Any], micros: int) -> None:
-    resp = await client.post(
-        f"/v1/workspaces/{ws['id']}/adjustments",
-        json={"amount_usd": str(micros / 1e6), "type": "adjustment", "description": "credit"},
-        headers=PLATFORM,
-    )
-    assert resp.status == 201, await resp.text()
+    await adjust(client, ws, str(micros / 1e6))
 
 
 def call(call_id: str, direction: str = "outbound", **extra: Any) -> dict[str, Any]:
