@@ -40,6 +40,9 @@ async def call_start_seconds(
     return seconds
 
 
+SAMPLES = 300
+
+
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
@@ -57,7 +60,9 @@ async def test_many_streams_one_reader_and_call_starts_unaffected(
     )
     switch = auth((await resp.json())["key"])
     await call_start_seconds(client, switch, "warm", 20)
-    idle = await call_start_seconds(client, switch, "idle", 100)
+    # 300 starts, not 100: of 100 samples the p99 is the largest, so one scheduler stall on a
+    # shared machine (a 0.45 s one failed a CI run) would decide the test, not the streams.
+    idle = await call_start_seconds(client, switch, "idle", SAMPLES)
 
     watchers = [await new_workspace(client, f"W{i}") for i in range(workspaces)]
     url = str(client.make_url("/v1/events"))
@@ -77,7 +82,7 @@ async def test_many_streams_one_reader_and_call_starts_unaffected(
             assert client.app[OPEN_STREAMS].count == STREAMS
             assert client.app[FANOUT].watched == workspaces
             await asyncio.sleep(0.5)  # let the opening burst settle
-            busy = await call_start_seconds(client, switch, "busy", 100)
+            busy = await call_start_seconds(client, switch, "busy", SAMPLES)
             # One blocking reader for every stream of the process, not one per stream.
             blocked = int((await redis.info("clients"))["blocked_clients"])
             assert blocked <= 1, blocked
