@@ -24,6 +24,7 @@ from gate.api.http import (
     METHODS,
     NUMBERS,
     OUTBOX,
+    PLANS,
     RATES,
     STREAMS_REDIS,
     TICKER,
@@ -55,6 +56,7 @@ from gate.wallet.charges import Charges
 from gate.wallet.methods import PaymentMethods
 from gate.wallet.numbers import Numbers, Renewals
 from gate.wallet.payments import PaymentProvider, SandboxProvider
+from gate.wallet.plans import Plans
 from gate.wallet.service import Wallet
 from gate.wallet.stripe_provider import StripeProvider
 
@@ -115,6 +117,8 @@ def create_app(
         app[CALLS] = Calls(ctx, rates)
         app[CHARGES] = Charges(app[WALLET], lambda: rates.card)
         app[NUMBERS] = numbers = Numbers(ctx, rates)
+        app[PLANS] = Plans(ctx, lambda: rates.card)
+        app[PLANS].default_plan()  # an unknown GATE_DEFAULT_PLAN fails the boot, not a signup
         renewals = Renewals(numbers)
         outbox = Outbox(ctx)
         ticker = Ticker(ctx)

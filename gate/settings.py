@@ -22,6 +22,8 @@ class Settings:
     port: int = 8080
     platform_key: str | None = None
     rates: str | None = None
+    # The plan new workspaces get: None = the rate card's default_plan, "none" = no plan.
+    default_plan: str | None = None
     workers: int = 1
     tick_s: int = 10
     buffer_s: int = 60
@@ -101,6 +103,7 @@ ENV = {
     "port": "GATE_PORT",
     "platform_key": "GATE_PLATFORM_KEY",
     "rates": "GATE_RATES",
+    "default_plan": "GATE_DEFAULT_PLAN",
     "workers": "GATE_WORKERS",
     "tick_s": "GATE_TICK_S",
     "buffer_s": "GATE_BUFFER_S",

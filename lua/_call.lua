@@ -1,5 +1,5 @@
 -- Include: the life of one call record, shared by call_start, call_answer, call_heartbeat,
--- call_tick and call_end. Needs _post.lua and _rating.lua before it, and these locals:
+-- call_tick and call_end. Needs _post.lua, _rating.lua and _plan.lua before it, and these locals:
 -- ws, wallet, calls, due, cuts, ledger, events, ended, ended_at (the KEYS of those scripts).
 --
 -- A call record is a MessagePack map in the `calls` hash (field = call id), with fields:
@@ -9,7 +9,9 @@
 --   t0, ans              start and answer time, ms (ans = 0 while not answered)
 --   bs                   seconds billed so far (elapsed talk time seen by ticks/heartbeats)
 --   hz                   horizon: seconds paid for (billed + reserved)
---   held                 micros held for the call = cost(hz); wallet.reserved = sum of held
+--   held                 universal micros held for the call; wallet.reserved = sum of held;
+--                        held + ch (the commitment's part, lua/_plan.lua) = cost(hz)
+--   aw, ao, bs0, cmn, ch the call's plan buckets (lua/_plan.lua; absent without a plan)
 --   cut                  ms at which the call must hang up (0 = not limited)
 --   lim, cs              inbound limit announced / cut event sent (0|1)
 --   hseq, hms            last heartbeat seq and time (0 = the switch sends none)
@@ -117,7 +119,22 @@ local function announce(c, now_ms)
   end
 end
 
+-- Money held for the call: the commitment's part and the universal part.
+local function money_held(c)
+  return c.held + (c.ch or 0)
+end
+
+-- Hold `held` micros for the call in all: from its commitment first (lua/_plan.lua), the
+-- rest from universal money (wallet.reserved).
 local function hold(c, held)
+  if c.cmn and c.cmn ~= '' then
+    local ch = math.min(held, c.ch + commitment_free(c.cmn))
+    if ch ~= c.ch then
+      rcall('HINCRBY', wallet, 'cmr:' .. c.cmn, ch - c.ch)
+      c.ch = ch
+    end
+    held = held - ch
+  end
   if held ~= c.held then
     rcall('HINCRBY', wallet, 'reserved', held - c.held)
     if held > c.held then watch(ws, wallet, events, now_ms) end
@@ -162,13 +179,14 @@ local function grow(c, e, now_ms)
   local target = c.bs + c.buf
   if target > c.max then target = c.max end
   if target <= c.hz and c.cut == 0 then return end
-  local avail = available()
-  local want = cost(c, target) - c.held
+  reserve_allowance(c, target)
+  local avail = available() + commitment_free(c.cmn)
+  local want = cost(c, target) - money_held(c)
   local need = want
   if c.cut ~= 0 and c.dir == 'inbound' then need = math.max(want, threshold(c)) end
   if need <= avail then
     if target > c.hz then
-      hold(c, c.held + math.max(want, 0))
+      hold(c, money_held(c) + math.max(want, 0))
       c.hz = target
     end
     set_cut(c, now_ms, false)
@@ -177,10 +195,10 @@ local function grow(c, e, now_ms)
   -- A limited call may use all the money there is, as it did at start.
   local cap = target
   if c.cut ~= 0 or c.dir == 'inbound' then cap = c.max end
-  local hz = paid_seconds(c, c.held + math.max(avail, 0), cap)
+  local hz = paid_seconds(c, money_held(c) + math.max(avail, 0), cap)
   if hz > c.hz then
     c.hz = hz
-    hold(c, math.max(cost(c, hz), c.held))
+    hold(c, math.max(cost(c, hz), money_held(c)))
   end
   if rcall('HSETNX', wallet, 'depleted', 1) == 1 then
     emit(events, wallet, now_ms, 'wallet.depleted', {'call_id', c.id})
@@ -228,6 +246,7 @@ end
 local function split_cost(c, duration, amount, out)
   if not c.cmp or c.cmp == '' or amount == 0 then return end
   local b = billable(c, duration)
+  b = b - allowance_covers(c, b)  -- the parts split the money; the allowance is no money
   local parts, left, big = {}, amount - c.fee, 1
   for name, rate in string.gmatch(c.cmp, '([%w_]+)=(%d+)') do
     local share = idiv(tonumber(rate) * b, 60)
@@ -251,8 +270,21 @@ local UNBILLED = {ring_timeout = true, never_started = true}
 -- 'never_started'; `clamped` is true when the switch's figure was cut to the gate's clock.
 -- Returns the MessagePack result kept for repeats.
 local function finish(c, duration, now_ms, cause, flag, clamped)
+  reserve_allowance(c, duration)  -- allowance still left covers the call before money does
   local amount = cost(c, duration)
+  local b = billable(c, duration)
+  local used, prior = 0, 0
+  if c.aw then  -- the allowance not used goes back to this cycle's bucket
+    prior = math.min(b, c.ao)
+    used = allowance_covers(c, b) - prior
+    if c.aw > used then rcall('HINCRBY', wallet, 'al:' .. c.svc, c.aw - used) end
+  end
   hold(c, 0)
+  local from_cm = 0
+  if c.cmn and c.cmn ~= '' and amount > 0 then
+    from_cm = math.min(amount, commitment_free(c.cmn))
+    if from_cm > 0 then rcall('HINCRBY', wallet, 'cm:' .. c.cmn, -from_cm) end
+  end
   local granted = granted_s(c)
   local leak = 0
   if c.cut ~= 0 and duration > granted then leak = duration - granted end
@@ -260,9 +292,14 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   local desc = (c.svc == 'ai_agent' and 'AI agent ' or 'Call ') .. c.dir .. ' ' ..
     (c.dir == 'inbound' and c.from or c.to)
   local extra = {'user', c.user, 'group', c.grp, 'from', c.from, 'to', c.to,
-    'direction', c.dir, 'duration_s', duration, 'billable_s', billable(c, duration),
+    'direction', c.dir, 'duration_s', duration, 'billable_s', b,
     'rate_micros', c.rate, 'increment', c.f .. '/' .. c.n, 'connect_fee_micros', c.fee,
-    'source', 'universal', 'hangup_cause', cause}
+    'hangup_cause', cause}
+  local sources = {'source', 'universal'}
+  if c.aw then
+    sources = bucket_fields(c.svc, used, prior, 's', c.cmn, from_cm, amount - from_cm)
+  end
+  for i = 1, #sources do extra[#extra + 1] = sources[i] end
   if leak > 0 then extra[#extra + 1] = 'leak_s'; extra[#extra + 1] = leak end
   if flag ~= '' then extra[#extra + 1] = 'flag'; extra[#extra + 1] = flag end
   if c.nr == 1 then extra[#extra + 1] = 'no_rate'; extra[#extra + 1] = 'true' end
@@ -275,14 +312,15 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   if UNBILLED[flag] and amount == 0 then
     balance = tonumber(rcall('HGET', wallet, 'balance'))
   else
-    id, balance = post(wallet, ledger, events, now_ms, -amount, rtype, desc, c.id, extra)
+    id, balance = post(wallet, ledger, events, now_ms, from_cm - amount, rtype, desc, c.id,
+      extra)
   end
   rcall('HDEL', calls, c.id)
   rcall('ZREM', due, c.id)
   rcall('SREM', cuts, c.id)
   local result = cmsgpack.pack({cost = amount, row = id, balance = balance,
     duration = duration, leak = leak, flag = flag, clamped = clamped and 1 or 0,
-    parts = split})
+    parts = split, pl = c.aw and 1 or 0, al = used, alp = prior, cm = from_cm})
   rcall('HSET', ended, c.id, result)
   rcall('ZADD', ended_at, now_ms, c.id)
   trim_ended(now_ms)

@@ -15,10 +15,20 @@ local function billable(c, t)
   return c.f + idiv(t - c.f + c.n - 1, c.n) * c.n
 end
 
--- cost(t) = 0 for t = 0, else fee + ceil(rate * billable(t) / 60)
+-- A call under a plan (lua/_plan.lua) has its first billable seconds covered by the
+-- allowance: aw seconds reserved in this cycle from bs0 on, ao seconds of earlier cycles.
+-- Without a plan (no aw) this is 0 and cost() is the card's cost exactly.
+local function allowance_covers(c, b)
+  if not c.aw then return 0 end
+  return math.min(b, c.ao + math.min(c.aw, math.max(b - c.bs0, 0)))
+end
+
+-- The money a call of t seconds costs: 0 for t = 0, else
+-- fee + ceil(rate * (billable(t) - allowance covered) / 60); the connect fee is money always.
 local function cost(c, t)
   if t <= 0 then return 0 end
-  return c.fee + idiv(c.rate * billable(c, t) + 59, 60)
+  local b = billable(c, t)
+  return c.fee + idiv(c.rate * (b - allowance_covers(c, b)) + 59, 60)
 end
 
 -- The longest time t <= cap (seconds) with cost(t) <= budget.
@@ -28,6 +38,16 @@ local function paid_seconds(c, budget, cap)
   local spendable = budget - c.fee
   if spendable < 0 or c.rate == 0 then return 0 end
   local max_billable = idiv(spendable * 60, c.rate)
+  if c.aw then
+    -- money-paid seconds -> billable seconds: the allowance is a flat stretch of the cost
+    if max_billable < c.bs0 - c.ao then max_billable = c.ao + max_billable
+    else max_billable = max_billable + c.ao + c.aw end
+  end
+  if c.aw then
+    -- money-paid seconds m -> billable: the allowance is a flat stretch of the cost curve
+    if max_billable < c.bs0 - c.ao then max_billable = c.ao + max_billable
+    else max_billable = max_billable + c.ao + c.aw end
+  end
   if max_billable < c.f then return 0 end
   return c.f + idiv(max_billable - c.f, c.n) * c.n
 end

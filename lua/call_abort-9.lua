@@ -21,12 +21,14 @@ local call_id, t0_ms = ARGV[2], tonumber(ARGV[3])
 
 --!include _post.lua
 --!include _rating.lua
+--!include _plan.lua
 --!include _call.lua
 
 local c = load_call(call_id)
 if not c or c.t0 ~= t0_ms or c.hseq > 0 or (c.ans ~= 0 and c.ans ~= c.t0) then return {1} end
 local had_hold = c.held > 0
 hold(c, 0)
+if c.aw and c.aw > 0 then rcall('HINCRBY', wallet, 'al:' .. c.svc, c.aw) end
 rcall('HDEL', calls, call_id)
 rcall('ZREM', due, call_id)
 rcall('SREM', cuts, call_id)

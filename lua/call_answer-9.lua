@@ -19,6 +19,7 @@ local call_id = ARGV[2]
 
 --!include _post.lua
 --!include _rating.lua
+--!include _plan.lua
 --!include _call.lua
 
 local c = load_call(call_id)

@@ -35,7 +35,10 @@ local tolerance_s, max_call_s = tonumber(ARGV[5]), tonumber(ARGV[6])
 
 --!include _post.lua
 --!include _rating.lua
+--!include _plan.lua
 --!include _call.lua
+
+plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 local result = rcall('HGET', ended, call_id)
 if result then return {1, result} end
@@ -53,6 +56,8 @@ else
     f = tonumber(ARGV[15]), n = tonumber(ARGV[16]), nt = ARGV[17], held = 0, hz = 0, cut = 0,
     grace = 0, nr = tonumber(ARGV[18]), cmp = ARGV[19] or ''}
   if duration > max_call_s then duration, clamped = max_call_s, true end
+  plan_attach(c)  -- under a plan, the allowance and commitment come first here too
+  reserve_allowance(c, duration)
 end
 local had_hold = c.held > 0
 result = finish(c, duration, now_ms, cause, flag, clamped)

@@ -26,7 +26,10 @@ local elapsed, seq, tolerance_s = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber
 
 --!include _post.lua
 --!include _rating.lua
+--!include _plan.lua
 --!include _call.lua
+
+plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 local c = load_call(call_id)
 if not c then return not_live(call_id) end

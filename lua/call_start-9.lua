@@ -68,7 +68,10 @@ local promised = ARGV[24] == '1'
 
 --!include _post.lua
 --!include _rating.lua
+--!include _plan.lua
 --!include _call.lua
+
+plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 local existing = rcall('HGET', calls, call_id)
 if existing then
@@ -98,9 +101,13 @@ local c = {id = call_id, dir = dir, svc = svc, from = ARGV[5], to = ARGV[6], use
   ha = 0, clp = 0, cmp = components, rep = promised and 1 or 0}
 if answered then c.ans, c.evm = now_ms, now_ms end
 local target = math.min(buffer_s, max_call_s)
+plan_attach(c)
+-- The plan allowance covers the first seconds (written below, once the call is allowed).
+if c.aw then c.aw = math.min(num('al:' .. svc), billable(c, target)) end
 local needed = cost(c, target)
 
 local avail, balance, reserved = available()
+avail = avail + commitment_free(c.cmn)
 if needed > 0 then
   if dir == 'outbound' and avail < needed then return {-4, balance, reserved, needed} end
   local w = rcall('HMGET', wallet, 'status', 'zero_since')
@@ -126,8 +133,9 @@ else
   hold(c, cost(c, c.hz))
   set_cut(c, now_ms, true)
 end
-c.r0, c.g0, c.m0, c.b0 = c.held, c.hz, max_duration(c), balance
-c.a0 = avail - c.held
+if c.aw and c.aw > 0 then rcall('HINCRBY', wallet, 'al:' .. svc, -c.aw) end
+c.r0, c.g0, c.m0, c.b0 = money_held(c), c.hz, max_duration(c), balance
+c.a0 = avail - money_held(c)
 c.an0 = answered and 1 or 0
 c.h0 = (c.ans ~= 0 and c.ans or c.t0) + (c.m0 >= 0 and c.m0 or c.g0) * 1000
 c.ha = c.h0

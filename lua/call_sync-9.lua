@@ -25,7 +25,10 @@ local now_ms, min_age_ms = tonumber(ARGV[1]), tonumber(ARGV[2]) * 1000
 
 --!include _post.lua
 --!include _rating.lua
+--!include _plan.lua
 --!include _call.lua
+
+plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 if rcall('EXISTS', ws) == 0 then return {-1} end
 local listed, not_live = {}, {}

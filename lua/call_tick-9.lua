@@ -23,7 +23,10 @@ local batch, stale_ms = tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
 
 --!include _post.lua
 --!include _rating.lua
+--!include _plan.lua
 --!include _call.lua
+
+plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 local items = rcall('ZRANGEBYSCORE', due, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
 local reply = {0, 0, -1, 0, 0}

@@ -48,6 +48,8 @@ def settings(redis_server: RedisServer) -> Settings:
         redis_timeout_ms=2000,
         # Likewise for a start's default deadline (500 ms): the deadline tests send timeout_ms.
         start_timeout_ms=5000,
+        # Tests price calls from the first second; tests/test_plans.py assigns plans itself.
+        default_plan="none",
     )
 
 

@@ -31,7 +31,9 @@ async def test_new_workspace_has_signup_credit(client: Client) -> None:
     assert body["reserved_usd"] == 0
     assert body["status"] == "active"
     assert body["live_calls"] == 0
-    assert body["minutes_left_estimate"] == 50  # $10 at $0.20/min, the seed's own example
+    # $10 at $0.20/min, the seed's own example; AI-agent minutes at $0.89/min
+    assert body["minutes_left_estimate"] == {"voice": 50, "ai_agent": 11}
+    assert body["minutes_left_at_voice_rate"] == 50  # the former single number
 
 
 async def test_wallet_etag(client: Client) -> None:

@@ -38,6 +38,7 @@ from gate.wallet.automation import Automation
 from gate.wallet.charges import Charges
 from gate.wallet.methods import PaymentMethods
 from gate.wallet.numbers import Numbers
+from gate.wallet.plans import Plans
 from gate.wallet.service import Wallet
 
 log = logging.getLogger("gate.api.http")
@@ -61,6 +62,7 @@ AUTOMATION = web.AppKey("automation", Automation)
 METHODS = web.AppKey("methods", PaymentMethods)
 CHARGES = web.AppKey("charges", Charges)
 NUMBERS = web.AppKey("numbers", Numbers)
+PLANS = web.AppKey("plans", Plans)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

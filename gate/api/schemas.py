@@ -59,6 +59,13 @@ class PaymentMethodPatch(Body):
     default: Literal[True]
 
 
+class SetPlan(Body):
+    """PUT /v1/workspaces/{id}/plan: a plan of the rate card, or null for none."""
+
+    plan: Annotated[str, Meta(min_length=1, max_length=40)] | None
+    cycle_anchor: Annotated[int, Meta(ge=1, le=31)] | None = None
+
+
 class Adjustment(Body):
     amount_usd: Usd
     type: Literal["adjustment", "refund"]

@@ -11,6 +11,7 @@ from msgspec import UNSET
 from gate.api.http import (
     AUTOMATION,
     CTX,
+    PLANS,
     RATES,
     WALLET,
     WORKSPACES,
@@ -57,7 +58,10 @@ async def get_wallet(request: web.Request) -> web.StreamResponse:
     if wanted.strip() == "*" or view.etag in (tag.strip() for tag in wanted.split(",")):
         return web.Response(status=304, headers={"ETag": view.etag})
     per_min = request.app[RATES].typical_per_min_micros()
-    return json(view.to_json(per_min), headers={"ETag": view.etag, "Cache-Control": "no-cache"})
+    return json(
+        view.to_json(per_min, request.app[RATES].typical_rates()),
+        headers={"ETag": view.etag, "Cache-Control": "no-cache"},
+    )
 
 
 async def topup(request: web.Request) -> web.StreamResponse:
@@ -153,7 +157,9 @@ async def patch_settings(request: web.Request) -> web.StreamResponse:
         await request.app[AUTOMATION].look_now(workspace_id)
     view = await wallet.view(workspace_id)
     per_min = request.app[RATES].typical_per_min_micros()
-    return json(view.to_json(per_min), headers={"ETag": view.etag})
+    return json(
+        view.to_json(per_min, request.app[RATES].typical_rates()), headers={"ETag": view.etag}
+    )
 
 
 async def transactions(request: web.Request) -> web.StreamResponse:
@@ -219,3 +225,11 @@ async def usage_summary(request: web.Request) -> web.StreamResponse:
             headers={"Content-Disposition": f'attachment; filename="usage-summary-{month}.csv"'},
         )
     return json(summary)
+
+
+async def buckets(request: web.Request) -> web.StreamResponse:
+    """GET /v1/wallet/buckets: each credit bucket and the current cycle (seed 001)."""
+    who = await principal(request, Role.agent)
+    workspace_id = who.workspace(request.query.get("workspace_id"))
+    await request.app[WORKSPACES].get(workspace_id)
+    return json(await request.app[PLANS].buckets(workspace_id))

@@ -7,8 +7,8 @@ import time
 from aiohttp import web
 from msgspec import UNSET
 
-from gate.api.http import AUTH, CTX, OUTBOX, WALLET, WORKSPACES, decode, json, principal
-from gate.api.schemas import Adjustment, CreateKey, CreateWorkspace, WorkspacePatch
+from gate.api.http import AUTH, CTX, OUTBOX, PLANS, WALLET, WORKSPACES, decode, json, principal
+from gate.api.schemas import Adjustment, CreateKey, CreateWorkspace, SetPlan, WorkspacePatch
 from gate.delivery.destinations import check_url
 from gate.errors import Forbidden, NotFound, ValidationFailed
 from gate.money import parse_usd
@@ -26,6 +26,9 @@ async def create_workspace(request: web.Request) -> web.StreamResponse:
     created = await request.app[WORKSPACES].create(body.name, body.organization_id)
     if body.organization_id is not None:
         await orgs.add_workspace(body.organization_id, created.id)
+    plans = request.app[PLANS]
+    if (default_plan := plans.default_plan()) is not None:
+        await plans.assign(created.id, default_plan, None)
     return json(
         {
             "id": created.id,
@@ -159,3 +162,15 @@ async def adjust(request: web.Request) -> web.StreamResponse:
         workspace_id, amount, body.type, body.description, body.reference
     )
     return json(row.to_json(), 201 if created else 200)
+
+
+async def set_plan(request: web.Request) -> web.StreamResponse:
+    """PUT /v1/workspaces/{id}/plan: the platform assigns a plan; a new cycle starts now."""
+    who = await principal(request, Role.agent)
+    workspace_id = who.workspace(request.match_info["workspace_id"])  # 404 for other tenants
+    who.require(Role.platform)  # a workspace never picks its own plan
+    body = await decode(request, SetPlan)
+    await request.app[WORKSPACES].get(workspace_id)
+    plans = request.app[PLANS]
+    await plans.assign(workspace_id, body.plan, body.cycle_anchor)
+    return json(await plans.buckets(workspace_id))

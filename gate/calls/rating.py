@@ -18,6 +18,18 @@ SERVICES = ("voice", "ai_agent")
 DIRECTIONS = ("outbound", "inbound", "any")
 NUMBER_TYPES = ("local", "toll_free", "international", "any")
 UNIT_NAMES = ("sms_segment", "mms", "fax_page", "chat_message", "number_rental_month")
+# Services a plan's buckets may cover, and the unit a plan's allowance of each is written in
+# (minutes for calls, kept in seconds in Redis so a call can use part of a minute).
+PLAN_SERVICES = {
+    "voice": "minutes",
+    "ai_agent": "minutes",
+    "sms": "segments",
+    "mms": "messages",
+    "fax": "pages",
+    "chat": "messages",
+}
+_PLAN_NAME = re.compile(r"[a-z0-9_]{1,40}")
+MAX_ALLOWANCE = 10**9  # units per cycle: far beyond any plan, far inside Lua's exact range
 
 # What paid_seconds answers when money never runs out (a free rate). Far beyond any call's
 # max_call_s, yet small enough to add to unix milliseconds without leaving Lua's exact range.
@@ -176,6 +188,30 @@ class Rate:
 _Slots = dict[tuple[str, str], Rate]
 
 
+@dataclass(frozen=True, slots=True)
+class Commitment:
+    """Money for a set of services, spent before universal credits, reset each cycle."""
+
+    name: str
+    micros: int
+    services: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A `[plans.<name>]` entry: allowances (bucket units: seconds for calls) and commitments."""
+
+    name: str
+    allowances: dict[str, int] = field(hash=False)
+    commitments: tuple[Commitment, ...] = ()
+
+    def commitment_for(self, service: str) -> Commitment | None:
+        for commitment in self.commitments:
+            if service in commitment.services:
+                return commitment
+        return None
+
+
 class RateCard:
     """A validated rate card, indexed so that matching a call costs O(length of the number)."""
 
@@ -187,8 +223,12 @@ class RateCard:
         currency: str = "USD",
         source: str = "<rate card>",
         number_types: Mapping[str, str] | None = None,
+        plans: Mapping[str, Plan] | None = None,
+        default_plan: str | None = None,
     ) -> None:
         self.rates = rates
+        self.plans: dict[str, Plan] = dict(plans or {})
+        self.default_plan = default_plan
         self.number_types: dict[str, str] = dict(number_types or {})
         self._type_lengths = tuple(sorted({len(p) for p in self.number_types}, reverse=True))
         self.units: dict[str, int] = dict(units)
@@ -292,7 +332,9 @@ def load_rate_card(path: str | Path | None = None) -> RateCard:
 
 # --- validation -------------------------------------------------------------------------
 
-_TOP_KEYS = ("currency", "rates", "units", "number_types")
+_TOP_KEYS = ("currency", "rates", "units", "number_types", "plans", "default_plan")
+_PLAN_KEYS = ("description", "allowances", "commitments")
+_COMMITMENT_KEYS = ("name", "amount", "services")
 _TYPE_KEYS = ("prefix", "type")
 _RATE_KEYS = (
     "service",
@@ -444,6 +486,96 @@ def _build(doc: dict[str, Any], source: str) -> RateCard:
             raise RateCardError(f"{source}: {where}: prefix {_show(prefix)} is listed twice")
         number_types[prefix] = kind
 
+    plans = _plans(doc.get("plans", {}), source)
+    default_plan = doc.get("default_plan")
+    if default_plan is not None and default_plan not in plans:
+        raise RateCardError(
+            f"{source}: default_plan: {_show(default_plan)} is not a [plans.<name>] of this card;"
+            f" plans: {_choices(tuple(plans)) or 'none'}"
+        )
     return RateCard(
-        tuple(rates), units, currency=currency, source=source, number_types=number_types
+        tuple(rates),
+        units,
+        currency=currency,
+        source=source,
+        number_types=number_types,
+        plans=plans,
+        default_plan=default_plan,
     )
+
+
+def _plans(raw: object, source: str) -> dict[str, Plan]:
+    """`[plans.<name>]` tables: allowances per service, commitments scoped to services."""
+    if not isinstance(raw, dict):
+        raise RateCardError(f"{source}: plans: must be [plans.<name>] tables")
+    services = tuple(PLAN_SERVICES)
+    plans: dict[str, Plan] = {}
+    for name, entry in raw.items():
+        where = f"plans.{name}"
+        if not _PLAN_NAME.fullmatch(name):
+            raise RateCardError(
+                f"{source}: {where}: a plan name is 1 to 40 lower-case letters, digits or _"
+            )
+        if not isinstance(entry, dict):
+            raise RateCardError(f"{source}: {where}: must be a [plans.{name}] table")
+        _check_keys(entry, _PLAN_KEYS, f"{source}: {where}: ")
+        raw_allowances = entry.get("allowances", {})
+        if not isinstance(raw_allowances, dict):
+            raise RateCardError(
+                f"{source}: {where}.allowances: must be a table of units per cycle, like"
+                " { ai_agent = 30, sms = 500 }"
+            )
+        allowances: dict[str, int] = {}
+        for service, units in raw_allowances.items():
+            _one_of(service, services, source, f"{where}.allowances")
+            if (
+                isinstance(units, bool)
+                or not isinstance(units, int)
+                or not (0 < units <= MAX_ALLOWANCE)
+            ):
+                raise RateCardError(
+                    f"{source}: {where}.allowances.{service}: {_show(units)} is not a whole "
+                    f"number of {PLAN_SERVICES[service]} from 1 to {MAX_ALLOWANCE}"
+                )
+            allowances[service] = units * 60 if PLAN_SERVICES[service] == "minutes" else units
+        raw_commitments = entry.get("commitments", [])
+        if not isinstance(raw_commitments, list):
+            raise RateCardError(f"{source}: {where}.commitments: must be a list of tables")
+        commitments: list[Commitment] = []
+        covered: dict[str, str] = {}
+        for index, item in enumerate(raw_commitments):
+            at = f"{where}.commitments[{index}]"
+            if not isinstance(item, dict):
+                raise RateCardError(
+                    f'{source}: {at}: must be a table like {{ name = "calling", amount = "50",'
+                    ' services = ["voice"] }'
+                )
+            _check_keys(item, _COMMITMENT_KEYS, f"{source}: {at}: ")
+            cname = item.get("name")
+            if not isinstance(cname, str) or not _PLAN_NAME.fullmatch(cname):
+                raise RateCardError(
+                    f"{source}: {at}.name: {_show(cname)} must be 1 to 40 lower-case letters,"
+                    " digits or _"
+                )
+            if any(c.name == cname for c in commitments):
+                raise RateCardError(f"{source}: {at}.name: {_show(cname)} is used twice")
+            micros = _money(item.get("amount"), source, f"{at}.amount")
+            if micros <= 0:
+                raise RateCardError(f"{source}: {at}.amount: must be above 0")
+            scoped = item.get("services")
+            if not isinstance(scoped, list) or not scoped:
+                raise RateCardError(
+                    f'{source}: {at}.services: must be a list of services, like ["voice"]'
+                )
+            for service in scoped:
+                _one_of(service, services, source, f"{at}.services")
+                if service in covered:
+                    raise RateCardError(
+                        f"{source}: {at}.services: {_show(service)} is covered by commitment "
+                        f"{_show(covered[service])} already; a service draws from one "
+                        "commitment per plan"
+                    )
+                covered[service] = cname
+            commitments.append(Commitment(cname, micros, tuple(scoped)))
+        plans[name] = Plan(name, allowances, tuple(commitments))
+    return plans

@@ -122,6 +122,10 @@ class Ended(msgspec.Struct, frozen=True):
     flag: str = ""
     clamped: int = 0
     parts: list[str | int] | dict[str, Any] = msgspec.field(default_factory=list)
+    plan: int = msgspec.field(default=0, name="pl")  # 1: the call drew from plan buckets
+    allowance_s: int = msgspec.field(default=0, name="al")  # this cycle's allowance used
+    prior_allowance_s: int = msgspec.field(default=0, name="alp")  # earlier cycles'
+    commitment_micros: int = msgspec.field(default=0, name="cm")
 
     def components(self) -> dict[str, int]:
         """The cost by the rate's components, micros (empty for a one-part rate)."""
@@ -179,6 +183,16 @@ class RateBook:
             return self.card.match("voice", "outbound", "", "any").per_min_micros or None
         except NoRate:
             return None
+
+    def typical_rates(self) -> dict[str, int | None]:
+        """Per service, the rate minutes left are estimated at: an outbound call to any number."""
+        out: dict[str, int | None] = {}
+        for service in ("voice", "ai_agent"):
+            try:
+                out[service] = self.card.match(service, "outbound", "", "any").per_min_micros
+            except NoRate:
+                out[service] = None
+        return out
 
     @property
     def source(self) -> str:
@@ -565,7 +579,16 @@ class Calls:
 
     @staticmethod
     def ended_answer(call_id: str, ended: Ended) -> dict[str, Any]:
-        return {
+        """The end answer; `cost_*` is money (commitment + universal), a plan call also says
+        how much of its plan allowance and commitment it used."""
+        plan: dict[str, Any] = {}
+        if ended.plan:
+            plan = {
+                "allowance_used_s": ended.allowance_s + ended.prior_allowance_s,
+                "commitment_micros": ended.commitment_micros,
+                "universal_micros": ended.cost - ended.commitment_micros,
+            }
+        return plan | {
             "call_id": call_id,
             "state": "ended",
             "duration_s": ended.duration,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 
-from gate.calls.rating import Increment, cost_micros
+from gate.calls.rating import Increment, billable_seconds, cost_micros
 from gate.history.ledger import Row
+from gate.money import ceil_div
 from gate.store import keys
 from gate.store.redis_client import as_bytes, entries, text
 
@@ -24,20 +25,76 @@ def _call_cost_problem(row: Row) -> str | None:
     x = row.extra
     try:
         increment = Increment.parse(x["increment"])
-        expected = cost_micros(
-            int(x["rate_micros"]),
-            int(x.get("connect_fee_micros", "0")),
-            increment,
-            int(x["duration_s"]),
-        )
+        rate, fee, duration = (int(x["rate_micros"]), int(x.get("connect_fee_micros", "0")),
+                               int(x["duration_s"]))  # fmt: skip
+        expected = cost_micros(rate, fee, increment, duration)
+        # Under a plan the allowance covers the first billable seconds, money the rest, and
+        # the money comes from the commitment before the balance (lua/_plan.lua).
+        covered = int(x.get("allowance_units", "0")) + int(x.get("allowance_prior_units", "0"))
+        if covered and duration:
+            billable = billable_seconds(duration, increment)
+            expected = fee + ceil_div(rate * max(billable - covered, 0), 60)
+        billed = -row.amount_micros + int(x.get("commitment_micros", "0"))
     except (KeyError, ValueError) as err:
         return f"has unreadable rating fields ({err!r})"
-    if -row.amount_micros != expected:
-        return (
-            f"bills {-row.amount_micros} for {x['duration_s']} s, cost(duration) at its rate "
-            f"is {expected}"
-        )
+    if billed != expected:
+        return f"bills {billed} for {duration} s, cost(duration) at its rate is {expected}"
     return None
+
+
+# ledger row type -> the plan service whose allowance it draws
+_BUCKET_SERVICE = {"call": "voice", "ai_agent": "ai_agent", "sms": "sms", "mms": "mms",
+                   "fax": "fax", "chat": "chat"}  # fmt: skip
+
+
+class _Buckets:
+    """What the rows of the current plan cycle drew from each bucket (DESIGN §8)."""
+
+    def __init__(self) -> None:
+        self.allowance: dict[str, int] = {}
+        self.commitment: dict[str, int] = {}
+
+    def add(self, row: Row) -> None:
+        if row.type == "plan_cycle":  # a cycle starts: every bucket is full again
+            self.allowance.clear()
+            self.commitment.clear()
+            return
+        service = _BUCKET_SERVICE.get(row.type)
+        units = row.extra.get("allowance_units")
+        if service and units:
+            self.allowance[service] = self.allowance.get(service, 0) + int(units)
+        name = row.extra.get("commitment")
+        if name:
+            spent = int(row.extra.get("commitment_micros", "0"))
+            self.commitment[name] = self.commitment.get(name, 0) + spent
+
+    def problems(self, wallet: dict[str, str], live: list[dict[str, Any]]) -> list[str]:
+        """Each bucket's balance = its cycle total less its rows; holds = the live calls'."""
+        out: list[str] = []
+        held_units: dict[str, int] = {}
+        held_micros: dict[str, int] = {}
+        for c in live:
+            if "aw" in c:
+                held_units[c["svc"]] = held_units.get(c["svc"], 0) + int(c["aw"])
+            if c.get("cmn"):
+                held_micros[c["cmn"]] = held_micros.get(c["cmn"], 0) + int(c["ch"])
+        for service in filter(None, wallet.get("pl_al", "").split(",")):
+            total, left = int(wallet[f"alt:{service}"]), int(wallet[f"al:{service}"])
+            used, held = self.allowance.get(service, 0), held_units.get(service, 0)
+            if left + held != total - used:
+                out.append(
+                    f"al:{service} {left} + held by live calls {held} != cycle total {total}"
+                    f" - rows {used}"
+                )
+        for name in filter(None, wallet.get("pl_cm", "").split(",")):
+            total, left = int(wallet[f"cmt:{name}"]), int(wallet[f"cm:{name}"])
+            used = self.commitment.get(name, 0)
+            if left != total - used:
+                out.append(f"cm:{name} {left} != cycle total {total} - rows {used}")
+        for name, held in held_micros.items():
+            if int(wallet.get(f"cmr:{name}", "0")) != held:
+                out.append(f"cmr:{name} {wallet.get(f'cmr:{name}')} != held by live calls {held}")
+        return out
 
 
 async def check_workspace(
@@ -56,16 +113,19 @@ async def check_workspace(
         pipe.hmget(k.wallet, "balance", "reserved")
         pipe.hgetall(k.live)
         pipe.xrevrange(k.ledger, "+", "-", count=1)
-        (balance_raw, reserved_raw), live, newest = await pipe.execute()
+        pipe.hgetall(k.wallet)
+        (balance_raw, reserved_raw), live, newest, wallet_raw = await pipe.execute()
     if balance_raw is None or reserved_raw is None:
         return [f"{workspace_id}: registered but has no wallet"]
     balance, reserved = int(balance_raw), int(reserved_raw)
     until = text(newest[0][0]) if newest else None
     running = 0
+    buckets = _Buckets()
 
     def one(row: Row) -> None:
         nonlocal running
         running += row.amount_micros
+        buckets.add(row)
         if row.balance_after_micros != running:
             problems.append(
                 f"{workspace_id}: row {row.id} says balance after "
@@ -96,8 +156,11 @@ async def check_workspace(
     if running != balance:
         problems.append(f"{workspace_id}: balance {balance} != ledger sum {running}")
     held = 0
-    for record in live.values():
-        held += int(msgspec.msgpack.decode(as_bytes(record))["held"])
+    records = [msgspec.msgpack.decode(as_bytes(r)) for r in live.values()]
+    for record in records:
+        held += int(record["held"])
+    wallet = {text(n): text(v) for n, v in wallet_raw.items()}
+    problems += [f"{workspace_id}: {p}" for p in buckets.problems(wallet, records)]
     if reserved != held:
         problems.append(f"{workspace_id}: reserved {reserved} != held by live calls {held}")
     if reserved < 0:

@@ -118,7 +118,11 @@ class Row:
 
 def _is_int_extra(name: str) -> bool:
     """Counts, seconds and money are JSON integers (the API promises `*_micros` integers)."""
-    return name in _INT_EXTRAS or name.endswith(("_micros", "_s"))
+    return (
+        name in _INT_EXTRAS
+        or name.endswith(("_micros", "_s", "_units"))
+        or name.startswith(("allowance_", "expired_allowance_", "carried_allowance_"))
+    )
 
 
 @dataclass(frozen=True, slots=True)

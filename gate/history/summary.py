@@ -1,7 +1,9 @@
 """The monthly usage summary (seed 002): spend and counts per service, top users and groups.
 
 Read from the ledger rows of the month, so it is exact to the micro against them: spend per
-service is the sum of its rows' debits, and the totals add up to the month's usage rows.
+service is the sum of its rows' money (the universal debit plus what a plan commitment paid,
+`commitment_micros`), and the totals add up to the month's usage rows. `plan_usage` sums what
+the rows drew from each plan bucket (allowance units, commitment micros) and what expired.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Tally:
     units: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
 
     def add(self, row: ledger.Row) -> None:
-        self.spend_micros -= row.amount_micros
+        self.spend_micros += int(row.extra.get("commitment_micros", "0")) - row.amount_micros
         self.count += 1
         for name in COUNTS:
             raw = row.extra.get(name)
@@ -71,9 +73,11 @@ async def monthly(
     users: dict[str, Tally] = defaultdict(Tally)
     groups: dict[str, Tally] = defaultdict(Tally)
     credits = 0
+    plan_usage: dict[str, dict[str, Any]] = {}
     usage = frozenset(SERVICE_OF)
     month_rows = ledger.Filters(start_ms=start_ms, end_ms=end_ms)
     async for row in ledger.scan(client, workspace_id, month_rows, archive=archive):
+        _plan_use(plan_usage, row)
         if row.type not in usage:
             credits += row.amount_micros
             continue
@@ -103,8 +107,35 @@ async def monthly(
         ],
         "top_users": top(users, "user"),
         "top_groups": top(groups, "group"),
-        "plan_usage": [],  # filled from the credit buckets once plans exist
+        "plan_usage": [plan_usage[name] for name in sorted(plan_usage)],
     }
+
+
+def _plan_use(out: dict[str, dict[str, Any]], row: ledger.Row) -> None:
+    """Add one row's draw on the plan buckets (and a cycle row's expiries) to `out`."""
+    x = row.extra
+
+    def bucket(name: str, kind: str) -> dict[str, Any]:
+        return out.setdefault(name, {"bucket": name, "type": kind, "used_units": 0,
+                                     "used_micros": 0, "expired_units": 0,
+                                     "expired_micros": 0})  # fmt: skip
+
+    if row.type == "plan_cycle":
+        for field_name, value in x.items():
+            if field_name.startswith("expired_allowance_"):
+                name = "plan_allowance:" + field_name.removeprefix("expired_allowance_")
+                bucket(name, "plan_allowance")["expired_units"] += int(value)
+            elif field_name.startswith("expired_commitment_"):
+                cm = field_name.removeprefix("expired_commitment_").removesuffix("_micros")
+                bucket("commitment:" + cm, "commitment")["expired_micros"] += int(value)
+        return
+    service = {"call": "voice"}.get(row.type, row.type)
+    units = int(x.get("allowance_units", "0")) + int(x.get("allowance_prior_units", "0"))
+    if units:
+        bucket("plan_allowance:" + service, "plan_allowance")["used_units"] += units
+    if x.get("commitment"):
+        used = int(x.get("commitment_micros", "0"))
+        bucket("commitment:" + x["commitment"], "commitment")["used_micros"] += used
 
 
 def to_csv(summary: dict[str, Any]) -> str:

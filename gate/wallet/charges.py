@@ -1,7 +1,8 @@
 """One-off charges: SMS, MMS, fax pages and chat messages, priced from the card's [units].
 
-A charge is one post (lua/post-8.lua) with floor "available": it never takes a wallet below
-zero (seed 004: outbound SMS stops when the credits run out), and its `charge_id` makes it
+A charge is one run of lua/charge-6.lua: it draws the plan allowance of the service, then
+the commitment covering it, then universal money, and never takes a wallet below zero
+(seed 004: outbound SMS stops when the credits run out); its `charge_id` makes it
 idempotent. The same id with the same billed facts answers the first row; with other facts,
 409. The text itself is only counted (segments, encoding), never stored.
 """
@@ -16,13 +17,20 @@ from gate.calls.segments import sms_segments
 from gate.errors import IdempotencyKeyReused, InsufficientBalance, NotFound, ValidationFailed
 from gate.history import ledger
 from gate.money import usd
+from gate.store import keys
+from gate.store.redis_client import text
 from gate.store.scripts import Code
-from gate.wallet.service import Wallet, post
+from gate.wallet.service import Wallet
 
 # service -> the [units] price it is billed at
 UNIT_OF = {"sms": "sms_segment", "mms": "mms", "fax": "fax_page", "chat": "chat_message"}
 NOUN = {"sms": "SMS", "mms": "MMS", "fax": "Fax", "chat": "Chat"}
 MAX_TEXT = 1600
+# Fields lua/charge-6.lua adds to a charge's row: how the credit buckets paid it.
+BUCKET_FIELDS = frozenset({
+    "source", "wallet_source", "allowance_units", "allowance_prior_units", "universal_micros",
+    "cost_micros", "commitment", "commitment_micros", "price_micros",
+})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +116,6 @@ def price(card: RateCard, req: ChargeRequest) -> Priced:
                         ("message_id", req.message_id)):  # fmt: skip
         if value:
             facts.append((name, value))
-    facts.append(("source", "universal"))
     return Priced(quantity, unit, tuple(facts))
 
 
@@ -131,36 +138,38 @@ class Charges:
         """Post the charge; returns its ledger row and whether it is new."""
         priced = price(self.card(), req)
         ctx = self.wallet.ctx
-        posted = await post(
-            ctx,
-            workspace_id,
-            now_ms=ctx.clock.now_ms(),
-            amount_micros=-priced.amount_micros,
-            type=req.service,
-            description=_description(req, priced),
-            reference=req.charge_id,
-            floor="available",
-            extra=priced.facts,
+        k = keys.for_workspace(workspace_id)
+        description = _description(req, priced)
+        args: list[str | int] = [
+            ctx.clock.now_ms(), req.service, priced.quantity, priced.unit_micros, description,
+            req.charge_id,
+        ]  # fmt: skip
+        for name, value in priced.facts:
+            args += [name, value]
+        reply = await ctx.scripts.call(
+            "charge", [k.ws, k.wallet, k.live, k.ledger, k.events, k.refs], args
         )
-        if posted.code == Code.NO_WORKSPACE:
+        code = Code(reply[0])
+        if code == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
-        if posted.code == Code.INSUFFICIENT:
-            assert posted.balance_micros is not None and posted.reserved_micros is not None
+        if code == Code.INSUFFICIENT:
+            balance, reserved, money = int(reply[1]), int(reply[2]), int(reply[3])
             raise InsufficientBalance(
                 "Wallet balance below the cost of this charge",
-                balance_usd=usd(posted.balance_micros),
-                required_usd=usd(priced.amount_micros),
-                available_usd=usd(posted.balance_micros - posted.reserved_micros),
+                balance_usd=usd(balance),
+                required_usd=usd(money),
+                available_usd=usd(balance - reserved),
             )
-        assert posted.row_id is not None
-        if posted.code == Code.IDEMPOTENCY_KEY_REUSED:
-            raise _reused(req.charge_id, posted.row_id)
-        row = await self.wallet.row(workspace_id, posted.row_id)
-        if posted.code == Code.REPEAT and row.extra != dict(priced.facts):
-            raise _reused(req.charge_id, posted.row_id)
-        if posted.code == Code.OK:
+        row_id = text(reply[1])
+        if code == Code.IDEMPOTENCY_KEY_REUSED:
+            raise _reused(req.charge_id, row_id)
+        row = await self.wallet.row(workspace_id, row_id)
+        billed = {n: v for n, v in row.extra.items() if n not in BUCKET_FIELDS}
+        if code == Code.REPEAT and billed != dict(priced.facts):
+            raise _reused(req.charge_id, row_id)
+        if code == Code.OK:
             ctx.notifier.events(workspace_id)
-        return row, posted.code == Code.OK
+        return row, code == Code.OK
 
 
 def _reused(charge_id: str, row_id: str) -> IdempotencyKeyReused:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from gate.store.scripts import Code
 from gate.tenancy.workspaces import Workspace, Workspaces
 from gate.wallet.automation import month_of
 from gate.wallet.payments import PaymentError, PaymentProvider
+from gate.wallet.plans import PLAN_FIELDS, BucketState, minutes_left
 
 AUTO_RECHARGE_CAP_MICROS = 1_000_000_000  # default monthly cap of automatic charges
 AUTOMATION_FIELDS = (
@@ -50,6 +51,7 @@ class WalletView:
     live_calls: int
     version: int
     automation: dict[str, str] = field(default_factory=dict)  # ar_*/lb_* wallet fields
+    plan: dict[str, str] = field(default_factory=dict)  # bucket fields (lua/_plan.lua)
 
     @property
     def available_micros(self) -> int:
@@ -63,15 +65,22 @@ class WalletView:
         state = (
             f"{self.workspace.id}:{self.version}:{self.balance_micros}:"
             f"{self.reserved_micros}:{self.live_calls}:{self.status}:"
-            f"{sorted(self.automation.items())}"
+            f"{sorted(self.automation.items())}:{sorted(self.plan.items())}"
         )
         return f'W/"{hashlib.sha256(state.encode()).hexdigest()[:24]}"'
 
-    def to_json(self, per_min_micros: int | None) -> dict[str, Any]:
+    def to_json(
+        self, per_min_micros: int | None, service_rates: Mapping[str, int | None] | None = None
+    ) -> dict[str, Any]:
+        """The wallet body. `minutes_left_estimate` is per service ({"voice", "ai_agent"}),
+        counting plan allowances, commitments and money at each service's typical rate;
+        `minutes_left_at_voice_rate` is the former single number (money / voice rate)."""
         raw = self.workspace.raw
         estimate = None
         if per_min_micros:
             estimate = max(self.available_micros, 0) // per_min_micros
+        rates = {"voice": per_min_micros} if service_rates is None else service_rates
+        per_service = minutes_left(BucketState(self.plan), self.available_micros, rates)
         return {
             "balance_usd": usd(self.balance_micros),
             "currency": "USD",
@@ -95,7 +104,9 @@ class WalletView:
             },
             "payment_method_id": raw.get("payment_method_id"),
             "live_calls": self.live_calls,
-            "minutes_left_estimate": estimate,
+            "minutes_left_estimate": per_service,
+            "minutes_left_at_voice_rate": estimate,
+            "plan": self.plan.get("plan"),
         }
 
     def _auto_recharge_state(self) -> dict[str, Any]:
@@ -230,7 +241,8 @@ class Wallet:
             # The live-calls hash is the truth: the call scripts keep no separate counter.
             pipe.hlen(k.live)
             pipe.hmget(k.wallet, AUTOMATION_FIELDS)
-            ws_raw, w, live, auto = await pipe.execute()
+            pipe.hgetall(k.wallet)
+            ws_raw, w, live, auto, whole = await pipe.execute()
         if not ws_raw:
             raise NotFound("no such workspace")
         workspace = self.workspaces.parse(ws_raw)
@@ -247,6 +259,11 @@ class Wallet:
                 if value is not None
             }
             | {"_month": month_of(self.ctx.clock.now_ms())[0]},
+            plan={
+                text(name): text(value)
+                for name, value in whole.items()
+                if text(name).startswith(PLAN_FIELDS)
+            },
         )
 
     def _status(
