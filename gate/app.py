@@ -56,7 +56,7 @@ from gate.wallet.charges import Charges
 from gate.wallet.methods import PaymentMethods
 from gate.wallet.numbers import Numbers, Renewals
 from gate.wallet.payments import PaymentProvider, SandboxProvider
-from gate.wallet.plans import Plans
+from gate.wallet.plans import CycleRoller, Plans
 from gate.wallet.service import Wallet
 from gate.wallet.stripe_provider import StripeProvider
 
@@ -118,6 +118,7 @@ def create_app(
         app[CHARGES] = Charges(app[WALLET], lambda: rates.card)
         app[NUMBERS] = numbers = Numbers(ctx, rates)
         app[PLANS] = Plans(ctx, lambda: rates.card)
+        cycles = CycleRoller(app[PLANS])
         app[PLANS].default_plan()  # an unknown GATE_DEFAULT_PLAN fails the boot, not a signup
         renewals = Renewals(numbers)
         outbox = Outbox(ctx)
@@ -151,6 +152,7 @@ def create_app(
             await archiver.start()
         await automation.start()
         await renewals.start()
+        await cycles.start()
         fanout = app[FANOUT] = Fanout(app[STREAMS_REDIS])
         revocations = None
         listener = app[STREAMS_REDIS]
@@ -165,6 +167,7 @@ def create_app(
             await cancel([revocations])
         await fanout.stop()
         await renewals.stop()
+        await cycles.stop()
         await automation.stop()
         await ticker.stop()
         await outbox.stop()

@@ -57,3 +57,34 @@ async def wait_for_wake(wake: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(max(seconds, 0)):
             await wake.wait()
+
+
+class Every:
+    """A background loop that runs `step` every `every_s` seconds, surviving its errors:
+    every process runs one; leases in `step` keep the processes off each other's work."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        what: str,
+        step: Callable[[], Awaitable[object]],
+        every_s: float,
+    ) -> None:
+        self.log, self.what, self.step, self.every_s = log, what, step, every_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"gate-{self.what}")
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            await survive(self.log, self.what, self.step)  # the lease brings work back
+            await wait_for_wake(self._wake, self.every_s)
+            self._wake.clear()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        await cancel([self._task] if self._task else [])

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from gate.api.http import PLANS
 from gate.calls.rating import RateCard, RateCardError
 from gate.clock import ManualClock
 from gate.history.check import check_workspace
@@ -208,11 +209,15 @@ async def test_idle_wallet_rolls_once_per_cycle(plan_client: Client, clock: Manu
     ws = await new_workspace(client)
     await assign(client, ws, "agents", anchor=31)
     clock.ms += 100 * DAY_MS  # Apr 25: Jan 31, Feb 28 and Mar 31 passed
+    # the cycle worker rolls it without any usage or request on the workspace
+    assert await client.server.app[PLANS].run_once() >= 1
+    assert await client.server.app[PLANS].run_once() == 0  # settled at the next end
+    rows = await all_rows(client, ws["key"], "type=plan_cycle")
+    assert len(rows) == 4
     b = await buckets(client, ws)
     assert b["_"]["cycle_start"] == "2027-03-31T00:00:00.000Z"
     assert b["_"]["cycle_end"] == "2027-04-30T00:00:00.000Z"
-    rows = await all_rows(client, ws["key"], "")
-    assert [r["type"] for r in rows].count("plan_cycle") == 4
+    assert len(await all_rows(client, ws["key"], "type=plan_cycle")) == 4
     assert (await buckets(client, ws))["ai_agent"]["available"] == 30
 
 

@@ -33,7 +33,7 @@ _WORKSPACE = _param(
 )
 _LEDGER_FILTERS = [
     _param("type", "query", "ledger row type: recharge, call, ai_agent, sms, mms, fax, chat, "
-           "number_rental, adjustment, refund"),
+           "number_rental, adjustment, refund, plan_cycle"),
     _param("service", "query", "voice, ai_agent, sms, mms, fax, chat or number_rental"),
     _param("user", "query", "only rows of this user"),
     _param("group", "query", "only rows of this group"),
@@ -56,6 +56,7 @@ QUERY: dict[str, list[dict[str, Any]]] = {
     "list_methods": [_WORKSPACE],
     "topup": [_WORKSPACE],
     "patch_settings": [_WORKSPACE],
+    "buckets": [_WORKSPACE],
     "get_alerts": [_WORKSPACE],
     "put_alerts": [_WORKSPACE],
     "transactions": [_WORKSPACE, *_PAGE, *_LEDGER_FILTERS],

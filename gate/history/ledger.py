@@ -35,6 +35,7 @@ ROW_TYPES = (
     "number_rental",
     "adjustment",
     "refund",
+    "plan_cycle",  # amount 0: a plan's cycle started; what expired unused (gate/wallet/plans.py)
 )
 SERVICES = {  # service filter -> row types (the seeds' Usage History services)
     "calling": {"call"},

@@ -16,6 +16,7 @@ TICK_INDEX = f"{PREFIX}:due:tick"  # zset workspace id -> earliest due ms of its
 OUTBOX_INDEX = f"{PREFIX}:due:outbox"  # zset workspace id -> earliest undelivered event ms
 AUTOMATION_INDEX = f"{PREFIX}:due:wallet"  # zset workspace id -> auto-recharge/mail due ms
 RENT_INDEX = f"{PREFIX}:due:rent"  # zset workspace id -> earliest number renewal ms
+CYCLE_INDEX = f"{PREFIX}:due:cycle"  # zset workspace id -> end ms of its plan's cycle
 KEYS_REVOKED = f"{PREFIX}:keys:revoked"  # pub/sub channel: a workspace whose key was revoked
 
 

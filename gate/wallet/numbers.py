@@ -9,7 +9,6 @@ leased from a global due index, as the ticker does). A renewal the wallet cannot
 
 from __future__ import annotations
 
-import asyncio
 import calendar
 import logging
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from gate.store import keys
 from gate.store.due import DueIndex
 from gate.store.redis_client import text
 from gate.store.scripts import Code
-from gate.tasks import cancel, survive, wait_for_wake
+from gate.tasks import Every
 
 log = logging.getLogger("gate.wallet.numbers")
 
@@ -166,28 +165,9 @@ class Numbers:
         return handled
 
 
-class Renewals:
-    """The background loop: every process runs one; leases keep them off each other's work."""
+class Renewals(Every):
+    """The renewals' background loop (gate.tasks.Every over Numbers.run_once)."""
 
     def __init__(self, numbers: Numbers, every_s: float = 60.0) -> None:
+        super().__init__(log, "number renewals", numbers.run_once, every_s)
         self.numbers = numbers
-        self.every_s = every_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="gate-renewals")
-
-    async def _loop(self) -> None:
-        while not self._stopping:
-            await survive(
-                log, "number renewals", self.numbers.run_once
-            )  # the lease brings work back
-            await wait_for_wake(self._wake, self.every_s)
-            self._wake.clear()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        await cancel([self._task] if self._task else [])

@@ -21,11 +21,14 @@ from gate.delivery.events import iso_ms
 from gate.errors import NotFound, ValidationFailed
 from gate.money import usd
 from gate.store import keys
+from gate.store.due import DueIndex
 from gate.store.redis_client import text
 from gate.store.scripts import Code
+from gate.tasks import Every
 
 log = logging.getLogger("gate.wallet.plans")
 DAY_MS = 86_400_000
+LEASE_MS = 60_000  # a claimed workspace comes back to the index if its roller dies
 # Wallet hash fields of the plan and its buckets (their names start so; lua/_plan.lua).
 PLAN_FIELDS = ("plan", "cy", "al:", "alt:", "cm:", "cmt:", "cmr:", "cms:", "pl_")
 
@@ -172,6 +175,7 @@ class Plans:
     def __init__(self, ctx: Context, card: Callable[[], RateCard]) -> None:
         self.ctx = ctx
         self.card = card
+        self.index = DueIndex(ctx.scripts, keys.CYCLE_INDEX)
 
     def resolve(self, name: str) -> Plan:
         plans = self.card().plans
@@ -212,6 +216,10 @@ class Plans:
         if Code(reply[0]) == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
         self.ctx.notifier.events(workspace_id)
+        if name is None:
+            await self.ctx.client.zrem(keys.CYCLE_INDEX, workspace_id)
+        else:
+            await self.ctx.client.zadd(keys.CYCLE_INDEX, {workspace_id: int(args[4])})
 
     async def roll(self, workspace_id: str) -> tuple[bool, BucketState]:
         """Roll the cycle if it ended; the wallet's bucket fields after it."""
@@ -229,3 +237,32 @@ class Plans:
         _, state = await self.roll(workspace_id)
         balance, reserved = _num(state.raw, "balance"), _num(state.raw, "reserved")
         return state.to_json(balance - reserved, balance)
+
+    async def run_once(self) -> int:
+        """Roll the cycle of every workspace whose cycle ended, so an idle wallet's expiry row
+        appears at its boundary too; returns the workspaces handled."""
+        now = self.ctx.clock.now_ms()
+        handled = 0
+        while claimed := await self.index.claim(now, LEASE_MS, 100):
+            for workspace_id, _ in claimed:
+                try:
+                    _, state = await self.roll(workspace_id)
+                except NotFound:
+                    state = BucketState({})
+                end = state.raw.get("cy_end")
+                wallet = keys.for_workspace(workspace_id).wallet
+
+                async def head(key: str = wallet) -> int | None:
+                    found = await self.ctx.client.hget(key, "cy_end")
+                    return int(found) if found else None
+
+                await self.index.settle(workspace_id, int(end) if end else None, head)
+                handled += 1
+        return handled
+
+
+class CycleRoller(Every):
+    """The cycle worker's background loop (gate.tasks.Every over Plans.run_once)."""
+
+    def __init__(self, plans: Plans, every_s: float = 60.0) -> None:
+        super().__init__(log, "plan cycles", plans.run_once, every_s)
