@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from loadtest.pricing import Price
@@ -127,6 +129,23 @@ class LostEnds:
 
 
 @dataclass
+class ChargeEntry:
+    """One SMS charge Gate accepted (201): its segments as the harness counts them."""
+
+    charge_id: str
+    segments: int
+    unit: int  # micros per segment
+
+    @property
+    def cost(self) -> int:
+        return self.segments * self.unit
+
+    def money(self, allowance_units: int) -> int:
+        """What is left to pay in money once the allowance covered some segments."""
+        return (self.segments - allowance_units) * self.unit
+
+
+@dataclass
 class WsBooks:
     """What one workspace's wallet must hold, by the harness's own account."""
 
@@ -138,6 +157,8 @@ class WsBooks:
     opening_rows: set[str] = field(default_factory=set)
     credits: dict[str, int] = field(default_factory=dict)  # ledger row id -> micros
     calls: dict[str, CallEntry] = field(default_factory=dict)
+    charges: dict[str, ChargeEntry] = field(default_factory=dict)
+    plan_buckets: dict[str, dict[str, Any]] = field(default_factory=dict)  # as assigned
 
     def credit(self, row_id: str, amount: int) -> None:
         self.credits[row_id] = amount
@@ -147,7 +168,9 @@ class WsBooks:
 
     @property
     def expected_balance(self) -> int:
+        """Before plans: every call and charge at its full price from universal money."""
         spent = sum(e.cost for e in self.calls.values())
+        spent += sum(c.cost for c in self.charges.values())
         return self.opening + sum(self.credits.values()) - spent
 
 
@@ -248,8 +271,61 @@ class WsCheck:
         }
 
 
+class _Draws:
+    """What the usage rows drew from the plan buckets, each row checked against the books'
+    own price for what it says the allowance covered (DESIGN §8)."""
+
+    def __init__(self) -> None:
+        self.allowance: dict[str, int] = {}
+        self.commitment: dict[str, int] = {}
+        self.plan_paid = 0  # micros of full price paid by allowances and commitments
+
+    def want(
+        self, row: dict[str, Any], service: str, full: int, money_of: Callable[[int], int]
+    ) -> int:
+        """The row's amount the books expect: -(money for the uncovered part - commitment)."""
+        units = int(row.get("allowance_units") or 0)
+        prior = int(row.get("allowance_prior_units") or 0)
+        committed = int(row.get("commitment_micros") or 0)
+        money = money_of(units + prior)
+        self.allowance[service] = self.allowance.get(service, 0) + units
+        if row.get("commitment"):
+            name = str(row["commitment"])
+            self.commitment[name] = self.commitment.get(name, 0) + committed
+        self.plan_paid += full - (money - committed)
+        return -(money - committed)
+
+    def problems(self, held: dict[str, Any], assigned: dict[str, Any]) -> list[tuple[int, str]]:
+        """Each bucket's committed - available = what its rows drew; committed as assigned."""
+        out: list[tuple[int, str]] = []
+        for name, b in held.items():
+            if b["type"] == "universal":
+                continue
+            first = assigned.get(name, {})
+            if b["type"] == "plan_allowance":
+                total, left = int(b["committed_units"]), int(b["available_units"])
+                drawn = self.allowance.get(name, 0)
+                if total != int(first.get("committed_units", -1)):
+                    out.append((0, f"allowance {name}: committed {total} != as assigned"))
+            else:
+                total = int(b["committed_micros"])
+                left = int(b["available_micros"]) + int(b["reserved_micros"])
+                drawn = self.commitment.get(name, 0)
+                if total != int(first.get("committed_micros", -1)):
+                    out.append((0, f"commitment {name}: committed {total} != as assigned"))
+            if total - left != drawn:
+                out.append((total - left - drawn,
+                            f"bucket {name}: committed {total} - available {left} != rows "
+                            f"{drawn}"))  # fmt: skip
+        return out
+
+
 def reconcile(
-    books: WsBooks, wallet: dict[str, Any], rows: list[dict[str, Any]], receiver: Receiver
+    books: WsBooks,
+    wallet: dict[str, Any],
+    rows: list[dict[str, Any]],
+    receiver: Receiver,
+    held: dict[str, Any] | None = None,
 ) -> WsCheck:
     """Check one workspace's wallet and whole ledger against the books, to the micro.
 
@@ -271,6 +347,7 @@ def reconcile(
             if ref in payments:
                 auto[str(row["id"])] = 0  # reported below as unexpected
             payments.add(ref)
+    draws = _Draws()
     check = WsCheck(
         workspace_id=books.id,
         expected_balance=books.expected_balance + sum(auto.values()),
@@ -281,11 +358,6 @@ def reconcile(
         rows=len(rows),
         calls=len(books.calls),
     )
-    if balance != check.expected_balance:
-        check.problem(
-            balance - check.expected_balance,
-            f"balance {balance} != books {check.expected_balance}",
-        )
     if check.ledger_sum != balance:
         check.problem(check.ledger_sum - balance, f"ledger sum {check.ledger_sum} != {balance}")
     if check.reserved != 0:
@@ -328,13 +400,40 @@ def reconcile(
                 why = f"lost ({want_flag or 'unresolved'})" if entry.lost else "sent"
                 check.problems.append(f"call {ref}: row flag {flag or 'none'!r}, end {why}")
             want = -entry.cost
+            if "allowance_units" in row or row.get("commitment"):
+                svc = "voice" if row["type"] == "call" else "ai_agent"
+                want = draws.want(row, svc, entry.cost, partial(entry.price.cost, entry.duration))
             if amount != want:
                 check.problem(
                     amount - want,
                     f"call {ref}: row {amount} != -cost({books.calls[ref].duration} s) {want}",
                 )
             continue
+        if row["type"] == "sms" and ref in books.charges:
+            if ref in seen_calls:
+                check.problem(amount, f"charge {ref} billed twice (row {row_id})")
+                continue
+            seen_calls.add(ref)
+            charge = books.charges[ref]
+            if int(row.get("segments") or 0) != charge.segments:
+                check.problems.append(f"charge {ref}: {row.get('segments')} segments, books "
+                                      f"{charge.segments}")  # fmt: skip
+            want = -charge.cost
+            if "allowance_units" in row or row.get("commitment"):
+                want = draws.want(row, "sms", charge.cost, charge.money)
+            if amount != want:
+                check.problem(amount - want, f"charge {ref}: row {amount} != {want}")
+            continue
         check.problem(amount, f"unexpected {row['type']} row {row_id} ({amount}, ref {ref!r})")
+    check.expected_balance += draws.plan_paid
+    if balance != check.expected_balance:
+        check.problem(
+            balance - check.expected_balance,
+            f"balance {balance} != books {check.expected_balance}",
+        )
+    if held is not None:
+        for micros_off, text in draws.problems(held, books.plan_buckets):
+            check.problem(micros_off, text)
     have = {str(r["id"]) for r in rows}
     for row_id, amount in books.credits.items():
         if row_id not in have:
@@ -342,6 +441,9 @@ def reconcile(
     for call_id, entry in books.calls.items():
         if call_id not in seen_calls:
             check.problem(entry.cost, f"call {call_id} ({entry.cost}) has no ledger row")
+    for charge_id, charge in books.charges.items():
+        if charge_id not in seen_calls:
+            check.problem(charge.cost, f"charge {charge_id} ({charge.cost}) has no ledger row")
 
     allowed = 0
     for entry in books.calls.values():

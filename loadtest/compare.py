@@ -296,12 +296,19 @@ async def pg_leg(
         await peer.drop()
 
 
-async def check_wallets(api: Api, wallets: list[WsBooks], leg: Leg) -> tuple[list[str], int]:
-    """Gate's wallets after a leg: opening - what the leg billed, to the micro, none reserved."""
+async def check_wallets(
+    api: Api, wallets: list[WsBooks], leg: Leg, plan: bool = False
+) -> tuple[list[str], int]:
+    """Gate's wallets after a leg: opening - what the leg billed, to the micro, none reserved.
+    Under a plan, what the commitments paid (committed - available) comes off the bill."""
     problems, off = [], 0
     for i, wb in enumerate(wallets):
         w = await tenants.wallet(api, wb.admin_key, wb.id)
         want = wb.expected_balance - leg.spent.get(i, 0)
+        if plan:
+            for b in (await tenants.buckets(api, wb.admin_key, wb.id)).values():
+                if b["type"] == "commitment":
+                    want += int(b["committed_micros"]) - int(b["available_micros"])
         if w["balance_micros"] != want or w["reserved_micros"] != 0:
             off += abs(w["balance_micros"] - want) + abs(w["reserved_micros"])
             problems.append(
@@ -387,20 +394,27 @@ async def _legs(
                         "lua leg skipped: pass --redis-url, the Redis of the Gate at --url"
                     )
                     continue
-                for count in counts:
+                # --plan: the lua leg runs again on wallets with that plan, in the same run,
+                # so the cost of the credit buckets shows side by side (issue 10).
+                plans = [None, opts.plan] if kind == "lua" and opts.plan else [None]
+                for count, plan in ((c, p) for c in counts for p in plans):
                     wallets = await tenants.create_all(
-                        api, platform_key, None, count, (BALANCE_USD,), f"{run_id}{kind}{count}"
-                    )
+                        api, platform_key, None, count, (BALANCE_USD,),
+                        f"{run_id}{kind}{count}{plan or ''}", plan=plan,
+                    )  # fmt: skip
                     if kind == "http":
                         leg = await http_leg(opts, client, wallets, price, run_id, snapshot)
                     else:
                         assert redis_url is not None
                         leg = await lua_leg(
-                            opts, redis_url, rates, wallets, price, run_id, snapshot
-                        )
-                    legs[(kind, count)] = leg
+                            opts, redis_url, rates, wallets, price, f"{run_id}{plan or ''}",
+                            snapshot,
+                        )  # fmt: skip
+                    if plan:
+                        leg.name += f" plan {plan}"
+                    legs[(kind if plan is None else f"{kind} plan", count)] = leg
                     show(leg)
-                    found, off = await check_wallets(api, wallets, leg)
+                    found, off = await check_wallets(api, wallets, leg, plan is not None)
                     problems += found
                     mismatched += off
         finally:

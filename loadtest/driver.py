@@ -12,9 +12,9 @@ from decimal import Decimal
 from typing import Any
 
 from loadtest.api import Answer, Api
-from loadtest.books import CallEntry, WsBooks
+from loadtest.books import CallEntry, ChargeEntry, WsBooks
 from loadtest.options import Options
-from loadtest.pricing import Card, Price
+from loadtest.pricing import Card, Price, gsm_segments
 from loadtest.receiver import Cut, Grant
 from loadtest.stats import histogram, record_us
 
@@ -22,6 +22,7 @@ from loadtest.stats import histogram, record_us
 NUMBER_MIX = (("us", 0.60), ("toll_free", 0.10), ("local", 0.05), ("uk", 0.15), ("in", 0.10))
 _US_AREAS = ("212", "303", "415", "503", "646", "702", "312", "617")
 _TOLL_FREE = ("800", "888", "877", "866")
+_SMS_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,!?"  # GSM-7 basic
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,10 @@ class Fleet:
         self.follow_calls = 0
         self.early_cuts: list[dict[str, Any]] = []  # healthy no-heartbeat calls cut early
         self.sync_rng = random.Random(opts.seed + 2)
+        self.sms_rng = random.Random(opts.seed + 3)
+        self.sms = {"charged": 0, "refused": 0, "segments": 0}
+        self.checks["charge_uncertain"] = 0  # a charge whose answer never came back
+        self.checks["charge_failed"] = 0
 
     # -- webhooks ---------------------------------------------------------------------
 
@@ -231,6 +236,8 @@ class Fleet:
         """Arrivals for --duration seconds, then let calls end; returns when all have."""
         self.platform_key = platform_key
         loops = [asyncio.create_task(self._topups())]
+        if self.opts.sms_rate > 0:
+            loops.append(asyncio.create_task(self._sms()))
         if self.opts.wallet_poll_s > 0:
             loops += [asyncio.create_task(self._poll(w)) for w in self.workspaces]
         # The switches sync until every lost end is settled, through the drain.
@@ -493,7 +500,7 @@ class Fleet:
             return
         entry.gate_cost = int(answer.body.get("cost_micros", -1))
         entry.gate_leak_s = int(answer.body.get("leakage_s") or 0)
-        if entry.gate_cost != entry.cost:
+        if entry.gate_cost != money(entry, answer.body):
             self.checks["end_cost_mismatch"] += 1
         if how == "unknown" and duration == 0:
             # A 0 s end of a call Gate never saw is the failure policy's cleanup: remembered,
@@ -570,7 +577,7 @@ class Fleet:
         entry.duration = int(ended["duration_s"])
         entry.gate_cost = int(ended.get("cost_micros", -1))
         entry.gate_leak_s = int(ended.get("leakage_s") or 0)
-        if entry.gate_cost != entry.cost:
+        if entry.gate_cost != money(entry, ended):
             self.checks["lost_end_cost_mismatch"] += 1
 
     def _settle_by(self, e: CallEntry) -> float:
@@ -661,6 +668,33 @@ class Fleet:
         if posted != amount:
             self.checks["credit_uncertain"] += 1
 
+    async def _sms(self) -> None:
+        """SMS charges at --sms-rate: GSM-7 texts of 1 to 400 characters (1 to 3 segments)."""
+        r = self.sms_rng
+        n = 0
+        while not self.stopping:
+            await asyncio.sleep(r.expovariate(self.opts.sms_rate))
+            wb = self.workspaces[r.randrange(len(self.workspaces))]
+            n += 1
+            text = "".join(r.choice(_SMS_CHARS) for _ in range(r.randint(1, 400)))
+            self.spawn(self._charge(wb, f"lt-{self.run_id}-sms-{n}", text))
+
+    async def _charge(self, wb: WsBooks, charge_id: str, text: str) -> None:
+        body = {"charge_id": charge_id, "service": "sms", "text": text, "to": "+14155550123"}
+        answer = await self.api.call("charge", "POST", "/v1/charges", body, wb.switch_key,
+                                     retries=4)  # fmt: skip
+        if answer.status == 402:
+            self.sms["refused"] += 1
+        elif answer.status == 0 or answer.status >= 500:
+            self.checks["charge_uncertain"] += 1  # it may or may not have landed
+        elif not answer.ok:
+            self.checks["charge_failed"] += 1
+        else:
+            entry = ChargeEntry(charge_id, gsm_segments(text), self.card.sms_segment)
+            wb.charges[charge_id] = entry
+            self.sms["charged"] += 1
+            self.sms["segments"] += entry.segments
+
     async def _poll(self, wb: WsBooks) -> None:
         await asyncio.sleep(self.money_rng.random() * self.opts.wallet_poll_s)
         while not self.stopping:
@@ -673,3 +707,9 @@ def _fixed(body: Any) -> Any:
     if isinstance(body, dict):
         return {k: v for k, v in body.items() if k != "hangup_in_ms"}
     return body
+
+
+def money(entry: CallEntry, ended: dict[str, Any]) -> int:
+    """What an end answer's cost_micros must be: the books' price, less the billable seconds
+    a plan allowance covered (`allowance_used_s`, only on plan calls)."""
+    return entry.price.cost(entry.duration, int(ended.get("allowance_used_s") or 0))

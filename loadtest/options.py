@@ -87,6 +87,8 @@ class Options:
     pg_sync: str
     archive: bool = False
     auto_recharge_share: float = 0.0
+    sms_rate: float = 0.0
+    plan: str | None = None
 
 
 LEGS = ("bare", "http", "lua", "pg")
@@ -333,6 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of workspaces with auto-recharge on (sandbox card, threshold "
         f"${AUTO_RECHARGE_THRESHOLD_USD}, top-up ${AUTO_RECHARGE_TOPUP_USD}; default 0)",
     )
+    t.add_argument(
+        "--sms-rate",
+        type=float,
+        default=0.0,
+        help="SMS charges per second over all workspaces (POST /v1/charges with a text the "
+        "books count segments of; default 0: none)",
+    )
+    t.add_argument(
+        "--plan",
+        default=None,
+        help="assign this plan of the rate card to every workspace (PUT /v1/workspaces/{id}/"
+        "plan); the books then reconcile every bucket (default: no plan)",
+    )
     o = p.add_argument_group("output")
     o.add_argument(
         "--out",
@@ -461,4 +476,6 @@ def parse(argv: list[str] | None) -> Options:
         pg_sync=a.pg_sync,
         archive=a.archive,
         auto_recharge_share=a.auto_recharge_share,
+        sms_rate=a.sms_rate,
+        plan=a.plan,
     )

@@ -125,12 +125,13 @@ class Price:
         blocks = (seconds - self.first + self.next - 1) // self.next
         return self.first + blocks * self.next
 
-    def cost(self, seconds: int) -> int:
-        """Connect fee + ceil(rate · billable / 60) micros; a zero-second call costs nothing."""
+    def cost(self, seconds: int, covered: int = 0) -> int:
+        """Connect fee + ceil(rate · billable / 60) micros; a zero-second call costs nothing.
+        A plan allowance covering `covered` billable seconds takes them off the minutes."""
         billable = self.billable(seconds)
         if billable == 0:
             return 0
-        return self.fee + (self.per_min * billable + 59) // 60
+        return self.fee + (self.per_min * max(billable - covered, 0) + 59) // 60
 
     @property
     def increment(self) -> str:
@@ -140,9 +141,10 @@ class Price:
 class Card:
     """The `[[rates]]` of a rate card file and the most-specific-rate rule of DESIGN §2."""
 
-    def __init__(self, prices: list[Price], source: str) -> None:
+    def __init__(self, prices: list[Price], source: str, sms_segment: int = 0) -> None:
         self.prices = prices
         self.source = source
+        self.sms_segment = sms_segment  # micros per SMS segment ([units] sms_segment)
 
     @classmethod
     def load(cls, path: str | Path | None) -> Card:
@@ -175,7 +177,8 @@ class Card:
                 raise CardError(f"{source}: rates[{i}]: {err!r}") from err
         if not prices:
             raise CardError(f"{source}: no [[rates]]")
-        return cls(prices, source)
+        sms = micros(doc.get("units", {}).get("sms_segment", "0"))
+        return cls(prices, source, sms)
 
     def match(self, service: str, direction: str, number: str, number_type: str | None) -> Price:
         """The longest prefix of `number`, then exact direction, then exact number type.
@@ -205,3 +208,9 @@ class Card:
         """The price of a call: the far end is the dialled number outbound, the caller inbound."""
         far_end = to if direction == "outbound" else from_
         return self.match(service, direction, far_end, number_type)
+
+
+def gsm_segments(text: str) -> int:
+    """SMS segments of a text of the GSM-7 basic characters the harness sends: 160 in one,
+    153 a part when split (the harness never sends extension or non-GSM characters)."""
+    return 1 if len(text) <= 160 else -(-len(text) // 153)

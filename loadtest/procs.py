@@ -197,6 +197,7 @@ class GateServer:
             GATE_PORT=str(port),
             GATE_PLATFORM_KEY=platform_key,
             GATE_WEBHOOK_ALLOW_PRIVATE="1",  # the harness's receiver is on 127.0.0.1
+            GATE_DEFAULT_PLAN="none",  # plans only with --plan, assigned by the harness
             GATE_TICK_S=str(tick_s),
             GATE_BUFFER_S=str(buffer_s),
             GATE_INBOUND_GRACE_S=str(grace_s),

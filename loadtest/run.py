@@ -202,7 +202,7 @@ async def scenario(
     try:
         workspaces = await tenants.create_all(
             setup, platform_key, receiver, opts.workspaces, opts.balances, run_id,
-            opts.max_concurrent, opts.auto_recharge_share,
+            opts.max_concurrent, opts.auto_recharge_share, opts.plan,
         )  # fmt: skip
         before = await scrape(client)
         rec = Recorder()
@@ -218,7 +218,8 @@ async def scenario(
         for wb in workspaces:
             wallet = await tenants.wallet(setup, wb.admin_key, wb.id)
             rows = await tenants.ledger_rows(setup, wb.admin_key, wb.id)
-            checks.append(reconcile(wb, wallet, rows, receiver))
+            held = await tenants.buckets(setup, wb.admin_key, wb.id) if opts.plan else None
+            checks.append(reconcile(wb, wallet, rows, receiver, held))
     finally:
         await receiver.stop()
     write_calls(opts.out / "calls.jsonl", workspaces, receiver)
@@ -255,6 +256,8 @@ async def scenario(
         "unknown_ends": fleet.unknown_ends,
         "credits": fleet.credits,
         "auto_recharges": sum(c.auto_recharges for c in checks),
+        "sms_charges": fleet.sms,
+        "plan": opts.plan,
         "auto_recharged_micros": sum(c.auto_recharged_micros for c in checks),
         "checks": fleet.checks,
         "requests": dict(sorted(rec.counts.items())),

@@ -55,6 +55,7 @@ async def create(
     run_id: str,
     max_concurrent: int | None,
     auto_recharge: bool = False,
+    plan: str | None = None,
 ) -> WsBooks:
     """One workspace: admin and switch keys, webhook to the receiver, opening balance."""
     created = _need(
@@ -85,6 +86,13 @@ async def create(
     books = WsBooks(
         ws_id, admin, str(switch["key"]), grace_s=int(settings.get("inbound_grace_s") or 0)
     )
+    if plan is not None:  # its plan_cycle row (amount 0) is an opening row
+        assigned = _need(
+            await api.call("setup", "PUT", f"/v1/workspaces/{ws_id}/plan", {"plan": plan},
+                           platform_key, retries=3),
+            f"assign plan {plan}",
+        )  # fmt: skip
+        books.plan_buckets = {str(b["name"]): b for b in assigned["buckets"]}
     # The opening balance is what the ledger holds before the harness did anything.
     for row in await ledger_rows(api, admin, ws_id):
         books.opening_rows.add(str(row["id"]))
@@ -135,6 +143,7 @@ async def create_all(
     run_id: str,
     max_concurrent: int | None = None,
     auto_recharge_share: float = 0.0,
+    plan: str | None = None,
 ) -> list[WsBooks]:
     """`count` workspaces, ten at a time, balances cycled over them; the first
     `auto_recharge_share` of them with auto-recharge on."""
@@ -145,7 +154,7 @@ async def create_all(
         async with slots:
             return await create(
                 api, platform_key, receiver, i, balances[i % len(balances)], run_id,
-                max_concurrent, i < with_auto,
+                max_concurrent, i < with_auto, plan,
             )  # fmt: skip
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
@@ -161,3 +170,12 @@ async def settle_auto_recharges(api: Api, workspaces: list[WsBooks], timeout_s: 
         if all(s.get("auto_recharge", {}).get("state") != "charging" for s in states):
             return
         await asyncio.sleep(0.2)
+
+
+async def buckets(api: Api, key: str, workspace_id: str) -> dict[str, Any]:
+    """GET /v1/wallet/buckets by name (plan_allowance services, commitments, universal)."""
+    body = _need(
+        await api.call("buckets", "GET", "/v1/wallet/buckets", None, key, retries=3),
+        f"buckets of {workspace_id}",
+    )
+    return {str(b["name"]): b for b in body["buckets"]}
