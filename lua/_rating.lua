@@ -43,11 +43,6 @@ local function paid_seconds(c, budget, cap)
     if max_billable < c.bs0 - c.ao then max_billable = c.ao + max_billable
     else max_billable = max_billable + c.ao + c.aw end
   end
-  if c.aw then
-    -- money-paid seconds m -> billable: the allowance is a flat stretch of the cost curve
-    if max_billable < c.bs0 - c.ao then max_billable = c.ao + max_billable
-    else max_billable = max_billable + c.ao + c.aw end
-  end
   if max_billable < c.f then return 0 end
   return c.f + idiv(max_billable - c.f, c.n) * c.n
 end

@@ -347,3 +347,46 @@ async def test_default_plan_gives_the_first_30_ai_minutes(
     w = await (await client.get("/v1/wallet", headers=auth(ws["key"]))).json()
     assert w["balance_micros"] == 10_000_000 - 890_000
     assert w["minutes_left_estimate"]["ai_agent"] == (10_000_000 - 890_000) // 890_000
+
+
+async def test_allowance_alone_grants_its_minutes_then_cuts(
+    plan_client: Client, clock: ManualClock
+) -> None:
+    client = plan_client
+    ws = await new_workspace(client)
+    sw = await switch_key(client, ws)
+    await set_balance(client, ws, 0)
+    await assign(client, ws, "small")
+    start = await client.post("/v1/calls", json=call("z", service="ai_agent"), headers=sw)
+    assert start.status == 201, await start.text()  # no money, but the allowance covers it
+    await tick(client, clock, 100)
+    state = await (await client.get("/v1/calls/z", headers=sw)).json()
+    assert state["granted_s"] == 120  # the allowance, no more: the money is 0
+    assert state["cut_at"] == (await start.json())["hangup_at"] - 60 + 120
+    await tick(client, clock, 20, step=1)
+    assert (await (await client.get("/v1/calls/z", headers=sw)).json())["cut_sent"]
+    result = await end(client, sw, "z", 120)
+    assert (result["cost_micros"], result["allowance_used_s"]) == (0, 120)
+
+
+async def test_plan_taken_away_mid_call(
+    plan_client: Client, clock: ManualClock, redis: Redis
+) -> None:
+    client = plan_client
+    ws = await new_workspace(client)
+    sw = await switch_key(client, ws)
+    await assign(client, ws, "small")
+    assert (await client.post("/v1/calls", json=call("h", service="ai_agent"),
+                              headers=sw)).status == 201  # fmt: skip
+    clock.advance(90)
+    hb = await client.post("/v1/calls/h/heartbeat", json={"elapsed_s": 90, "seq": 1}, headers=sw)
+    assert hb.status == 200
+    body = await assign(client, ws, None)  # the plan ends now: 90 s were used under it
+    assert body["plan"] is None and [b["type"] for b in body["buckets"]] == ["universal"]
+    clock.advance(90)
+    result = await end(client, sw, "h", 180)
+    assert result["cost_micros"] == 90 * 890_000 // 60  # 90 s covered, 90 s money
+    rows = await all_rows(client, ws["key"], "type=plan_cycle")
+    assert rows[0]["carried_allowance_ai_agent"] == 90
+    assert rows[0]["expired_allowance_ai_agent"] == 30
+    assert not await check_workspace(redis, ws["id"])
