@@ -24,6 +24,15 @@ end
 
 --!include _watch.lua
 
+-- The fields of ledger row `id` as a table, or nil when it is not in Redis (archived).
+local function ledger_row(ledger, id)
+  local row = rcall('XRANGE', ledger, id, id)[1]
+  if not row then return nil end
+  local f = {}
+  for i = 1, #row[2], 2 do f[row[2][i]] = row[2][i + 1] end
+  return f
+end
+
 -- Returns the ledger row id and the balance after the change.
 local function post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, extra)
   if amount == 0 then amount = 0 end  -- -0 would reach HINCRBY as "-0", not an integer

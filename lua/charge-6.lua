@@ -44,13 +44,9 @@ local price = quantity * unit
 local dedupe = 'chg:' .. ref
 local seen = rcall('HGET', refs, dedupe)
 if seen then
-  local row = rcall('XRANGE', ledger, seen, seen)[1]
-  if row then
-    local f = {}
-    for i = 1, #row[2], 2 do f[row[2][i]] = row[2][i + 1] end
-    if f['type'] ~= svc or tonumber(f['price_micros'] or -f['amount']) ~= price then
-      return {-2, seen}
-    end
+  local f = ledger_row(ledger, seen)
+  if f and (f['type'] ~= svc or tonumber(f['price_micros'] or -f['amount']) ~= price) then
+    return {-2, seen}
   end
   return {1, seen}
 end

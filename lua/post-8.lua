@@ -52,12 +52,8 @@ if rtype == 'adjustment' or rtype == 'refund' then dedupe = 'adj:' .. ref end
 if CHARGES[rtype] then dedupe = 'chg:' .. ref end  -- a switch's charge_id is its own namespace
 local seen = rcall('HGET', refs, dedupe)
 if seen then
-  local row = rcall('XRANGE', ledger, seen, seen)[1]
-  if row then
-    local f = {}
-    for i = 1, #row[2], 2 do f[row[2][i]] = row[2][i + 1] end
-    if f['type'] ~= rtype or tonumber(f['amount']) ~= amount then return {-2, seen} end
-  end
+  local f = ledger_row(ledger, seen)
+  if f and (f['type'] ~= rtype or tonumber(f['amount']) ~= amount) then return {-2, seen} end
   -- The same payment posted before (an Idempotency-Key record that expired while the
   -- provider's charge id stayed the same): the claim is answered by that row, not left pending.
   if rcall('HGET', idem, 'state') == 'pending' then

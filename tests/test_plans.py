@@ -61,6 +61,25 @@ async def assign(client: Client, ws: dict[str, Any], plan: str | None, anchor: i
     return await resp.json()
 
 
+async def plan_workspace(
+    client: Client, plan: str = "small", balance: int | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A workspace (with `balance` micros, else the signup $10) on `plan`, and a switch key."""
+    ws = await new_workspace(client)
+    sw = await switch_key(client, ws)
+    if balance is not None:
+        await set_balance(client, ws, balance)
+    await assign(client, ws, plan)
+    return ws, sw
+
+
+async def start_ai(client: Client, sw: dict[str, str], call_id: str) -> dict[str, Any]:
+    resp = await client.post("/v1/calls", json=call(call_id, service="ai_agent"), headers=sw)
+    assert resp.status == 201, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
 async def buckets(client: Client, ws: dict[str, Any]) -> dict[str, Any]:
     resp = await client.get("/v1/wallet/buckets", headers=auth(ws["key"]))
     assert resp.status == 200, await resp.text()
@@ -84,14 +103,10 @@ async def test_ai_call_spans_the_end_of_its_allowance(
     plan_client: Client, clock: ManualClock
 ) -> None:
     client = plan_client
-    ws = await new_workspace(client)
-    sw = await switch_key(client, ws)
-    await assign(client, ws, "small")
+    ws, sw = await plan_workspace(client)
     assert (await buckets(client, ws))["ai_agent"]["available_units"] == 120
-    start = await client.post("/v1/calls", json=call("ai1", service="ai_agent"), headers=sw)
-    assert start.status == 201
     # 60 s buffer, all of it allowance: nothing held in money
-    assert (await start.json())["reserved_micros"] == 0
+    assert (await start_ai(client, sw, "ai1"))["reserved_micros"] == 0
     clock.advance(300)
     result = await end(client, sw, "ai1", 300)
     # 120 s from the allowance, 180 s at $0.89/min
@@ -111,11 +126,8 @@ async def test_a_short_call_returns_what_it_did_not_use(
     plan_client: Client, clock: ManualClock
 ) -> None:
     client = plan_client
-    ws = await new_workspace(client)
-    sw = await switch_key(client, ws)
-    await assign(client, ws, "small")
-    assert (await client.post("/v1/calls", json=call("a", service="ai_agent"),
-                              headers=sw)).status == 201  # fmt: skip
+    ws, sw = await plan_workspace(client)
+    await start_ai(client, sw, "a")
     assert (await buckets(client, ws))["ai_agent"]["available_units"] == 60  # 60 s held
     clock.advance(61)
     result = await end(client, sw, "a", 61)  # billable 66 s
@@ -127,9 +139,7 @@ async def test_voice_draws_the_commitment_before_universal(
     plan_client: Client, clock: ManualClock
 ) -> None:
     client = plan_client
-    ws = await new_workspace(client)
-    sw = await switch_key(client, ws)
-    await assign(client, ws, "small")
+    ws, sw = await plan_workspace(client)
     assert (await client.post("/v1/calls", json=call("v1"), headers=sw)).status == 201
     await tick(client, clock, 600)
     b = await buckets(client, ws)
@@ -147,9 +157,7 @@ async def test_voice_draws_the_commitment_before_universal(
 
 async def test_charges_go_allowance_commitment_universal(plan_client: Client) -> None:
     client = plan_client
-    ws = await new_workspace(client)
-    sw = await switch_key(client, ws)
-    await assign(client, ws, "small")
+    ws, sw = await plan_workspace(client)
     body = {"charge_id": "s1", "service": "sms", "segments": 15}
     resp = await client.post("/v1/charges", json=body, headers=sw)
     assert resp.status == 201, await resp.text()
@@ -172,14 +180,11 @@ async def test_live_call_across_the_cycle_boundary(
     plan_client: Client, clock: ManualClock, redis: Redis
 ) -> None:
     client = plan_client
-    ws = await new_workspace(client)
-    sw = await switch_key(client, ws)
-    await assign(client, ws, "small")
+    ws, sw = await plan_workspace(client)
     b = await buckets(client, ws)
     assert b["_"]["cycle_end"] == "2027-01-16T00:00:00.000Z"
     clock.ms = BOUNDARY_MS - 60_000
-    assert (await client.post("/v1/calls", json=call("x", service="ai_agent"),
-                              headers=sw)).status == 201  # fmt: skip
+    await start_ai(client, sw, "x")
     await tick(client, clock, 240)  # 60 s before the boundary, 180 s after
     result = await end(client, sw, "x", 240)
     # 60 s from the old cycle's allowance (the boundary caps it), 120 s from the new one,
@@ -223,10 +228,7 @@ async def test_idle_wallet_rolls_once_per_cycle(plan_client: Client, clock: Manu
 
 async def test_200_concurrent_charges_on_a_plan_wallet(plan_client: Client, redis: Redis) -> None:
     client = plan_client
-    ws = await new_workspace(client)
-    sw = await switch_key(client, ws)
-    await set_balance(client, ws, 100_000)
-    await assign(client, ws, "small")
+    ws, sw = await plan_workspace(client, balance=100_000)
     # 10 segments of allowance, $1 of commitment and $0.10 universal at $0.0079 a segment:
     # 10 + floor(1_100_000 / 7_900) = 149 charges fit.
     resps = await asyncio.gather(*[
@@ -248,11 +250,8 @@ async def test_summary_shows_allowance_use_and_equals_the_ledger(
     plan_client: Client, clock: ManualClock
 ) -> None:
     client = plan_client
-    ws = await new_workspace(client)
-    sw = await switch_key(client, ws)
-    await assign(client, ws, "small")
-    assert (await client.post("/v1/calls", json=call("s", service="ai_agent"),
-                              headers=sw)).status == 201  # fmt: skip
+    ws, sw = await plan_workspace(client)
+    await start_ai(client, sw, "s")
     clock.advance(180)
     await end(client, sw, "s", 180)
     await client.post("/v1/charges", json={"charge_id": "m", "service": "sms", "segments": 12},
@@ -273,9 +272,7 @@ async def test_gate_check_sees_a_bucket_that_does_not_match_its_rows(
     plan_client: Client, redis: Redis
 ) -> None:
     client = plan_client
-    ws = await new_workspace(client)
-    sw = await switch_key(client, ws)
-    await assign(client, ws, "small")
+    ws, sw = await plan_workspace(client)
     await client.post("/v1/charges", json={"charge_id": "m", "service": "sms", "segments": 3},
                       headers=sw)  # fmt: skip
     assert not await check_workspace(redis, ws["id"])
@@ -339,8 +336,7 @@ async def test_default_plan_gives_the_first_30_ai_minutes(
     client = await make_client(default_plan=None)  # the shipped card's default plan
     ws = await new_workspace(client)
     sw = await switch_key(client, ws)
-    assert (await client.post("/v1/calls", json=call("first", service="ai_agent"),
-                              headers=sw)).status == 201  # fmt: skip
+    await start_ai(client, sw, "first")
     await tick(client, clock, 31 * 60)
     result = await end(client, sw, "first", 31 * 60)  # 30 min included, then $0.89/min
     assert result["cost_micros"] == 890_000
@@ -353,16 +349,12 @@ async def test_allowance_alone_grants_its_minutes_then_cuts(
     plan_client: Client, clock: ManualClock
 ) -> None:
     client = plan_client
-    ws = await new_workspace(client)
-    sw = await switch_key(client, ws)
-    await set_balance(client, ws, 0)
-    await assign(client, ws, "small")
-    start = await client.post("/v1/calls", json=call("z", service="ai_agent"), headers=sw)
-    assert start.status == 201, await start.text()  # no money, but the allowance covers it
+    _, sw = await plan_workspace(client, balance=0)
+    start = await start_ai(client, sw, "z")  # no money, but the allowance covers it
     await tick(client, clock, 100)
     state = await (await client.get("/v1/calls/z", headers=sw)).json()
     assert state["granted_s"] == 120  # the allowance, no more: the money is 0
-    assert state["cut_at"] == (await start.json())["hangup_at"] - 60 + 120
+    assert state["cut_at"] == start["hangup_at"] - 60 + 120
     await tick(client, clock, 20, step=1)
     assert (await (await client.get("/v1/calls/z", headers=sw)).json())["cut_sent"]
     result = await end(client, sw, "z", 120)
@@ -373,11 +365,8 @@ async def test_plan_taken_away_mid_call(
     plan_client: Client, clock: ManualClock, redis: Redis
 ) -> None:
     client = plan_client
-    ws = await new_workspace(client)
-    sw = await switch_key(client, ws)
-    await assign(client, ws, "small")
-    assert (await client.post("/v1/calls", json=call("h", service="ai_agent"),
-                              headers=sw)).status == 201  # fmt: skip
+    ws, sw = await plan_workspace(client)
+    await start_ai(client, sw, "h")
     clock.advance(90)
     hb = await client.post("/v1/calls/h/heartbeat", json={"elapsed_s": 90, "seq": 1}, headers=sw)
     assert hb.status == 200

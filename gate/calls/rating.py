@@ -335,6 +335,7 @@ def load_rate_card(path: str | Path | None = None) -> RateCard:
 _TOP_KEYS = ("currency", "rates", "units", "number_types", "plans", "default_plan")
 _PLAN_KEYS = ("description", "allowances", "commitments")
 _COMMITMENT_KEYS = ("name", "amount", "services")
+_COMMITMENT_EXAMPLE = 'a table like { name = "calling", amount = "50", services = ["voice"] }'
 _TYPE_KEYS = ("prefix", "type")
 _RATE_KEYS = (
     "service",
@@ -362,6 +363,16 @@ def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) 
     for key in table:
         if key not in allowed:
             raise RateCardError(f"{where}unknown key {_show(key)}; allowed: {_choices(allowed)}")
+
+
+def _table(
+    entry: object, allowed: tuple[str, ...], source: str, where: str, what: str
+) -> dict[str, Any]:
+    """`entry` if it is a table of only `allowed` keys, else RateCardError naming `where`."""
+    if not isinstance(entry, dict):
+        raise RateCardError(f"{source}: {where}: must be {what}")
+    _check_keys(entry, allowed, f"{source}: {where}: ")
+    return entry
 
 
 def _money(value: object, source: str, where: str) -> int:
@@ -472,9 +483,7 @@ def _build(doc: dict[str, Any], source: str) -> RateCard:
     number_types: dict[str, str] = {}
     for index, entry in enumerate(raw_types):
         where = f"number_types[{index}]"
-        if not isinstance(entry, dict):
-            raise RateCardError(f"{source}: {where}: must be a [[number_types]] table")
-        _check_keys(entry, _TYPE_KEYS, f"{source}: {where}: ")
+        entry = _table(entry, _TYPE_KEYS, source, where, "a [[number_types]] table")
         prefix = entry.get("prefix")
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise RateCardError(
@@ -516,9 +525,7 @@ def _plans(raw: object, source: str) -> dict[str, Plan]:
             raise RateCardError(
                 f"{source}: {where}: a plan name is 1 to 40 lower-case letters, digits or _"
             )
-        if not isinstance(entry, dict):
-            raise RateCardError(f"{source}: {where}: must be a [plans.{name}] table")
-        _check_keys(entry, _PLAN_KEYS, f"{source}: {where}: ")
+        entry = _table(entry, _PLAN_KEYS, source, where, f"a [plans.{name}] table")
         raw_allowances = entry.get("allowances", {})
         if not isinstance(raw_allowances, dict):
             raise RateCardError(
@@ -545,12 +552,7 @@ def _plans(raw: object, source: str) -> dict[str, Plan]:
         covered: dict[str, str] = {}
         for index, item in enumerate(raw_commitments):
             at = f"{where}.commitments[{index}]"
-            if not isinstance(item, dict):
-                raise RateCardError(
-                    f'{source}: {at}: must be a table like {{ name = "calling", amount = "50",'
-                    ' services = ["voice"] }'
-                )
-            _check_keys(item, _COMMITMENT_KEYS, f"{source}: {at}: ")
+            item = _table(item, _COMMITMENT_KEYS, source, at, _COMMITMENT_EXAMPLE)
             cname = item.get("name")
             if not isinstance(cname, str) or not _PLAN_NAME.fullmatch(cname):
                 raise RateCardError(
