@@ -119,7 +119,8 @@ def create_app(
         app[NUMBERS] = numbers = Numbers(ctx, rates)
         app[PLANS] = Plans(ctx, lambda: rates.card)
         cycles = CycleRoller(app[PLANS])
-        app[PLANS].default_plan()  # an unknown GATE_DEFAULT_PLAN fails the boot, not a signup
+        if (default_plan := app[PLANS].default_plan()) is not None:
+            app[PLANS].resolve(default_plan)  # unknown: the boot fails, not a signup
         renewals = Renewals(numbers)
         outbox = Outbox(ctx)
         ticker = Ticker(ctx)

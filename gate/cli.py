@@ -195,9 +195,19 @@ async def _workspace_create(ctx: Any, name: str, org: str | None) -> int:
 
     if org is not None:
         await Organizations(ctx).get(org)  # "no such organization" before anything is made
+    from gate.calls.rating import load_rate_card
+    from gate.wallet.plans import Plans
+
+    card = load_rate_card(ctx.settings.rates)
+    plans = Plans(ctx, lambda: card)
+    default_plan = plans.default_plan()  # checked before anything is made
+    if default_plan is not None:
+        plans.resolve(default_plan)
     created = await Workspaces(ctx).create(name, org)
     if org is not None:
         await Organizations(ctx).add_workspace(org, created.id)
+    if default_plan is not None:  # as POST /v1/workspaces does
+        await plans.assign(created.id, default_plan, None)
     _print({"id": created.id, "name": created.name, "key": created.key, "role": "admin"})
     return 0
 

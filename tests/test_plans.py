@@ -144,6 +144,8 @@ async def test_voice_draws_the_commitment_before_universal(
     await tick(client, clock, 600)
     b = await buckets(client, ws)
     assert b["calling"]["reserved_micros"] == 1_000_000  # held before universal money
+    live = await (await client.get("/v1/calls/v1", headers=sw)).json()
+    assert live["reserved_micros"] >= 1_000_000  # the commitment's hold and universal money
     result = await end(client, sw, "v1", 600)  # 10 min at $0.20 = $2
     assert result["cost_micros"] == 2_000_000
     row = await usage_row(client, ws, "v1")
@@ -354,6 +356,7 @@ async def test_allowance_alone_grants_its_minutes_then_cuts(
     await tick(client, clock, 100)
     state = await (await client.get("/v1/calls/z", headers=sw)).json()
     assert state["granted_s"] == 120  # the allowance, no more: the money is 0
+    assert (state["cost_so_far_usd"], state["reserved_micros"]) == (0, 0)  # all allowance
     assert state["cut_at"] == start["hangup_at"] - 60 + 120
     await tick(client, clock, 20, step=1)
     assert (await (await client.get("/v1/calls/z", headers=sw)).json())["cut_sent"]

@@ -21,6 +21,7 @@ from gate.calls.rating import (
     Rate,
     RateCard,
     RateCardError,
+    billable_seconds,
     cost_micros,
     load_rate_card,
 )
@@ -36,7 +37,7 @@ from gate.errors import (
     WorkspaceSuspended,
 )
 from gate.history import replay
-from gate.money import usd
+from gate.money import ceil_div, usd
 from gate.store import keys
 from gate.store.redis_client import as_bytes
 from gate.store.redis_client import text as text_of
@@ -93,6 +94,12 @@ class Record(msgspec.Struct, frozen=True):
     reports_liveness: int = msgspec.field(default=0, name="rep")
     told_hangup_ms: int = msgspec.field(default=0, name="ha")
     elapsed_clamped: int = msgspec.field(default=0, name="clp")
+    # Under a plan (lua/_plan.lua): allowance seconds held in this cycle and used in earlier
+    # ones, elapsed seconds at the last cycle boundary, commitment micros held.
+    allowance_s: int | None = msgspec.field(default=None, name="aw")
+    prior_allowance_s: int = msgspec.field(default=0, name="ao")
+    boundary_s: int = msgspec.field(default=0, name="bs0")
+    commitment_held: int = msgspec.field(default=0, name="ch")
 
     @property
     def max_duration_s(self) -> int | None:
@@ -108,7 +115,14 @@ class Record(msgspec.Struct, frozen=True):
         return (self.ans or self.t0) + self.hz * 1000
 
     def cost(self, elapsed_s: int) -> int:
-        return cost_micros(self.rate, self.fee, Increment(self.f, self.n), elapsed_s)
+        """Money for `elapsed_s` seconds: the card's cost, less what the allowance covers."""
+        inc = Increment(self.f, self.n)
+        if self.allowance_s is None or elapsed_s == 0:
+            return cost_micros(self.rate, self.fee, inc, elapsed_s)
+        billable = billable_seconds(elapsed_s, inc)
+        this_cycle = min(self.allowance_s, max(billable - self.boundary_s, 0))
+        covered = min(billable, self.prior_allowance_s + this_cycle)
+        return self.fee + ceil_div(self.rate * (billable - covered), 60)
 
 
 class Ended(msgspec.Struct, frozen=True):
@@ -627,8 +641,8 @@ class Calls:
             "billed_s": rec.bs,
             "cost_so_far_usd": usd(rec.cost(rec.bs)),
             "granted_s": rec.hz,
-            "reserved_usd": usd(rec.held),
-            "reserved_micros": rec.held,
+            "reserved_usd": usd(rec.held + rec.commitment_held),
+            "reserved_micros": rec.held + rec.commitment_held,
             "max_duration_s": rec.max_duration_s,
             "hangup_at": _seconds(rec.hangup_at_ms),
             **self._relative(rec.hangup_at_ms),

@@ -144,7 +144,9 @@ function renderWallet(w, etag) {
   $("available").textContent = usd(available);
   $("reserved").textContent = usd(micros(w, "reserved"));
   $("live-calls").textContent = String(w.live_calls ?? "–");
-  $("minutes-left").textContent = w.minutes_left_estimate ?? "–";
+  const left = w.minutes_left_estimate;  // per service since plans: {voice, ai_agent}
+  $("minutes-left").textContent = left && typeof left === "object"
+    ? `voice ${left.voice ?? "–"} · AI agent ${left.ai_agent ?? "–"}` : (left ?? "–");
   $("status").textContent = w.status === "suspended" ? "Suspended: calls are refused until a top-up" : (w.status === "active" ? "Active" : (w.status || "–"));
   const bar = $("low-bar");
   const alert = w.low_balance_alert || {};
