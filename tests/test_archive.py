@@ -70,6 +70,7 @@ def settings(archive_redis: RedisServer, database_url: str) -> Settings:
         ledger_keep_s=0,
         ledger_keep_rows=0,
         archive_interval_s=3600,  # the tests drive the passes
+        default_plan="none",  # rows counted here: no plan_cycle row at signup
     )
 
 

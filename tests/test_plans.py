@@ -261,6 +261,7 @@ async def test_summary_shows_allowance_use_and_equals_the_ledger(
     summary = await (await client.get("/v1/usage/summary?month=2027-01",
                                       headers=auth(ws["key"]))).json()  # fmt: skip
     usage = {u["bucket"]: u for u in summary["plan_usage"]}
+    assert summary["plan"]["plan"] == "small"  # this month: the buckets as they stand
     assert usage["plan_allowance:ai_agent"]["used_units"] == 120
     assert usage["plan_allowance:sms"]["used_units"] == 10
     assert usage["commitment:calling"]["used_micros"] == 2 * 7_900

@@ -217,6 +217,8 @@ async def usage_summary(request: web.Request) -> web.StreamResponse:
         raise ValidationFailed("format must be json or csv", field="format")
     ctx = request.app[CTX]
     summary = await monthly(ctx.client, workspace_id, month, start, end, ctx.archive)
+    if start <= clock_ms < end:  # this month: the plan's buckets as they stand (seed 001)
+        summary["plan"] = await request.app[PLANS].buckets(workspace_id)
     if fmt == "csv":
         return web.Response(
             text=summary_csv(summary),
