@@ -92,9 +92,10 @@ local function plan_attach(c)
   c.cmn = rcall('HGET', wallet, 'cms:' .. c.svc) or ''
 end
 
--- Reserve allowance so that it covers the call up to `t` seconds, as far as it goes.
+-- Reserve allowance so that it covers the call up to `t` seconds, as far as it goes. A free
+-- call (rate 0, a local call) costs nothing per minute and takes no allowance.
 local function reserve_allowance(c, t)
-  if not c.aw then return end
+  if not c.aw or c.rate == 0 then return end
   local need = math.max(billable(c, t) - c.bs0, 0) - c.aw
   if need <= 0 then return end
   local left = num('al:' .. c.svc)

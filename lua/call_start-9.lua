@@ -103,7 +103,7 @@ if answered then c.ans, c.evm = now_ms, now_ms end
 local target = math.min(buffer_s, max_call_s)
 plan_attach(c)
 -- The plan allowance covers the first seconds (written below, once the call is allowed).
-if c.aw then c.aw = math.min(num('al:' .. svc), billable(c, target)) end
+if c.aw and rate > 0 then c.aw = math.min(num('al:' .. svc), billable(c, target)) end
 local needed = cost(c, target)
 
 local avail, balance, reserved = available()

@@ -22,6 +22,14 @@ from tests.test_calls import call, set_balance, switch_key, tick
 
 CARD = """
 currency = "USD"
+[[number_types]]
+prefix = "+1650"
+type = "local"
+[[rates]]
+service = "voice"
+number_type = "local"
+components = { voice_base = "0" }
+increment = "60/60"
 [[rates]]
 service = "voice"
 components = { voice_base = "0.10", telephony = "0.10" }
@@ -38,6 +46,8 @@ allowances = { ai_agent = 2, sms = 10 }
 commitments = [{ name = "calling", amount = "1", services = ["voice", "sms"] }]
 [plans.agents]
 allowances = { ai_agent = 30 }
+[plans.minutes]
+allowances = { voice = 1 }
 """
 DAY_MS = 86_400_000
 # ManualClock starts at 2027-01-15 08:00 UTC: anchor day 16 ends the cycle 16 h later.
@@ -382,4 +392,22 @@ async def test_plan_taken_away_mid_call(
     rows = await all_rows(client, ws["key"], "type=plan_cycle")
     assert rows[0]["carried_allowance_ai_agent"] == 90
     assert rows[0]["expired_allowance_ai_agent"] == 30
+    assert not await check_workspace(redis, ws["id"])
+
+
+async def test_a_free_local_call_takes_no_allowance(
+    plan_client: Client, clock: ManualClock, redis: Redis
+) -> None:
+    client = plan_client
+    ws, sw = await plan_workspace(client, "minutes")
+    local = call("free", to="+16505550123")
+    assert (await client.post("/v1/calls", json=local, headers=sw)).status == 201
+    await tick(client, clock, 120)
+    result = await end(client, sw, "free", 120)
+    assert (result["cost_micros"], result["allowance_used_s"]) == (0, 0)
+    assert (await buckets(client, ws))["voice"]["available_units"] == 60
+    await client.post("/v1/calls", json=call("paid"), headers=sw)  # $0.20/min
+    await tick(client, clock, 90)
+    result = await end(client, sw, "paid", 90)  # billable 90: 60 s allowance, 30 s money
+    assert (result["cost_micros"], result["allowance_used_s"]) == (100_000, 60)
     assert not await check_workspace(redis, ws["id"])

@@ -205,12 +205,6 @@ class Plan:
     allowances: dict[str, int] = field(hash=False)
     commitments: tuple[Commitment, ...] = ()
 
-    def commitment_for(self, service: str) -> Commitment | None:
-        for commitment in self.commitments:
-            if service in commitment.services:
-                return commitment
-        return None
-
 
 class RateCard:
     """A validated rate card, indexed so that matching a call costs O(length of the number)."""
