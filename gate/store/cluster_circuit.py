@@ -26,6 +26,7 @@ import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.exceptions import (
     ClusterDownError,
+    MaxConnectionsError,
     RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
@@ -77,6 +78,8 @@ class GuardedCluster(redis.asyncio.RedisCluster):
         except RedisTimeoutError as err:
             circuit.failed(err)
             raise
+        except MaxConnectionsError:
+            raise  # this process is busy (its pool is full), the cluster is not away: 503 alone
         except RedisConnectionError as err:
             # Only after redis-py tried every node it knows: the cluster is not reachable.
             circuit.failed(err, connecting=True)
