@@ -10,25 +10,23 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gate.app import create_app
-from gate.clock import ManualClock
 from gate.history.check import check_all
 from gate.settings import Settings
 from gate.store import redis_client
 from gate.store.redis_proc import RedisClusterProcs, RedisServer
 from tests.conftest import Client
 from tests.test_redis_outage import (
-    DEADLINE_S,
     FAST_S,
     answers_503,
+    outage_app,
     outage_lines,
+    paused_answers,
     setup_call,
     wait_ready,
 )
@@ -48,16 +46,22 @@ async def gate(
     settings: Settings,
     own_cluster: RedisClusterProcs,
 ) -> AsyncIterator[Client]:
-    app = create_app(
-        replace(settings, redis_url=own_cluster.url, redis_timeout_ms=int(DEADLINE_S * 1000)),
-        clock=ManualClock(),
-    )
-    yield await aiohttp_client(app)
+    yield await aiohttp_client(outage_app(settings, own_cluster.url))
 
 
 def signal_all(cluster: RedisClusterProcs, sig: signal.Signals) -> None:
     for server in cluster.servers:
         os.kill(server.pid, sig)
+
+
+async def call_then(
+    gate: Client, cluster: RedisClusterProcs, sig: signal.Signals, caplog: pytest.LogCaptureFixture
+) -> dict[str, Any]:
+    """A workspace with a live call, then `sig` to every node of the cluster."""
+    caplog.set_level(logging.INFO)
+    ws = await setup_call(gate)
+    signal_all(cluster, sig)
+    return ws
 
 
 async def books_balance(cluster: RedisClusterProcs, workspace_id: str) -> None:
@@ -72,25 +76,17 @@ async def books_balance(cluster: RedisClusterProcs, workspace_id: str) -> None:
 async def test_cluster_paused_answers_503_within_the_deadline_then_recovers(
     gate: Client, own_cluster: RedisClusterProcs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
-    ws = await setup_call(gate)
-    signal_all(own_cluster, signal.SIGSTOP)
+    ws = await call_then(gate, own_cluster, signal.SIGSTOP, caplog)
     try:
-        # Requests in flight when the cluster stops wait one deadline, not redis-py's retries.
-        started = time.perf_counter()
-        burst = await asyncio.gather(
-            *(gate.get("/v1/wallet", headers=ws["admin"]) for _ in range(10))
-        )
-        first_s = time.perf_counter() - started
-        assert [r.status for r in burst] == [503] * 10
-        assert first_s < DEADLINE_S + FAST_S, first_s
-        # The circuit is open now: nothing waits for the paused nodes any more.
-        seconds = await answers_503(gate, ws)
-        assert max(seconds) < FAST_S, seconds
-        assert outage_lines(caplog) == (1, 0)
+        first_s, seconds = await paused_answers(gate, ws, caplog)
     finally:
         signal_all(own_cluster, signal.SIGCONT)
-    assert await wait_ready(gate, within_s=5.0) < 5.0
+    ready_s = await wait_ready(gate, within_s=5.0)
+    print(
+        f"\ncluster paused: the burst answered 503 in {first_s * 1000:.0f} ms, then "
+        f"{min(seconds) * 1000:.1f}-{max(seconds) * 1000:.1f} ms; "
+        f"ready {ready_s:.2f} s after SIGCONT"
+    )
     resp = await gate.get("/v1/wallet", headers=ws["admin"])
     assert resp.status == 200
     resp = await gate.post("/v1/calls/c-live/end", json={"duration_s": 5}, headers=ws["switch"])
@@ -102,9 +98,7 @@ async def test_cluster_paused_answers_503_within_the_deadline_then_recovers(
 async def test_cluster_killed_every_route_503_at_once_then_recovers(
     gate: Client, own_cluster: RedisClusterProcs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
-    ws = await setup_call(gate)
-    signal_all(own_cluster, signal.SIGKILL)
+    ws = await call_then(gate, own_cluster, signal.SIGKILL, caplog)
     await asyncio.to_thread(own_cluster.stop)  # reaps them
     first = await gate.get("/v1/wallet", headers=ws["admin"])  # opens the circuit
     assert first.status == 503
@@ -122,7 +116,11 @@ async def test_cluster_killed_every_route_503_at_once_then_recovers(
         for s in own_cluster.servers
     ]
     try:
-        assert await wait_ready(gate, within_s=15.0) < 15.0
+        ready_s = await wait_ready(gate, within_s=15.0)
+        print(
+            f"\ncluster killed: 503 in {min(seconds) * 1000:.1f}-{max(seconds) * 1000:.1f} ms; "
+            f"ready {ready_s:.2f} s after the nodes were back"
+        )
         resp = await gate.get("/readyz")
         assert resp.status == 200, await resp.text()
         assert outage_lines(caplog) == (1, 1)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -24,7 +23,8 @@ from gate.settings import Settings
 from gate.store import keys, redis_client
 from gate.store.redis_proc import RedisClusterProcs
 from tests.conftest import Client, auth, new_workspace
-from tests.test_api_keys import make_key, wallet_status
+from tests.test_api_keys import make_key, revoke_and_wait, wallet_status
+from tests.test_sse_fanout import PER_WORKSPACE, one_event_reaches_its_streams, open_streams
 
 pytestmark = pytest.mark.cluster
 
@@ -82,17 +82,8 @@ async def test_revocation_is_at_once_in_every_process_on_a_cluster(
     assert await wallet_status(one, agent["key"]) == 200
     assert await wallet_status(two, agent["key"]) == 200  # now cached in both
 
-    resp = await one.delete(
-        f"/v1/workspaces/{ws['id']}/keys/{agent['id']}", headers=auth(ws["key"])
-    )
-    assert resp.status == 200, await resp.text()
-    started = time.perf_counter()
-    assert await wallet_status(one, agent["key"]) == 401
-    while await wallet_status(two, agent["key"]) != 401:
-        assert time.perf_counter() - started < 1.0, "the other process still accepts it"
-        await asyncio.sleep(0.005)
-    print(f"\nrevocation seen by the other process in {time.perf_counter() - started:.3f} s")
-    assert await wallet_status(two, ws["key"]) == 200  # the workspace's other keys still work
+    seconds = await revoke_and_wait(one, two, ws, agent)
+    print(f"\nrevocation seen by the other process in {seconds:.3f} s")
 
 
 def connections(client: Any) -> int:
@@ -109,7 +100,7 @@ async def xrevrange_calls(client: RedisCluster) -> int:
 
 
 async def test_many_streams_on_a_cluster_share_one_reader(on_cluster: MakeClusterClient) -> None:
-    workspaces, per_workspace = 6, 10
+    workspaces, per_workspace = 6, PER_WORKSPACE
     client = await on_cluster(
         sse_max_per_key=per_workspace, sse_max_per_workspace=50, auth_cache_s=60.0
     )
@@ -122,15 +113,7 @@ async def test_many_streams_on_a_cluster_share_one_reader(on_cluster: MakeCluste
     call_path_before = connections(call_path)
     url = str(client.make_url("/v1/events"))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        opened: list[aiohttp.ClientResponse] = []
-
-        async def open_one(ws: dict[str, Any]) -> None:
-            resp = await http.get(url, headers=auth(ws["key"]))
-            assert resp.status == 200, await resp.text()
-            await resp.content.readuntil(b"\n\n")  # retry:
-            opened.append(resp)
-
-        await asyncio.gather(*(open_one(ws) for ws in watchers for _ in range(per_workspace)))
+        opened = await open_streams(http, url, watchers)
         try:
             fanout = client.app[FANOUT]
             assert client.app[OPEN_STREAMS].count == workspaces * per_workspace
@@ -147,23 +130,7 @@ async def test_many_streams_on_a_cluster_share_one_reader(on_cluster: MakeCluste
             assert connections(call_path) <= call_path_before + 1
 
             # An event of one workspace reaches its streams, and only them.
-            target = watchers[0]
-            resp = await client.post(
-                "/v1/wallet/topup",
-                json={"amount_usd": 10, "payment_method_id": "pm_card_visa"},
-                headers={**auth(target["key"]), "Idempotency-Key": "fan-cluster"},
-            )
-            assert resp.status == 201
-            mine = [
-                r for r in opened if r.request_info.headers["Authorization"].endswith(target["key"])
-            ]
-            assert len(mine) == per_workspace
-            sent = time.perf_counter()
-            frames = await asyncio.gather(
-                *(asyncio.wait_for(r.content.readuntil(b"\n\n"), 5) for r in mine)
-            )
-            fanout_s = time.perf_counter() - sent
-            assert all(b"transaction.created" in f for f in frames), frames[0]
+            fanout_s = await one_event_reaches_its_streams(client, opened, watchers[0])
         finally:
             for resp in opened:
                 resp.close()
