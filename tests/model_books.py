@@ -73,6 +73,9 @@ class Books:
     # The switch's signals (DESIGN §5) not yet compared: (type, call id, reason or
     # max_duration_s), in the order Gate must write them.
     signals: list[tuple[str, str, str]] = field(default_factory=list)
+    # A call ended past what its money paid for (inbound grace, or time kept past a cut):
+    # the only ways the balance may go below zero (DESIGN §11.4).
+    unpaid_time: bool = False
 
     @property
     def reserved(self) -> int:
@@ -320,6 +323,10 @@ class Books:
         self, c: Call, duration_s: int, now: int, flag: str | None, clamped: bool = False
     ) -> Ended:
         amount = c.cost(duration_s)
+        if duration_s <= c.horizon_s:  # §11.4: obeying the cut never costs more than was held
+            assert amount <= c.held, (c, duration_s, amount)
+        else:
+            self.unpaid_time = True
         del self.calls[c.id]
         if not (flag in ("ring_timeout", "never_started") and amount == 0):
             self._post(-amount, now)  # one ledger row for the whole call
