@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import RedisClusterException
 
 from gate.history.check import check_all
 from gate.settings import Settings
 from gate.store import redis_client
+from gate.store.circuit import Circuit
 from gate.store.redis_proc import RedisClusterProcs, RedisServer
 from tests.conftest import Client
 from tests.test_redis_outage import (
@@ -128,3 +130,19 @@ async def test_cluster_killed_every_route_503_at_once_then_recovers(
     finally:
         for server in back:
             server.stop()
+
+
+async def test_a_callers_mistake_does_not_open_the_circuit(
+    redis_cluster: RedisClusterProcs,
+) -> None:
+    """redis-py raises RedisClusterException for keys in different slots too: not an outage."""
+    circuit = Circuit()
+    client = await redis_client.connect(redis_cluster.url, circuit=circuit, socket_timeout=2.0)
+    try:
+        with pytest.raises(RedisClusterException):
+            await client.execute_command("MGET", "gate:{a}:x", "gate:{b}:x")
+        assert not circuit.is_open
+        assert await client.ping()
+    finally:
+        await client.aclose()
+        await circuit.stop()

@@ -324,7 +324,9 @@ def test_gate_matches_the_model(served: tuple[Loop, ManualClock, Settings]) -> N
         )
         def start(self, route: tuple[str, str, str, str], answered: bool, promised: bool) -> None:
             service, direction, from_, to = route
-            call_id = f"m{next(ids)}"
+            # Fixed width: ids sort (and the ticker breaks due-time ties) in the order they were
+            # made, whatever the counter reached, so a replayed sequence picks the same calls.
+            call_id = f"m{next(ids):09d}"
             body: dict[str, Any] = {"call_id": call_id, "direction": direction, "from": from_,
                                     "to": to, "service": service, "answered": answered}  # fmt: skip
             if promised:

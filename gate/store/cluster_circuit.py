@@ -29,19 +29,32 @@ from redis.exceptions import (
     MaxConnectionsError,
     RedisClusterException,
     SlotNotCoveredError,
-    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gate.store.circuit import Circuit
+from gate.store.circuit import Circuit, is_unavailable
 
 __all__ = ["ClusterUnavailable", "GuardedCluster"]
 
 T = TypeVar("T")
 
-# A cluster that answers but cannot serve the slot: down for Gate's purpose.
-_DOWN = (ClusterDownError, SlotNotCoveredError, TryAgainError, RedisClusterException)
+# What initialize() raises when no node it knows answers, or none has a full slot map.
+_NO_CLUSTER = ("Redis Cluster cannot be connected", "All slots are not covered")
+
+
+def _cluster_down(err: BaseException) -> bool:
+    """The cluster cannot serve (CLUSTERDOWN, an uncovered slot, no reachable node).
+
+    Not any RedisClusterException: redis-py raises that for a caller's mistakes too (keys of
+    one command in different slots), and a bug must not open the circuit for everyone.
+    """
+    if isinstance(err, ClusterDownError | SlotNotCoveredError):
+        return True
+    if isinstance(err, RedisClusterException):
+        cause = err.__cause__
+        return (cause is not None and is_unavailable(cause)) or str(err).startswith(_NO_CLUSTER)
+    return False
 
 
 class ClusterUnavailable(RedisConnectionError):
@@ -84,7 +97,9 @@ class GuardedCluster(redis.asyncio.RedisCluster):
             # Only after redis-py tried every node it knows: the cluster is not reachable.
             circuit.failed(err, connecting=True)
             raise
-        except _DOWN as err:
+        except (ClusterDownError, RedisClusterException) as err:
+            if not _cluster_down(err):
+                raise
             down = ClusterUnavailable(f"{type(err).__name__}: {err}")
             circuit.failed(down, connecting=True)
             raise down from err
