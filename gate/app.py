@@ -155,17 +155,16 @@ def create_app(
         await renewals.start()
         await cycles.start()
         fanout = app[FANOUT] = Fanout(app[STREAMS_REDIS])
-        revocations = None
-        listener = app[STREAMS_REDIS]
-        if isinstance(listener, Redis):  # on a cluster the cache's few seconds apply
-            revocations = asyncio.create_task(
-                listen_for_revocations(listener, app[AUTH].forget_workspace, app[AUTH].forget_all),
-                name="gate-key-revocations",
-            )
+        # On a cluster too: a PUBLISH on any node reaches the subscribers of every node.
+        revocations = asyncio.create_task(
+            listen_for_revocations(
+                app[STREAMS_REDIS], app[AUTH].forget_workspace, app[AUTH].forget_all
+            ),
+            name="gate-key-revocations",
+        )
         log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
         yield
-        if revocations is not None:
-            await cancel([revocations])
+        await cancel([revocations])
         await fanout.stop()
         await renewals.stop()
         await cycles.stop()

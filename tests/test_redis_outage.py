@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -49,11 +50,15 @@ async def gate(
     settings: Settings,
     own_redis: RedisServer,
 ) -> AsyncIterator[Client]:
-    app = create_app(
-        replace(settings, redis_url=own_redis.url, redis_timeout_ms=int(DEADLINE_S * 1000)),
+    yield await aiohttp_client(outage_app(settings, own_redis.url))
+
+
+def outage_app(settings: Settings, redis_url: str) -> web.Application:
+    """A gate on that Redis with the default command deadline, as the outage tests want."""
+    return create_app(
+        replace(settings, redis_url=redis_url, redis_timeout_ms=int(DEADLINE_S * 1000)),
         clock=ManualClock(),
     )
-    yield await aiohttp_client(app)
 
 
 async def setup_call(gate: Client) -> dict[str, Any]:
@@ -110,6 +115,25 @@ async def answers_503(gate: Client, ws: dict[str, Any]) -> list[float]:
     resp = await gate.get("/healthz")  # the process itself is fine
     assert resp.status == 200
     return seconds
+
+
+async def paused_answers(
+    gate: Client, ws: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> tuple[float, list[float]]:
+    """Redis just paused: a burst waits one deadline, then every route answers 503 at once.
+
+    Returns the burst's seconds and each later request's."""
+    # Requests in flight when Redis stops wait one deadline, not the old 5-10 s.
+    started = time.perf_counter()
+    burst = await asyncio.gather(*(gate.get("/v1/wallet", headers=ws["admin"]) for _ in range(10)))
+    first_s = time.perf_counter() - started
+    assert [r.status for r in burst] == [503] * 10
+    assert first_s < DEADLINE_S + FAST_S, first_s
+    # The circuit is open now: no request waits for the paused Redis any more.
+    seconds = await answers_503(gate, ws)
+    assert max(seconds) < FAST_S, seconds
+    assert outage_lines(caplog) == (1, 0)
+    return first_s, seconds
 
 
 async def wait_ready(gate: Client, within_s: float) -> float:
@@ -190,18 +214,7 @@ async def test_redis_paused_answers_503_within_the_deadline_then_recovers(
     ws = await setup_call(gate)
     os.kill(own_redis.pid, signal.SIGSTOP)
     try:
-        # Requests in flight when Redis stops wait one deadline, not the old 5-10 s.
-        started = time.perf_counter()
-        burst = await asyncio.gather(
-            *(gate.get("/v1/wallet", headers=ws["admin"]) for _ in range(10))
-        )
-        first_s = time.perf_counter() - started
-        assert [r.status for r in burst] == [503] * 10
-        assert first_s < DEADLINE_S + FAST_S, first_s
-        # The circuit is open now: no request waits for the paused Redis any more.
-        seconds = await answers_503(gate, ws)
-        assert max(seconds) < FAST_S, seconds
-        assert outage_lines(caplog) == (1, 0)
+        await paused_answers(gate, ws, caplog)
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
     assert await wait_ready(gate, within_s=3.0) < 3.0

@@ -43,6 +43,42 @@ async def call_start_seconds(
 SAMPLES = 300
 
 
+async def open_streams(
+    http: aiohttp.ClientSession, url: str, watchers: list[dict[str, Any]]
+) -> list[aiohttp.ClientResponse]:
+    """PER_WORKSPACE open event streams for each workspace, each past its `retry:` line."""
+    opened: list[aiohttp.ClientResponse] = []
+
+    async def open_one(ws: dict[str, Any]) -> None:
+        resp = await http.get(url, headers=auth(ws["key"]))
+        assert resp.status == 200, await resp.text()
+        await resp.content.readuntil(b"\n\n")  # retry:
+        opened.append(resp)
+
+    await asyncio.gather(*(open_one(ws) for ws in watchers for _ in range(PER_WORKSPACE)))
+    return opened
+
+
+async def one_event_reaches_its_streams(
+    client: Client, opened: list[aiohttp.ClientResponse], target: dict[str, Any]
+) -> float:
+    """A top-up of `target` reaches its PER_WORKSPACE open streams; the seconds it took."""
+    resp = await client.post(
+        "/v1/wallet/topup",
+        json={"amount_usd": 10, "payment_method_id": "pm_card_visa"},
+        headers={**auth(target["key"]), "Idempotency-Key": f"fan-{target['id']}"},
+    )
+    assert resp.status == 201
+    mine = [r for r in opened if r.request_info.headers["Authorization"].endswith(target["key"])]
+    assert len(mine) == PER_WORKSPACE
+    sent = time.perf_counter()
+    frames = await asyncio.gather(
+        *(asyncio.wait_for(r.content.readuntil(b"\n\n"), 5) for r in mine)
+    )
+    assert all(b"transaction.created" in f for f in frames), frames[0]
+    return time.perf_counter() - sent
+
+
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
@@ -67,16 +103,8 @@ async def test_many_streams_one_reader_and_call_starts_unaffected(
     watchers = [await new_workspace(client, f"W{i}") for i in range(workspaces)]
     url = str(client.make_url("/v1/events"))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        opened: list[aiohttp.ClientResponse] = []
-
-        async def open_one(ws: dict[str, Any]) -> None:
-            resp = await http.get(url, headers=auth(ws["key"]))
-            assert resp.status == 200, await resp.text()
-            await resp.content.readuntil(b"\n\n")  # retry:
-            opened.append(resp)
-
         started = time.perf_counter()
-        await asyncio.gather(*(open_one(ws) for ws in watchers for _ in range(PER_WORKSPACE)))
+        opened = await open_streams(http, url, watchers)
         open_s = time.perf_counter() - started
         try:
             assert client.app[OPEN_STREAMS].count == STREAMS
@@ -87,24 +115,7 @@ async def test_many_streams_one_reader_and_call_starts_unaffected(
             blocked = int((await redis.info("clients"))["blocked_clients"])
             assert blocked <= 1, blocked
 
-            # An event of one workspace reaches its streams, and only them.
-            target = watchers[0]
-            resp = await client.post(
-                "/v1/wallet/topup",
-                json={"amount_usd": 10, "payment_method_id": "pm_card_visa"},
-                headers={**auth(target["key"]), "Idempotency-Key": "fan"},
-            )
-            assert resp.status == 201
-            mine = [
-                r for r in opened if r.request_info.headers["Authorization"].endswith(target["key"])
-            ]
-            assert len(mine) == PER_WORKSPACE
-            sent = time.perf_counter()
-            frames = await asyncio.gather(
-                *(asyncio.wait_for(r.content.readuntil(b"\n\n"), 5) for r in mine)
-            )
-            fanout_s = time.perf_counter() - sent
-            assert all(b"transaction.created" in f for f in frames), frames[0]
+            fanout_s = await one_event_reaches_its_streams(client, opened, watchers[0])
         finally:
             for resp in opened:
                 resp.close()

@@ -161,9 +161,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """GET /v1/events: new events as they happen; after Last-Event-ID; or all with ?from=0."""
     who = await principal(request, Role.agent)
     workspace_id = who.workspace(request.query.get("workspace_id"))
-    ctx = request.app[CTX]
+    # Even the opening reads use the streams' client: a burst of opening streams must not
+    # take the call path's connections (on a cluster they are not pooled with a wait).
+    streams_redis = request.app[STREAMS_REDIS]
     k = keys.for_workspace(workspace_id)
-    if who.workspace_id is None and not await ctx.client.exists(k.ws):
+    if who.workspace_id is None and not await streams_redis.exists(k.ws):
         raise NotFound("no such workspace")
     last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     start_from = request.query.get("from")
@@ -176,7 +178,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     else:
         # Resolve "only new events" to a real id now: re-reading with "$" after an idle
         # read would skip whatever arrived in between.
-        newest = entries(await ctx.client.xrevrange(k.events, "+", "-", count=1))
+        newest = entries(await streams_redis.xrevrange(k.events, "+", "-", count=1))
         cursor = text(newest[0][0]) if newest else "0-0"
 
     streams = request.app.get(OPEN_STREAMS) or OpenStreams()

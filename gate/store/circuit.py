@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio
@@ -72,6 +73,7 @@ class Circuit:
         self._probe: asyncio.Task[None] | None = None
         self._connection_class: type[Any] = redis.asyncio.Connection
         self._connection_kwargs: dict[str, Any] | None = None
+        self._probe_once: Callable[[], Awaitable[bool]] | None = None  # a cluster's own probe
         self._stopped = False
         metrics.REDIS_UP.set(1)
 
@@ -119,7 +121,8 @@ class Circuit:
             "redis unavailable (%s): answering 503 gate_unavailable and probing until it is back",
             self.reason,
         )
-        if self._connection_kwargs is not None and not self._stopped:
+        probes = self._connection_kwargs is not None or self._probe_once is not None
+        if probes and not self._stopped:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop (a sync caller): the next async use probes
@@ -138,29 +141,37 @@ class Circuit:
         )
 
     async def _probe_loop(self) -> None:
-        assert self._connection_kwargs is not None
         delay = self.probe_min_s
         while self.is_open and not self._stopped:
             await asyncio.sleep(delay)
-            conn = self._connection_class(**self._connection_kwargs)
-            try:
-                async with asyncio.timeout(max(self.probe_max_s, 1.0)):
-                    await conn.connect()
-                    await conn.send_command("PING")
-                    pong = await conn.read_response()
-                if pong in (b"PONG", "PONG"):
-                    self._close()
-                    return
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                pass  # still away: the opening line said so already
-            finally:
-                await conn.disconnect()
+            if await (self._probe_once or self._ping)():
+                self._close()
+                return
             delay = min(delay * 2, self.probe_max_s)
+
+    async def _ping(self) -> bool:
+        """One PING on a fresh connection of the pool's own kind: True when Redis answers."""
+        assert self._connection_kwargs is not None
+        conn = self._connection_class(**self._connection_kwargs)
+        try:
+            async with asyncio.timeout(max(self.probe_max_s, 1.0)):
+                await conn.connect()
+                await conn.send_command("PING")
+                pong = await conn.read_response()
+            return pong in (b"PONG", "PONG")
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return False  # still away: the opening line said so already
+        finally:
+            await conn.disconnect()
 
     def attach(self, connection_class: type[Any], connection_kwargs: dict[str, Any]) -> None:
         """How to open a probe connection: the pool's own class and settings, unguarded."""
         self._connection_class = connection_class
         self._connection_kwargs = {k: v for k, v in connection_kwargs.items() if k != "circuit"}
+
+    def attach_probe(self, probe: Callable[[], Awaitable[bool]]) -> None:
+        """Probe with this instead of one PING (a cluster: every primary must answer)."""
+        self._probe_once = probe
 
     async def stop(self) -> None:
         """End the probe task (app shutdown)."""

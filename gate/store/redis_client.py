@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import redis.asyncio
 
 from gate.store.circuit import Circuit, GuardedPool
+from gate.store.cluster_circuit import GuardedCluster
 
 __all__ = ["RedisClient", "connect"]
 
@@ -23,8 +24,8 @@ async def connect(url: str, *, circuit: Circuit | None = None, **kw: Any) -> Red
 
     A single-node client connects lazily on its first command; a cluster client contacts the
     seed node at once to learn the slot map, so an unreachable cluster fails here. With a
-    circuit, a single-node client fails fast while Redis is unreachable (gate/store/circuit.py);
-    a cluster client does not use it (redis-py's cluster client retries across nodes itself).
+    circuit, a client fails fast while Redis is unreachable (gate/store/circuit.py; a cluster's
+    guard sits above redis-py's own retries across nodes: gate/store/cluster_circuit.py).
     """
     scheme = urlsplit(url).scheme.lower()
     options: dict[str, Any] = {"decode_responses": False, **kw}
@@ -44,15 +45,21 @@ async def connect(url: str, *, circuit: Circuit | None = None, **kw: Any) -> Red
         # RedisCluster.from_url parses host, port, credentials and query options from a plain
         # redis:// URL, so only the scheme is rewritten.
         plain = _CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
-        # No per-command deadline on a cluster: a call start must wait for its own deadline
-        # (gate/store/scripts.py OWN_DEADLINE), and cluster commands cannot opt out one by one.
-        options.pop("socket_timeout", None)
-        client = redis.asyncio.RedisCluster.from_url(plain, **options)
+        # No socket deadline on a cluster: a call start must wait for its own deadline
+        # (gate/store/scripts.py OWN_DEADLINE), and socket timeouts cannot be lifted one
+        # command at a time. With a circuit, the guard applies the deadline per command instead.
+        deadline_s = options.pop("socket_timeout", None)
+        if circuit is not None:
+            client: redis.asyncio.RedisCluster = GuardedCluster.from_url(plain, **options)
+        else:
+            client = redis.asyncio.RedisCluster.from_url(plain, **options)
         try:
             await client.initialize()
         except BaseException:
             await client.aclose()
             raise
+        if isinstance(client, GuardedCluster) and circuit is not None:
+            client.guard(circuit, deadline_s)
         return client
     known = ", ".join(f"{s}://" for s in (*_SINGLE_SCHEMES, *_CLUSTER_SCHEMES))
     # The URL itself is not echoed: it may carry a password.

@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gate import metrics
 from gate.store import circuit
+from gate.store.cluster_circuit import GuardedCluster
 
 _FILE = re.compile(r"^(?P<name>[a-z_]+)-(?P<keys>\d+)\.lua$")
 _INCLUDE = re.compile(r"^--!include (?P<file>_[a-z_]+\.lua)\s*$", re.MULTILINE)
@@ -268,6 +269,10 @@ class Scripts:
 
     async def _evalsha(self, command: _Command, name: str = "") -> Any:
         if self._batch is None:
+            if isinstance(self.client, GuardedCluster) and name in OWN_DEADLINE:
+                return await self.client.execute_command(
+                    *command[0], *command[1], own_deadline=True
+                )
             return await self.client.execute_command(*command[0], *command[1])
         future = self._batch.submit(command)
         if self._wait_s is None or name in OWN_DEADLINE:

@@ -4,8 +4,10 @@ A workspace's keys hash maps sha256(key) -> "<role> <key id>[ <expires ms>]" (lu
 Revocation (lua/key_revoke-2.lua) deletes the field and publishes the workspace id on
 `gate:keys:revoked`; every process listens (`listen_for_revocations`) and drops that
 workspace's keys from its authentication cache, so a revoked key stops working everywhere
-at once rather than after the cache's few seconds. Whenever the listener may have missed a
-message (it is (re)connecting), it drops the whole cache.
+at once rather than after the cache's few seconds. On Redis Cluster the listener subscribes on
+the node of the channel's slot; the cluster bus relays a PUBLISH made on any node to it.
+Whenever the listener may have missed a message (it is (re)connecting), it drops the whole
+cache.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from gate.store import keys
 from gate.store.circuit import is_unavailable
@@ -58,7 +60,9 @@ class KeyRecord:
 
 
 async def listen_for_revocations(
-    client: Redis, forget_workspace: Callable[[str], None], forget_all: Callable[[], None]
+    client: Redis | RedisCluster,
+    forget_workspace: Callable[[str], None],
+    forget_all: Callable[[], None],
 ) -> None:
     """Run until cancelled: drop cached keys of every workspace whose key was revoked."""
     while True:
