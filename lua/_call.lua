@@ -265,6 +265,9 @@ end
 -- Flags of a call that never connected: nothing to bill, so no ledger row either.
 local UNBILLED = {ring_timeout = true, never_started = true}
 
+-- Flags of a call Gate ended without the switch's end: a later end may bill more.
+local SWEPT = {stale = true, lost_end = true}
+
 -- Post the whole call as one ledger row, release its hold, forget it.
 -- `flag` is '', 'unauthorized_call', 'stale', 'lost_end', 'no_rate', 'ring_timeout' or
 -- 'never_started'; `clamped` is true when the switch's figure was cut to the gate's clock.
@@ -318,13 +321,74 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   rcall('HDEL', calls, c.id)
   rcall('ZREM', due, c.id)
   rcall('SREM', cuts, c.id)
-  local result = cmsgpack.pack({cost = amount, row = id, balance = balance,
+  local r = {cost = amount, row = id, balance = balance,
     duration = duration, leak = leak, flag = flag, clamped = clamped and 1 or 0,
-    parts = split, pl = c.aw and 1 or 0, al = used, alp = prior, cm = from_cm})
+    parts = split, pl = c.aw and 1 or 0, al = used, alp = prior, cm = from_cm}
+  -- A call Gate ended on its own may still get the switch's end: keep what rates it, so
+  -- time the switch kept it up after that is billed then (late_end), never dropped.
+  if SWEPT[flag] then
+    if c.aw then c.aw = used end
+    r.rec = c
+  end
+  local result = cmsgpack.pack(r)
   rcall('HSET', ended, c.id, result)
   rcall('ZADD', ended_at, now_ms, c.id)
   trim_ended(now_ms)
   return result
+end
+
+-- The switch's end for a call Gate already ended on its own (`SWEPT`: stale, lost_end):
+-- the time it reports beyond what was billed (clamped to Gate's clock like any end) is
+-- billed now with a second row flagged late_end, so the two rows add up to cost(duration)
+-- (its billable_s and component parts are the difference too, so sums stay true; `gate
+-- check` reads it as cost(duration_s) - cost(billed_before_s)).
+-- Applied once per call; any later end repeats the updated result. Returns the reply.
+local function late_end(packed, duration, now_ms, cause, tolerance_s)
+  local r = cmsgpack.unpack(packed)
+  local c = r.rec
+  if not c or duration <= r.duration then return {1, packed} end
+  local clamped = false
+  local bound = clock_bound(c, now_ms, tolerance_s)
+  if duration > bound then duration, clamped = bound, true end
+  if duration <= r.duration then return {1, packed} end
+  local amount = cost(c, duration)
+  local delta = amount - r.cost
+  local granted = granted_s(c)
+  local leak = 0
+  if c.cut ~= 0 and duration > granted then leak = duration - granted end
+  local split = {}
+  split_cost(c, duration, amount, split)
+  local extra = {'user', c.user, 'group', c.grp, 'from', c.from, 'to', c.to,
+    'direction', c.dir, 'duration_s', duration, 'billed_before_s', r.duration,
+    'billable_s', billable(c, duration) - billable(c, r.duration), 'rate_micros', c.rate,
+    'increment', c.f .. '/' .. c.n, 'connect_fee_micros', c.fee,
+    'hangup_cause', cause,
+    'source', 'universal', 'flag', 'late_end', 'first_row', r.row, 'first_flag', r.flag}
+  if leak > 0 then extra[#extra + 1] = 'leak_s'; extra[#extra + 1] = leak end
+  if clamped then extra[#extra + 1] = 'duration_clamped'; extra[#extra + 1] = 'true' end
+  if (r.al or 0) + (r.alp or 0) > 0 then  -- what the plan covered: the first row's figures
+    for _, v in ipairs({'allowance_units', r.al, 'allowance_prior_units', r.alp}) do
+      extra[#extra + 1] = v
+    end
+  end
+  -- the late row's parts are the whole call's parts less the first row's
+  local before = {}
+  for i = 1, #r.parts, 2 do before[r.parts[i]] = r.parts[i + 1] end
+  for i = 1, #split, 2 do
+    extra[#extra + 1] = split[i]
+    extra[#extra + 1] = split[i + 1] - (before[split[i]] or 0)
+  end
+  local rtype = c.svc == 'ai_agent' and 'ai_agent' or 'call'
+  local desc = (c.svc == 'ai_agent' and 'AI agent ' or 'Call ') .. c.dir .. ' ' ..
+    (c.dir == 'inbound' and c.from or c.to) .. ' (time after Gate ended it)'
+  local id, balance = post(wallet, ledger, events, now_ms, -delta, rtype, desc,
+    c.id .. ':late', extra)
+  r.rec = nil
+  r.cost, r.duration, r.leak, r.balance, r.parts = r.cost + delta, duration, leak, balance, split
+  r.late_row, r.clamped = id, (clamped or r.clamped == 1) and 1 or 0
+  local result = cmsgpack.pack(r)
+  rcall('HSET', ended, c.id, result)
+  return {0, result, 0}
 end
 
 -- How long a call the switch went silent on is billed: to the last evidence that it was up

@@ -41,7 +41,7 @@ local tolerance_s, max_call_s = tonumber(ARGV[5]), tonumber(ARGV[6])
 plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 local result = rcall('HGET', ended, call_id)
-if result then return {1, result} end
+if result then return late_end(result, duration, now_ms, cause, tolerance_s) end
 if rcall('EXISTS', ws) == 0 then return {-1} end
 local c = load_call(call_id)
 local flag, clamped = '', false

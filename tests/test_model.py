@@ -58,6 +58,7 @@ from gate.store import keys
 from gate.store.redis_client import entries, text
 from gate.store.redis_proc import free_port
 from tests.conftest import PLATFORM_KEY, Client, new_workspace
+from tests.helpers import all_rows
 from tests.model_books import Books, Config, Ended
 from tests.test_calls import call, set_balance, switch_key, tick
 from tests.test_calls import wallet as wallet_of
@@ -553,13 +554,6 @@ def test_gate_matches_the_model(served: tuple[Loop, ManualClock, Settings]) -> N
     print("\n" + "\n".join(f"{n:6d}  {name}" for name, n in sorted(seen.items())))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DESIGN §4 deviation found by the model work: a call kept up more than "
-    "GATE_STALE_AFTER_S past its cut is swept (billed to the cut), and its later end is a "
-    "repeat, so the leakage after the cut is never billed; the fix is in lua/call_end-9.lua "
-    "or call_tick-9.lua, which issue 10 is rewriting",
-)
 async def test_time_kept_past_an_ignored_cut_is_billed_at_a_late_end(
     client: Client, clock: ManualClock
 ) -> None:
@@ -576,5 +570,17 @@ async def test_time_kept_past_an_ignored_cut_is_billed_at_a_late_end(
     end = await client.post("/v1/calls/leak/end", json={"duration_s": 260}, headers=sw)
     assert end.status == 200
     rate = load_rate_card().match("voice", "outbound", "+14155550123")
-    # Today: the sweep billed 150 s at cut + 90 s and the end returned that result.
+    assert rate is not None
+    # The sweep billed 150 s (to the cut, 90 s after it); the end bills the other 110 s.
+    assert (await wallet_of(client, sw))["balance_micros"] == 500_000 - rate.cost(260)
+    body = await end.json()
+    assert body["duration_s"] == 260 and body["cost_micros"] == rate.cost(260), body
+    rows = [r for r in await all_rows(client, ws["key"]) if r["type"] == "call"]
+    assert [r.get("flag") for r in rows] == ["late_end", "stale"], rows
+    assert sum(r["amount_micros"] for r in rows) == -rate.cost(260)
+    # Once: a repeat, or a switch that claims more later, bills nothing more.
+    for duration in (260, 300):
+        again = await client.post("/v1/calls/leak/end", json={"duration_s": duration},
+                                  headers=sw)  # fmt: skip
+        assert (await again.json())["cost_micros"] == rate.cost(260)
     assert (await wallet_of(client, sw))["balance_micros"] == 500_000 - rate.cost(260)

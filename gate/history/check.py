@@ -27,13 +27,19 @@ def _call_cost_problem(row: Row) -> str | None:
         increment = Increment.parse(x["increment"])
         rate, fee, duration = (int(x["rate_micros"]), int(x.get("connect_fee_micros", "0")),
                                int(x["duration_s"]))  # fmt: skip
-        expected = cost_micros(rate, fee, increment, duration)
         # Under a plan the allowance covers the first billable seconds, money the rest, and
         # the money comes from the commitment before the balance (lua/_plan.lua).
         covered = int(x.get("allowance_units", "0")) + int(x.get("allowance_prior_units", "0"))
-        if covered and duration:
-            billable = billable_seconds(duration, increment)
-            expected = fee + ceil_div(rate * max(billable - covered, 0), 60)
+
+        def money(seconds: int) -> int:
+            if covered and seconds:
+                billable = billable_seconds(seconds, increment)
+                return fee + ceil_div(rate * max(billable - covered, 0), 60)
+            return cost_micros(rate, fee, increment, seconds)
+
+        expected = money(duration)
+        if x.get("flag") == "late_end":  # the rest of a call Gate ended (swept) before
+            expected -= money(int(x["billed_before_s"]))
         billed = -row.amount_micros + int(x.get("commitment_micros", "0"))
     except (KeyError, ValueError) as err:
         return f"has unreadable rating fields ({err!r})"

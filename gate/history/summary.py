@@ -44,7 +44,8 @@ class Tally:
 
     def add(self, row: ledger.Row) -> None:
         self.spend_micros += int(row.extra.get("commitment_micros", "0")) - row.amount_micros
-        self.count += 1
+        if row.extra.get("flag") != "late_end":  # the rest of a call already counted
+            self.count += 1
         for name in COUNTS:
             raw = row.extra.get(name)
             if raw is not None and raw.lstrip("-").isdigit():
