@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from hiredis import pack_command as _c_pack
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -121,8 +122,14 @@ def _bulk(arg: Arg) -> bytes:
 
 
 def _pack(head: _Head, args: Sequence[Arg]) -> bytes:
-    """One EVALSHA in RESP; a lean twin of redis-py's packer for our str/int/bytes args."""
-    return b"".join([b"*%d\r\n" % (len(head) + len(args)), head.packed, *map(_bulk, args)])
+    """One EVALSHA in RESP: hiredis's C packer (half the time of the Python one on a call
+    start's 33 arguments), or for what it does not take (a bool, an enum) the Python one,
+    which spells those as str() does."""
+    try:
+        packed: bytes = _c_pack((*head, *args))
+    except TypeError:
+        return b"".join([b"*%d\r\n" % (len(head) + len(args)), head.packed, *map(_bulk, args)])
+    return packed
 
 
 _Command = tuple[_Head, Sequence[Arg]]
@@ -199,10 +206,12 @@ class _AutoPipeline:
             # whole batch: error replies come back as exception values, the stream stays in
             # sync, and the per-read timeout scaffolding of read_response() is paid once.
             parser = conn._parser
+            last = len(batch) - 1
             async with asyncio.timeout(wait_s) as deadline:
-                for _, future in batch:
+                for i, (_, future) in enumerate(batch):
                     reply = await parser.read_response()
-                    deadline.reschedule(asyncio.get_running_loop().time() + wait_s)
+                    if i < last:  # a timer moved per reply is a tenth of a batch's cost
+                        deadline.reschedule(asyncio.get_running_loop().time() + wait_s)
                     if future.done():
                         continue
                     if isinstance(reply, Exception):
