@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from loadtest import tenants
 from loadtest.api import Api, bearer
 from loadtest.books import WsBooks
 from loadtest.procs import BareServer, GateServer, cpu_seconds
-from loadtest.stats import Recorder, histogram, record_us, scrape, summary_ms
+from loadtest.stats import Recorder, histogram, record_us, samples, scrape, summary_ms
 from loadtest.wire import Client, WireError
 
 FROM, TO = "+14155550100", "+14155550123"
@@ -43,6 +44,7 @@ BALANCE_USD = Decimal(1_000_000)
 _NOT_WORK = frozenset({"info", "config", "ping", "client", "hello", "select", "script"})
 _SCRIPT_CALLS = frozenset({"evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro"})
 _TICKED = "gate_ticker_lag_seconds_count"
+_SCRIPT = re.compile(r'script="([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class Phase:
     redis_cpu_s: float = 0.0
     redis: RedisStats = field(default_factory=lambda: RedisStats(0.0, {}))
     ticked: int = 0  # calls the ticker ticked inside the window
+    lua: dict[str, float] = field(default_factory=dict)  # Gate's script calls, by script
     latency: Any = field(default_factory=histogram)
 
     def per_op(self, tick: Phase | None = None) -> dict[str, Any]:
@@ -131,6 +134,7 @@ class Phase:
             "redis_commands_per_op": round(max(sum(work.values()), 0) / n, 2),
             "commands": {k: round(v / n, 3) for k, v in sorted(work.items()) if v > 0},
             "ticked_in_window": self.ticked,
+            "lua_calls_per_op": {k: round(v / n, 3) for k, v in sorted(self.lua.items()) if v},
             "p50_ms": lat["p50"],
             "p99_ms": lat["p99"],
         }
@@ -148,9 +152,15 @@ class Target:
         self.redis = Redis.from_url(gate.redis_url)
         self.wallets: list[WsBooks] = []
 
-    async def ticked(self) -> int:
-        """Calls Gate's ticker has ticked so far (observations of its lag histogram)."""
-        return int(_unlabelled(await scrape(self.metrics), _TICKED))
+    async def counters(self) -> tuple[int, dict[str, float]]:
+        """Calls Gate's ticker has ticked so far, and its script calls by script."""
+        text = await scrape(self.metrics)
+        lua: dict[str, float] = {}
+        for labels, value in samples(text, "gate_lua_calls_total").items():
+            script = _SCRIPT.search(labels)
+            if script is not None:
+                lua[script[1]] = lua.get(script[1], 0.0) + value
+        return int(_unlabelled(text, _TICKED)), lua
 
     async def close(self) -> None:
         await self.client.close()
@@ -202,7 +212,7 @@ async def measure(
     """
     pid, kind = (target.gate.pid, "gate") if server is None else (server.child.proc.pid, "bare")
     cpu0, stats0 = cpu_seconds(pid, kind), await redis_stats(target.redis)
-    ticked0 = await target.ticked()
+    ticked0, lua0 = await target.counters()
     started = time.perf_counter()
     if requests is not None:
         await _send_all(client or target.client, requests, concurrency, phase)
@@ -210,7 +220,9 @@ async def measure(
         await asyncio.sleep(idle_s)
     phase.seconds = time.perf_counter() - started
     cpu1, stats1 = cpu_seconds(pid, kind), await redis_stats(target.redis)
-    phase.ticked = await target.ticked() - ticked0
+    ticked1, lua1 = await target.counters()
+    phase.ticked = ticked1 - ticked0
+    phase.lua = {k: v - lua0.get(k, 0.0) for k, v in lua1.items()} if server is None else {}
     if requests is None:
         phase.ops = phase.ticked
     phase.server_cpu_s = cpu1[kind] - cpu0[kind]
