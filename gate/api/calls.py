@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from gate import metrics, timeouts
+from gate import metrics
 from gate.api.call_schemas import (
     CALL_ID_PATTERN,
     Charge,
@@ -76,7 +76,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     timeout_ms = request.app[CTX].settings.start_timeout_ms
     started = asyncio.get_running_loop().time()
     try:  # auth may need Redis too: it spends the same budget
-        async with timeouts.timeout(timeout_ms / 1000) as deadline:
+        async with asyncio.timeout(timeout_ms / 1000) as deadline:
             who = await principal(request, Role.switch)
             body = await decode(request, StartCall)
             if body.timeout_ms is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from gate import metrics, timeouts
+from gate import metrics
 from gate.calls.rating import (
     Increment,
     NoRate,
@@ -296,7 +296,7 @@ class Calls:
             ],
         )
         try:
-            async with timeouts.timeout_at(expires_at):
+            async with asyncio.timeout_at(expires_at):
                 reply = await asyncio.shield(call)
         except TimeoutError:
             metrics.START_TIMEOUTS.inc()

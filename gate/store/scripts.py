@@ -24,7 +24,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gate import metrics, timeouts
+from gate import metrics
 from gate.store import circuit
 
 _FILE = re.compile(r"^(?P<name>[a-z_]+)-(?P<keys>\d+)\.lua$")
@@ -207,7 +207,7 @@ class _AutoPipeline:
             # sync, and the per-read timeout scaffolding of read_response() is paid once.
             parser = conn._parser
             last = len(batch) - 1
-            async with timeouts.timeout(wait_s) as deadline:
+            async with asyncio.timeout(wait_s) as deadline:
                 for i, (_, future) in enumerate(batch):
                     reply = await parser.read_response()
                     if i < last:  # a timer moved per reply is a tenth of a batch's cost
@@ -282,7 +282,7 @@ class Scripts:
         if self._wait_s is None or name in OWN_DEADLINE:
             return await future
         try:
-            async with timeouts.timeout(self._wait_s):
+            async with asyncio.timeout(self._wait_s):
                 return await future  # on timeout the reply is read and dropped by the batch
         except TimeoutError as err:
             timeout = RedisTimeoutError(f"no reply from Redis within {self._wait_s:g} s")
