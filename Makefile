@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KAMAILIO_PKGS := kamailio kamailio-extra-modules kamailio-utils-modules kamailio-json-modules \
 	kamailio-tls-modules
 
-.PHONY: run test lint install loadtest clean
+.PHONY: run test lint install loadtest bench clean
 
 run: $(STAMP)
 	$(BIN)/gate serve
@@ -42,6 +42,10 @@ $(STAMP): pyproject.toml
 
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtest --duration 60
+
+# Per-operation Gate and Redis CPU, bare handler beside, as ratios (loadtest/bench.py).
+bench: $(STAMP)
+	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

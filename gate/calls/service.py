@@ -293,37 +293,35 @@ class Calls:
         rate, nt = self._rate_args(p.service, p.direction, p.from_, p.to, p.number_type)
         k = keys.for_workspace(workspace_id)
         now = self.ctx.clock.now_ms()
-        call = asyncio.ensure_future(
-            self.ctx.scripts.call(
-                "call_start",
-                k.call_keys,
-                [
-                    now,
-                    p.call_id,
-                    p.direction,
-                    p.service,
-                    p.from_,
-                    p.to,
-                    p.user or "",
-                    p.group or "",
-                    nt,
-                    rate.per_min_micros,
-                    rate.connect_fee_micros,
-                    rate.increment.first,
-                    rate.increment.next,
-                    s.buffer_s,
-                    s.tick_s,
-                    s.inbound_grace_s,
-                    s.max_call_s,
-                    1 if p.answered else 0,
-                    deadline_ms,
-                    s.inbound_grace_max_s,
-                    s.max_concurrent_calls_max,
-                    s.ring_timeout_s,
-                    _components(rate),
-                    0 if p.heartbeat_s is None else 1,
-                ],
-            )
+        call = self.ctx.scripts.submit(
+            "call_start",
+            k.call_keys,
+            [
+                now,
+                p.call_id,
+                p.direction,
+                p.service,
+                p.from_,
+                p.to,
+                p.user or "",
+                p.group or "",
+                nt,
+                rate.per_min_micros,
+                rate.connect_fee_micros,
+                rate.increment.first,
+                rate.increment.next,
+                s.buffer_s,
+                s.tick_s,
+                s.inbound_grace_s,
+                s.max_call_s,
+                1 if p.answered else 0,
+                deadline_ms,
+                s.inbound_grace_max_s,
+                s.max_concurrent_calls_max,
+                s.ring_timeout_s,
+                _components(rate),
+                0 if p.heartbeat_s is None else 1,
+            ],
         )
         try:
             async with asyncio.timeout_at(expires_at):
