@@ -71,13 +71,16 @@ local promised = ARGV[24] == '1'
 --!include _plan.lua
 --!include _call.lua
 
-plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
+-- One read of the wallet serves the whole decision, the plan's cycle end included (nothing
+-- below writes the wallet before it is used); a cycle that ended is rolled first.
+local WALLET_READ = {'balance', 'reserved', 'status', 'zero_since', 'cy_end'}
+local w0 = rcall('HMGET', wallet, unpack(WALLET_READ))
+plan_end_cache = tonumber(w0[5])
+if plan_roll(now_ms) then w0 = rcall('HMGET', wallet, unpack(WALLET_READ)) end
+local balance, reserved = tonumber(w0[1]), tonumber(w0[2])
 
 local existing = rcall('HGET', calls, call_id)
-if existing then
-  local w = rcall('HMGET', wallet, 'balance', 'reserved')
-  return {1, existing, tonumber(w[1]), tonumber(w[2])}
-end
+if existing then return {1, existing, balance, reserved} end
 if rcall('HEXISTS', ended, call_id) == 1 then return {2} end
 if deadline_ms > 0 then
   local t = rcall('TIME')
@@ -106,14 +109,12 @@ plan_attach(c)
 if c.aw and rate > 0 then c.aw = math.min(num('al:' .. svc), billable(c, target)) end
 local needed = cost(c, target)
 
-local avail, balance, reserved = available()
-avail = avail + commitment_free(c.cmn)
+local avail = balance - reserved + commitment_free(c.cmn)
 if needed > 0 then
   if dir == 'outbound' and avail < needed then return {-4, balance, reserved, needed} end
-  local w = rcall('HMGET', wallet, 'status', 'zero_since')
-  local status = w[1]
-  if status ~= 'suspended' and w[2] and balance <= 0
-      and now_ms - tonumber(w[2]) > grace * 1000 then
+  local status = w0[3]
+  if status ~= 'suspended' and w0[4] and balance <= 0
+      and now_ms - tonumber(w0[4]) > grace * 1000 then
     status = 'suspended'
     rcall('HSET', wallet, 'status', status)
     emit(events, wallet, now_ms, 'wallet.suspended', {'balance_micros', balance})

@@ -59,6 +59,9 @@ class Ended:
     cost_micros: int
     flag: str | None
     clamped: bool = False
+    # A call the gate ended itself (stale, lost_end): the switch's later, longer end bills
+    # the rest once (DESIGN §4: time kept up is billed at end, never dropped).
+    swept: Call | None = None
 
 
 @dataclass
@@ -330,6 +333,25 @@ class Books:
         del self.calls[c.id]
         if not (flag in ("ring_timeout", "never_started") and amount == 0):
             self._post(-amount, now)  # one ledger row for the whole call
-        result = Ended(duration_s, amount, flag, clamped or c.clamped)
+        swept = c if flag in ("stale", "lost_end") else None
+        result = Ended(duration_s, amount, flag, clamped or c.clamped, swept)
         self.ended[c.id] = result
+        return result
+
+    def repeat_end(self, call_id: str, duration_s: int, now: int) -> Ended:
+        """An end for a call that ended: the first result, or a swept call's late end."""
+        first = self.ended[call_id]
+        c = first.swept
+        if c is None or duration_s <= first.duration_s:
+            return first
+        bound = self._clock_bound(c, now)
+        clamped = duration_s > bound
+        duration_s = min(duration_s, bound)
+        if duration_s <= first.duration_s:
+            return first
+        amount = c.cost(duration_s)
+        self.unpaid_time = True
+        self._post(first.cost_micros - amount, now)  # the late_end row
+        result = Ended(duration_s, amount, first.flag, clamped or first.clamped)
+        self.ended[call_id] = result
         return result

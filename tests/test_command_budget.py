@@ -30,12 +30,15 @@ from tests.helpers import make_ctx
 # which command the operation now needs and why no existing one could carry it, and give
 # `python -m loadtest.bench`'s redis µs/op before and after. Lower them when a change
 # saves commands, so the saving is kept.
+# Plans (issue 10) made every call script read the wallet's `cy_end` (is there a plan, has
+# its cycle ended): the start folds it into its one wallet read (11 -> 10); heartbeat, tick
+# and end pay it as one HGET (+1 each) until their wallet reads are merged the same way.
 BUDGET = {
-    "start": 11,  # with a deadline, as HTTP starts have: TIME is one of them
+    "start": 10,  # with a deadline, as HTTP starts have: TIME is one of them
     "answer": 4,
-    "heartbeat": 7,  # one that extends the call's hold
-    "tick": 10,  # one call due, its hold extended; the batch's own lookups included
-    "end": 22,
+    "heartbeat": 8,  # one that extends the call's hold
+    "tick": 11,  # one call due, its hold extended; the batch's own lookups included
+    "end": 23,
 }
 
 
