@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gate.clock import SystemClock
+from gate.settings import SettingsError, load
 from gate.store.redis_client import connect
 from gate.store.redis_proc import RedisServer
 from gate.store.scripts import Scripts
+from tests.test_loadtest import run_harness
 from tests.test_redis_outage import own_redis
 
 __all__ = ["own_redis"]  # a fixture, used by name below
@@ -36,3 +40,44 @@ async def test_a_script_call_reset_by_a_dying_redis_is_a_redis_connection_error(
             await call
     finally:
         await client.aclose()
+
+
+def test_clock_skew_is_a_setting_for_tests_and_chaos_only() -> None:
+    assert load({}).clock_skew_ms == 0
+    assert load({"GATE_CLOCK_SKEW_MS": "-2000"}).clock_skew_ms == -2000
+    with pytest.raises(SettingsError):
+        load({"GATE_CLOCK_SKEW_MS": "2s"})
+    ahead, now = SystemClock(2000).now_ms(), SystemClock().now_ms()
+    assert 1900 <= ahead - now <= 2100
+
+
+# The short form: 7 faults, 3 s of arrivals each, outages of 1.5 s (~60 s here).
+SHORT = (
+    "--chaos", "--workspaces", "4", "--balance", "0.5,5", "--rate", "15",
+    "--mean-call-s", "2", "--max-call-s", "4", "--buffer-s", "3", "--grace-s", "2",
+    "--chaos-phase-s", "3", "--chaos-outage-s", "1.5", "--drain-s", "6",
+)  # fmt: skip
+
+
+@pytest.mark.timeout(240)
+def test_chaos_short_form_every_fault_reconciles_to_the_micro(tmp_path: Path) -> None:
+    code, r, output = run_harness(tmp_path, *SHORT, timeout=230)
+    faults = {o["fault"]: o for o in r["chaos"]}
+    assert len(faults) == 7, output
+    assert code == 0 and r["reconciliation"]["ok"], r["reconciliation"]["problems"]
+    for o in faults.values():
+        f = o["figures"]
+        assert f["mismatched_micros"] == 0 and f["billed_twice"] == 0, o
+        assert f["reconciliation"] == "exact" and f["events_missing"] == 0, o
+        assert f["calls_started"] > 0, o
+    assert faults["Gate worker kill -9"]["figures"]["worker_back_s"] < 10
+    for name in ("redis kill -9, AOF everysec", "redis kill -9, AOF always", "redis SIGSTOP"):
+        f = faults[name]["figures"]
+        assert f["phantom_calls"] == 0 and f["answered_503"] >= 3, f
+        # Bounds a loaded CI machine meets: the figures go in the README.
+        assert f["503_p50_ms"] < 100, f
+        assert f["503_max_ms"] < (2000 if name == "redis SIGSTOP" else 500), f
+        assert "500" not in f["other_statuses"], f
+    assert faults["redis kill -9, AOF always"]["figures"]["lost_by_redis"] == 0
+    assert faults["clock +2 s on a second Gate"]["figures"]["requests_split"] > 10
+    assert "CHAOS RECONCILED" in output
