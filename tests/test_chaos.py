@@ -10,15 +10,18 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gate.clock import SystemClock
+from gate.api.http import CTX
+from gate.clock import ManualClock, SystemClock
 from gate.settings import SettingsError, load
 from gate.store.redis_client import connect
 from gate.store.redis_proc import RedisServer
 from gate.store.scripts import Scripts
+from tests.conftest import Client
+from tests.test_calls import tick
 from tests.test_loadtest import run_harness
-from tests.test_redis_outage import own_redis
+from tests.test_redis_outage import gate, own_redis, setup_call, wait_ready
 
-__all__ = ["own_redis"]  # a fixture, used by name below
+__all__ = ["gate", "own_redis"]  # fixtures, used by name below
 
 
 async def test_a_script_call_reset_by_a_dying_redis_is_a_redis_connection_error(
@@ -81,3 +84,36 @@ def test_chaos_short_form_every_fault_reconciles_to_the_micro(tmp_path: Path) ->
     assert faults["redis kill -9, AOF always"]["figures"]["lost_by_redis"] == 0
     assert faults["clock +2 s on a second Gate"]["figures"]["requests_split"] > 10
     assert "CHAOS RECONCILED" in output
+
+
+async def test_a_redis_outage_is_not_silence_of_the_switch(
+    gate: Client, own_redis: RedisServer
+) -> None:
+    """Found by `loadtest --chaos`: Redis paused longer than GATE_STALE_AFTER_S; once it was
+    back, the first tick swept every heartbeating call as stale (a `call.cut` to the switch for
+    healthy calls, billed to the heartbeat before the outage), though their heartbeats had
+    only been refused by Gate's own outage. The outage's length is now forgiven for one stale
+    window after it; silence beyond that is swept as before."""
+    ws = await setup_call(gate)
+    clock = gate.server.app[CTX].clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(5)
+    beat = {"elapsed_s": 5, "seq": 1}
+    resp = await gate.post("/v1/calls/c-live/heartbeat", json=beat, headers=ws["switch"])
+    assert resp.status == 200, await resp.text()
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    try:
+        for _ in range(200):  # until the circuit is open: the background ticker saw it too
+            if (await gate.get("/readyz")).status == 503:
+                break
+        await asyncio.sleep(0.5)
+        clock.advance(120)  # the outage lasts two minutes on Gate's clock
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+    await wait_ready(gate, 10)
+    await tick(gate, clock, 30)  # 155 s since the last heartbeat, 35 s of them Redis was up
+    state = await (await gate.get("/v1/calls/c-live", headers=ws["switch"])).json()
+    assert state["state"] == "live", state
+    await tick(gate, clock, 70)  # now 95 s of silence while Redis was up: the switch is gone
+    state = await (await gate.get("/v1/calls/c-live", headers=ws["switch"])).json()
+    assert state["state"] == "ended" and state["stale"] is True, state
