@@ -362,7 +362,7 @@ class Chaos:
     @property
     def richest(self) -> WsBooks:
         """The prober's workspace: starts there are refused for Redis, not for money."""
-        return max(self.workspaces, key=lambda w: w.opening)
+        return max(self.workspaces, key=lambda w: w.expected_balance)
 
     @property
     def gate_key(self) -> str:
@@ -546,7 +546,7 @@ class Chaos:
     async def phantoms(self, out: Outcome, prober: Prober) -> None:
         """No start answered 5xx or nothing may exist now; a 2xx one is ended like a call."""
         assert self.api is not None
-        wb = self.richest
+        wb = prober.wb
         phantom = 0
         for call_id, status in prober.starts.items():
             look = await self.api.call(
