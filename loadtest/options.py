@@ -91,6 +91,7 @@ class Options:
     chaos: bool = False
     chaos_phase_s: float = 20.0
     chaos_outage_s: float = 10.0
+    chaos_faults: str = ""
 
 
 LEGS = ("bare", "http", "lua", "pg")
@@ -362,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
         "what each fault showed and writes it to result.json under 'chaos'",
     )
     x.add_argument(
+        "--chaos-faults",
+        default="",
+        help="only these faults, a comma list of their numbers in the table (default: all 7)",
+    )
+    x.add_argument(
         "--chaos-phase-s",
         type=_positive,
         default=20.0,
@@ -494,4 +500,5 @@ def parse(argv: list[str] | None) -> Options:
         chaos=a.chaos,
         chaos_phase_s=a.chaos_phase_s,
         chaos_outage_s=a.chaos_outage_s,
+        chaos_faults=a.chaos_faults,
     )

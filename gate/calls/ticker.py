@@ -111,7 +111,9 @@ class Ticker:
             self._forgive_s = math.ceil(max(now_ms - self.down_since_ms, 0) / 1000)
             self._forgive_until_ms = now_ms + base * 1000
             self.down_since_ms = None
-            log.info("stale sweeps allow %d s more for %d s: Redis was away", self._forgive_s, base)
+            log.warning(
+                "stale sweeps allow %d s more for %d s: Redis was away", self._forgive_s, base
+            )
         return base + self._forgive_s if now_ms < self._forgive_until_ms else base
 
     async def rescan(self) -> None:
