@@ -1,4 +1,4 @@
-"""`loadtest --chaos` in its short form, and what it found: a connection reset by a dying Redis."""
+"""`loadtest --chaos` in its short form, and the two bugs it found: a reset socket, stale sweeps."""
 
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ def test_chaos_short_form_every_fault_reconciles_to_the_micro(tmp_path: Path) ->
         assert f["phantom_calls"] == 0 and f["answered_503"] >= 3, f
         # Bounds a loaded CI machine meets: the figures go in the README.
         assert f["503_p50_ms"] < 100, f
-        assert f["503_max_ms"] < (2000 if name == "redis SIGSTOP" else 500), f
+        # At worst a start's own deadline (500 ms), plus this loop's stalls under load.
+        assert f["503_max_ms"] < 2000, f
         assert not [k for k in f["other_answers"] if k.split()[1] in ("0", "500")], f
     assert faults["redis kill -9, AOF always"]["figures"]["lost_by_redis"] == 0
     assert faults["clock +2 s on a second Gate"]["figures"]["requests_split"] > 10
