@@ -111,9 +111,10 @@ class Ticker:
             self._forgive_s = math.ceil(max(now_ms - self.down_since_ms, 0) / 1000)
             self._forgive_until_ms = now_ms + base * 1000
             self.down_since_ms = None
-            log.warning(
-                "stale sweeps allow %d s more for %d s: Redis was away", self._forgive_s, base
-            )
+            if self._forgive_s > 1:  # an outage, not one command timed out by a stalled loop
+                log.warning(
+                    "stale sweeps allow %d s more for %d s: Redis was away", self._forgive_s, base
+                )
         return base + self._forgive_s if now_ms < self._forgive_until_ms else base
 
     async def rescan(self) -> None:
