@@ -15,6 +15,7 @@ test: $(STAMP)
 	$(BIN)/ruff check gate tests loadtest
 	$(BIN)/ruff format --check gate tests loadtest
 	$(BIN)/mypy
+	$(BIN)/python .ci/pip_audit.py
 	$(BIN)/pytest -q
 
 install: $(STAMP)

@@ -104,7 +104,9 @@ def create_app(
         scripts = Scripts(redis)
         await scripts.load()
         archive = await Archive.open(settings.database_url) if settings.database_url else None
-        ctx = Context(redis, scripts, clock or SystemClock(), settings, archive=archive)
+        ctx = Context(
+            redis, scripts, clock or SystemClock(settings.clock_skew_ms), settings, archive=archive
+        )
         workspaces = Workspaces(ctx)
         app[CTX] = ctx
         app[AUTH] = Authenticator(

@@ -168,7 +168,9 @@ async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[int
         database_url = _database_url(settings)
         if database_url:
             archive = await Archive.open(database_url)
-        return await work(Context(client, scripts, SystemClock(), settings, archive=archive))
+        return await work(
+            Context(client, scripts, SystemClock(settings.clock_skew_ms), settings, archive=archive)
+        )
     finally:
         if archive is not None:
             await archive.close()

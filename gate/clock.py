@@ -11,10 +11,17 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """Wall-clock milliseconds since the epoch."""
+    """Wall-clock milliseconds since the epoch, moved by `skew_ms` (GATE_CLOCK_SKEW_MS).
+
+    The skew is a test and chaos knob only (`loadtest --chaos` runs a second Gate 2 s off the
+    first, as two hosts whose clocks disagree): a real host keeps its clock with NTP.
+    """
+
+    def __init__(self, skew_ms: int = 0) -> None:
+        self.skew_ms = skew_ms
 
     def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return time.time_ns() // 1_000_000 + self.skew_ms
 
 
 class ManualClock:

@@ -70,6 +70,8 @@ class Settings:
     rate_limit_burst: int = 200
     sse_max_per_key: int = 10
     sse_max_per_workspace: int = 50
+    # Test and chaos only: this process's clock runs this many ms off the wall clock.
+    clock_skew_ms: int = 0
 
 
 # integer settings -> (lowest, highest) allowed
@@ -96,6 +98,7 @@ _INT_FIELDS = {
     "rate_limit_burst": (1, 1_000_000),
     "sse_max_per_key": (1, 100_000),
     "sse_max_per_workspace": (1, 100_000),
+    "clock_skew_ms": (-3_600_000, 3_600_000),
 }
 ENV = {
     "redis_url": "GATE_REDIS_URL",
@@ -132,6 +135,7 @@ ENV = {
     "rate_limit_burst": "GATE_RATE_LIMIT_BURST",
     "sse_max_per_key": "GATE_SSE_MAX_PER_KEY",
     "sse_max_per_workspace": "GATE_SSE_MAX_PER_WORKSPACE",
+    "clock_skew_ms": "GATE_CLOCK_SKEW_MS",
     "database_url": "GATE_DATABASE_URL",
     "ledger_keep_s": "GATE_LEDGER_KEEP_S",
     "ledger_keep_rows": "GATE_LEDGER_KEEP_ROWS",

@@ -508,6 +508,9 @@ class Fleet:
             if answer.body.get("flag") != "never_started" or answer.body.get("transaction_id"):
                 self.checks["unauthorized_not_flagged"] += 1
             wb.calls.pop(entry.call_id, None)
+        elif how == "failed_start" and duration == 0 and not answer.body.get("transaction_id"):
+            # The start never committed (a 5xx in an outage): the 0 s end wrote no row either.
+            wb.calls.pop(entry.call_id, None)
         elif how == "unknown" and not answer.body.get("unauthorized_call"):
             self.checks["unauthorized_not_flagged"] += 1
         if plan.repeat_end:

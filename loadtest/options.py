@@ -34,6 +34,7 @@ Examples:
   python -m loadtest --compare                      # the comparison table
   python -m loadtest --workspaces 1 --balance 1000  # one hot wallet
   python -m loadtest --duration 30 --lost-end-share 0.1 --no-heartbeat-share 0.5 --sync-s 5
+  python -m loadtest --chaos                        # faults under load, books after each
 """
 
 
@@ -89,6 +90,10 @@ class Options:
     auto_recharge_share: float = 0.0
     sms_rate: float = 0.0
     plan: str | None = None
+    chaos: bool = False
+    chaos_phase_s: float = 20.0
+    chaos_outage_s: float = 10.0
+    chaos_faults: str = ""
 
 
 LEGS = ("bare", "http", "lua", "pg")
@@ -360,6 +365,35 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no live progress line (the final summary is still printed)",
     )
+    x = p.add_argument_group("chaos (--chaos)")
+    x.add_argument(
+        "--chaos",
+        action="store_true",
+        help="inject faults one after another during the load, each in its own phase of "
+        "--chaos-phase-s seconds of arrivals, and reconcile every workspace to the micro after "
+        "each: kill -9 a Gate worker; kill -9 redis-server and restart it on its AOF "
+        "(appendfsync everysec, then always); SIGSTOP redis for --chaos-outage-s; take the "
+        "webhook receiver down as long; a second Gate 2 s ahead, then 2 s behind, sharing the "
+        "traffic. Starts its own redis-server and Gate (GATE_WORKERS >= 2); prints a table of "
+        "what each fault showed and writes it to result.json under 'chaos'",
+    )
+    x.add_argument(
+        "--chaos-faults",
+        default="",
+        help="only these faults, a comma list of their numbers in the table (default: all 7)",
+    )
+    x.add_argument(
+        "--chaos-phase-s",
+        type=_positive,
+        default=20.0,
+        help="seconds of arrivals per fault (default 20)",
+    )
+    x.add_argument(
+        "--chaos-outage-s",
+        type=_positive,
+        default=10.0,
+        help="how long Redis stays down or paused and the receiver stays away (default 10)",
+    )
     c = p.add_argument_group("comparison (--compare)")
     c.add_argument(
         "--compare",
@@ -405,6 +439,8 @@ def parse(argv: list[str] | None) -> Options:
     parser = build_parser()
     a = parser.parse_args(argv)
     duration = a.duration if a.duration is not None else (0.0 if a.compare else 60.0)
+    if a.chaos and (a.url is not None or a.compare):
+        parser.error("--chaos starts its own Gate and Redis: not with --url or --compare")
     if a.url is not None:
         host = a.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
         if host not in ("127.0.0.1", "localhost", "[::1]"):
@@ -478,4 +514,8 @@ def parse(argv: list[str] | None) -> Options:
         auto_recharge_share=a.auto_recharge_share,
         sms_rate=a.sms_rate,
         plan=a.plan,
+        chaos=a.chaos,
+        chaos_phase_s=a.chaos_phase_s,
+        chaos_outage_s=a.chaos_outage_s,
+        chaos_faults=a.chaos_faults,
     )

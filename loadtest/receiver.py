@@ -85,12 +85,13 @@ class Receiver:
         self.secrets[workspace_id] = Webhook(secret)
         return f"http://127.0.0.1:{self.port}/hooks/{workspace_id}"
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """Listen on `port` (0: a free one); --chaos takes it down and brings it back on it."""
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_post("/hooks/{workspace_id}", self.handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        self.port = free_port()
+        self.port = port or free_port()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def stop(self) -> None:

@@ -372,6 +372,10 @@ def main(opts: Options) -> int:
     console = Console(stderr=True)
     if not console.is_terminal:
         console = Console(stderr=True, width=120)  # logs and CI: wide enough for the tables
+    if opts.chaos:
+        from loadtest import chaos
+
+        return chaos.main(opts, console)
     try:
         result = uvloop.run(run(opts, console))
     except (ProcessError, tenants.SetupError, OSError) as err:

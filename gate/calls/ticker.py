@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from gate import metrics
 from gate.context import Context
 from gate.store import keys
+from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
 from gate.tasks import cancel, survive, wait_for_wake
 
@@ -36,6 +38,13 @@ class Ticker:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.ticks = 0  # calls handled, for tests and logs
+        # A Redis outage refuses the switches' heartbeats and syncs: their silence then is
+        # Gate's, not theirs. The first failed round's time (clock ms) while it lasts; for one
+        # stale window after it, its length is added to GATE_STALE_AFTER_S.
+        self.down_since_ms: int | None = None
+        self._forgive_s = 0
+        self._forgive_until_ms = 0
+        self._stale_after_s = ctx.settings.stale_after_s
 
     def notify(self, workspace_id: str, due_ms: int) -> None:
         """A call of this workspace is due at due_ms: remember it for the next flush."""
@@ -58,6 +67,9 @@ class Ticker:
         now = self.ctx.clock.now_ms()
         while True:
             claimed = await self.index.claim(now, LEASE_MS, CLAIM)
+            # Redis answered (it is back, if it was away); the claim may have waited out an
+            # outage, so the window is measured from the clock now, not the round's start.
+            self._stale_after_s = self._stale_window(self.ctx.clock.now_ms())
             if not claimed:
                 return handled
             results = await asyncio.gather(*(self._tick(ws) for ws, _ in claimed))
@@ -72,7 +84,7 @@ class Ticker:
         while True:
             now = self.ctx.clock.now_ms()
             reply = await self.ctx.scripts.call(
-                "call_tick", k.call_keys, [now, BATCH, self.ctx.settings.stale_after_s]
+                "call_tick", k.call_keys, [now, BATCH, self._stale_after_s]
             )
             count, next_ms, events = int(reply[1]), int(reply[2]), int(reply[4])
             for lag in reply[5:]:
@@ -92,6 +104,19 @@ class Ticker:
         await self.index.settle(workspace_id, next_due, head)
         return handled
 
+    def _stale_window(self, now_ms: int) -> int:
+        """GATE_STALE_AFTER_S, plus the last outage's length for one window after it."""
+        base = self.ctx.settings.stale_after_s
+        if self.down_since_ms is not None:  # the first round since Redis came back
+            self._forgive_s = math.ceil(max(now_ms - self.down_since_ms, 0) / 1000)
+            self._forgive_until_ms = now_ms + base * 1000
+            self.down_since_ms = None
+            if self._forgive_s > 1:  # an outage, not one command timed out by a stalled loop
+                log.warning(
+                    "stale sweeps allow %d s more for %d s: Redis was away", self._forgive_s, base
+                )
+        return base + self._forgive_s if now_ms < self._forgive_until_ms else base
+
     async def rescan(self) -> None:
         """Rebuild hints from every workspace's own schedule (after a crash lost some)."""
         members = await self.ctx.client.smembers(keys.WORKSPACES)
@@ -109,10 +134,15 @@ class Ticker:
 
         async def one_round() -> None:
             nonlocal next_rescan
-            if loop.time() >= next_rescan:
-                await self.rescan()
-                next_rescan = loop.time() + RESCAN_S
-            await self.run_once()
+            try:
+                if loop.time() >= next_rescan:
+                    await self.rescan()
+                    next_rescan = loop.time() + RESCAN_S
+                await self.run_once()
+            except Exception as err:
+                if is_unavailable(err) and self.down_since_ms is None:
+                    self.down_since_ms = self.ctx.clock.now_ms()
+                raise
 
         while not self._stopping:
             if not await survive(log, "ticker round", one_round):

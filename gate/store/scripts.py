@@ -21,6 +21,7 @@ from typing import Any
 
 from hiredis import pack_command as _c_pack
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -224,6 +225,13 @@ class _AutoPipeline:
             await conn.disconnect()  # a half-read stream must never be reused
             if isinstance(err, TimeoutError):  # the error any other command gives
                 err = RedisTimeoutError(f"no reply from Redis within {wait_s:g} s")
+            elif isinstance(err, OSError):
+                # A reset socket (Redis killed with our command unread): read_response()
+                # would have wrapped it, the parser read directly does not, and a bare
+                # OSError is no outage to the circuit and a 500 to the API.
+                lost = RedisConnectionError(f"connection to Redis lost: {err}")
+                lost.__cause__ = err
+                err = lost
             circuit.report(conn, err)
             _fail(batch, err)
             if not isinstance(err, Exception):
