@@ -38,6 +38,7 @@ local tolerance_s, max_call_s = tonumber(ARGV[5]), tonumber(ARGV[6])
 --!include _plan.lua
 --!include _call.lua
 
+prime_wallet()  -- one wallet read for the plan's cycle end and post()'s fields
 plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 local result = rcall('HGET', ended, call_id)

@@ -31,14 +31,16 @@ from tests.helpers import make_ctx
 # `python -m loadtest.bench`'s redis µs/op before and after. Lower them when a change
 # saves commands, so the saving is kept.
 # Plans (issue 10) made every call script read the wallet's `cy_end` (is there a plan, has
-# its cycle ended): the start folds it into its one wallet read (11 -> 10); heartbeat, tick
-# and end pay it as one HGET (+1 each) until their wallet reads are merged the same way.
+# its cycle ended): the start folds it into its one wallet read (11 -> 10). Heartbeat, tick
+# and end (2026-11-28, issue-14b) read it in one HMGET with the money, event_seq and
+# post()'s fields, which the script's own writes keep current (lua/_call.lua prime_wallet):
+# heartbeat 8 -> 6, tick 11 -> 8, end 23 -> 20.
 BUDGET = {
     "start": 10,  # with a deadline, as HTTP starts have: TIME is one of them
     "answer": 4,
-    "heartbeat": 8,  # one that extends the call's hold
-    "tick": 11,  # one call due, its hold extended; the batch's own lookups included
-    "end": 23,
+    "heartbeat": 6,  # one that extends the call's hold
+    "tick": 8,  # one call due, its hold extended; the batch's own lookups included
+    "end": 20,
 }
 
 
@@ -98,3 +100,4 @@ async def test_call_operations_stay_within_their_command_budget(
     counts = {op: sum(work.values()) for op, work in used.items()}
     over = {op: (n, BUDGET[op], used[op]) for op, n in counts.items() if n > BUDGET[op]}
     assert not over, f"over the command budget (commands, budget, by command): {over}"
+
