@@ -410,7 +410,7 @@ local function late_end(packed, duration, now_ms, cause, tolerance_s)
   r.late_row, r.clamped = id, (clamped or r.clamped == 1) and 1 or 0
   local result = cmsgpack.pack(r)
   rcall('HSET', ended, c.id, result)
-  return {0, result, 0}
+  return {0, result, 0, watch_fired, watch_url()}
 end
 
 -- How long a call the switch went silent on is billed: to the last evidence that it was up
