@@ -139,11 +139,8 @@ def create_app(
         )
         app[AUTOMATION] = automation
 
-        def on_events(workspace_id: str) -> None:
-            outbox.notify(workspace_id)
-            automation.notify(workspace_id)
-
-        ctx.notifier.on_events = on_events
+        ctx.notifier.on_events = outbox.notify
+        ctx.notifier.on_automation = automation.notify
         ctx.notifier.on_ticks = ticker.notify
         app[OUTBOX] = outbox
         app[TICKER] = ticker

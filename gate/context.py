@@ -19,14 +19,23 @@ if TYPE_CHECKING:
 class Notifier:
     """Tells background workers of this process that a workspace has new work.
 
-    Domain code calls these after a script that wrote events or scheduled calls; the outbox
-    and the ticker subscribe when they start. Both methods return at once.
+    Domain code calls these after a script that wrote events or scheduled calls; the outbox,
+    the automation worker and the ticker subscribe when they start. Both methods return at
+    once.
     """
 
-    def events(self, workspace_id: str) -> None:
-        """The workspace's event stream has new entries."""
-        if self.on_events is not None:
+    def events(self, workspace_id: str, *, outbox: bool = True, automation: bool = True) -> None:
+        """The workspace's event stream has new entries.
+
+        A caller that knows better says which workers have work: `outbox=False` when the
+        events have nowhere to go (no webhook URL; the outbox's rescan moves its cursor past
+        them), `automation=False` when the script's wallet watch started no recharge and
+        queued no mail (lua/_watch.lua); the workers' rescans find anything missed.
+        """
+        if outbox and self.on_events is not None:
             self.on_events(workspace_id)
+        if automation and self.on_automation is not None:
+            self.on_automation(workspace_id)
 
     def ticks(self, workspace_id: str, due_ms: int) -> None:
         """A call of the workspace is due at `due_ms` (or earlier than scheduled before)."""
@@ -34,7 +43,8 @@ class Notifier:
             self.on_ticks(workspace_id, due_ms)
 
     def __init__(self) -> None:
-        self.on_events: Callable[[str], None] | None = None
+        self.on_events: Callable[[str], None] | None = None  # the outbox
+        self.on_automation: Callable[[str], None] | None = None  # the automation worker
         self.on_ticks: Callable[[str, int], None] | None = None
 
 

@@ -72,9 +72,30 @@ local function save_call(c)
   rcall('HSET', calls, c.id, cmsgpack.pack(c))
 end
 
+-- A call script's first wallet read: the plan's cy_end (plan_roll), the money (available)
+-- and post()'s fields in one HMGET, kept current by the script's own writes (`known` and
+-- `known_post`, lua/_post.lua), so none of them is read again. Call it before plan_roll.
+local function prime_wallet()
+  local w = rcall('HMGET', wallet, 'cy_end', 'balance', 'reserved', 'event_seq', 'ledger_ms',
+    'status', 'zero_since')
+  plan_end_cache = tonumber(w[1])
+  local balance, reserved = tonumber(w[2]), tonumber(w[3])
+  if balance and reserved then
+    known = {balance = balance, reserved = reserved, event_seq = tonumber(w[4]) or 0}
+    known_post = {ledger_ms = tonumber(w[5]) or 0, status = w[6], zero_since = w[7]}
+  end
+end
+
 local function available()
+  if known then return known.balance - known.reserved, known.balance, known.reserved end
   local w = rcall('HMGET', wallet, 'balance', 'reserved')
   return tonumber(w[1]) - tonumber(w[2]), tonumber(w[1]), tonumber(w[2])
+end
+
+-- The wallet's balance now.
+local function balance_now()
+  if known then return known.balance end
+  return tonumber(rcall('HGET', wallet, 'balance'))
 end
 
 local function grace_of(c)
@@ -136,7 +157,8 @@ local function hold(c, held)
     held = held - ch
   end
   if held ~= c.held then
-    rcall('HINCRBY', wallet, 'reserved', held - c.held)
+    local reserved = rcall('HINCRBY', wallet, 'reserved', held - c.held)
+    if known then known.reserved = reserved end
     if held > c.held then watch(ws, wallet, events, now_ms) end
     c.held = held
   end
@@ -313,7 +335,7 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   if clamped then extra[#extra + 1] = 'duration_clamped'; extra[#extra + 1] = 'true' end
   local id, balance = '', nil
   if UNBILLED[flag] and amount == 0 then
-    balance = tonumber(rcall('HGET', wallet, 'balance'))
+    balance = balance_now()
   else
     id, balance = post(wallet, ledger, events, now_ms, from_cm - amount, rtype, desc, c.id,
       extra)
@@ -388,7 +410,7 @@ local function late_end(packed, duration, now_ms, cause, tolerance_s)
   r.late_row, r.clamped = id, (clamped or r.clamped == 1) and 1 or 0
   local result = cmsgpack.pack(r)
   rcall('HSET', ended, c.id, result)
-  return {0, result, 0}
+  return {0, result, 0, watch_fired, watch_url()}
 end
 
 -- How long a call the switch went silent on is billed: to the last evidence that it was up

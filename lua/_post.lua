@@ -12,8 +12,17 @@
 
 local EVENTS_MAXLEN = 100000
 
+-- Wallet fields a call script read in its first wallet read (prime_wallet, lua/_call.lua),
+-- kept current by every write below so later reads need no command of their own; nil in
+-- scripts that did not prime them (then each is read from Redis where it is needed).
+--   known       balance, reserved, event_seq (numbers)
+--   known_post  ledger_ms (number), status, zero_since (false when absent): post()'s reads
+local known = nil
+local known_post = nil
+
 local function emit(events, wallet, now_ms, etype, data)
   local seq = rcall('HINCRBY', wallet, 'event_seq', 1)
+  if known then known.event_seq = seq end
   local entry = {'type', etype, 'at', now_ms, 'seq', seq}
   for i = 1, #data, 2 do
     entry[#entry + 1] = 'd:' .. data[i]
@@ -37,11 +46,15 @@ end
 local function post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, extra)
   if amount == 0 then amount = 0 end  -- -0 would reach HINCRBY as "-0", not an integer
   local balance = rcall('HINCRBY', wallet, 'balance', amount)
+  if known then known.balance = balance end
   rcall('HINCRBY', wallet, 'version', 1)
-  local last = tonumber(rcall('HGET', wallet, 'ledger_ms')) or 0
+  local kp = known_post
+  local last
+  if kp then last = kp.ledger_ms else last = tonumber(rcall('HGET', wallet, 'ledger_ms')) or 0 end
   local at = now_ms
   if at < last then at = last end
   rcall('HSET', wallet, 'ledger_ms', at)
+  if kp then kp.ledger_ms = at end
   local row = {'type', rtype, 'desc', desc, 'amount', amount, 'balance', balance, 'ref', ref}
   for i = 1, #extra do row[#row + 1] = extra[i] end
   local id = rcall('XADD', ledger, at .. '-*', unpack(row))
@@ -49,12 +62,21 @@ local function post(wallet, ledger, events, now_ms, amount, rtype, desc, ref, ex
     {'id', id, 'type', rtype, 'amount_micros', amount, 'balance_after_micros', balance,
      'reference', ref})
   if balance > 0 then
-    rcall('HDEL', wallet, 'zero_since')
-    if rcall('HGET', wallet, 'status') == 'suspended' then
+    if not kp or kp.zero_since then rcall('HDEL', wallet, 'zero_since') end
+    local status
+    if kp then status = kp.status else status = rcall('HGET', wallet, 'status') end
+    if status == 'suspended' then
       rcall('HSET', wallet, 'status', 'active')
+      if kp then kp.status = 'active' end
     end
-  elseif not rcall('HGET', wallet, 'zero_since') then
-    rcall('HSET', wallet, 'zero_since', now_ms)
+    if kp then kp.zero_since = false end
+  else
+    local zero
+    if kp then zero = kp.zero_since else zero = rcall('HGET', wallet, 'zero_since') end
+    if not zero then
+      rcall('HSET', wallet, 'zero_since', now_ms)
+      if kp then kp.zero_since = now_ms end
+    end
   end
   watch(ws, wallet, events, now_ms)
   return id, balance

@@ -13,7 +13,7 @@
 -- Workspaces with neither feature enabled pay one HMGET per script run and change nothing.
 --
 -- Workspace hash fields read: ar_enabled, ar_threshold_micros, lb_enabled,
---   lb_threshold_micros, lb_email.
+--   lb_threshold_micros, lb_email; switch_webhook_url in the same read, for watch_url().
 -- Wallet hash fields written:
 --   ar_state    idle | charging | failed (absent = idle)
 --   ar_seq      attempt counter; ar_attempt the attempt in flight (charging/failed)
@@ -24,16 +24,27 @@
 -- Needs `rcall` and `emit` (lua/_post.lua) defined before the include.
 
 local watch_cfg = nil  -- the workspace's settings, read once per script run
+-- 1 once this script run gave gate/wallet/automation.py work (a recharge attempt or a mail
+-- job): call scripts reply it, so Gate wakes the automation worker only then.
+local watch_fired = 0
 
 local function watch_settings(ws)
   if watch_cfg == nil then
     local s = rcall('HMGET', ws, 'ar_enabled', 'ar_threshold_micros', 'lb_enabled',
-      'lb_threshold_micros', 'lb_email')
-    watch_cfg = {ar = nil, lb = nil, email = s[5] or nil}
+      'lb_threshold_micros', 'lb_email', 'switch_webhook_url')
+    watch_cfg = {ar = nil, lb = nil, email = s[5] or nil, url = s[6] and 1 or 0}
     if s[1] == '1' then watch_cfg.ar = tonumber(s[2]) end
     if s[3] == '1' then watch_cfg.lb = tonumber(s[4]) end
   end
   return watch_cfg
+end
+
+-- Whether the workspace has a webhook URL of its own, as this run read it with its settings:
+-- 1 or 0, -1 when the run did not read them (call scripts reply it, so Gate wakes its
+-- outbox for a workspace's events only when they have somewhere to go).
+local function watch_url()
+  if watch_cfg == nil then return -1 end
+  return watch_cfg.url
 end
 
 local function fmt(n)
@@ -42,6 +53,7 @@ end
 
 -- Queue one alert mail for the workspace's alert address (no address: no mail).
 local function queue_mail(ws, wallet, now_ms, kind, avail, balance, detail)
+  watch_fired = 1
   if not watch_settings(ws).email then return end
   local n = rcall('HINCRBY', wallet, 'mail_seq', 1)
   rcall('HSET', wallet, 'mail:' .. n,
@@ -51,6 +63,7 @@ end
 
 -- Start a new auto-recharge attempt; the caller checked that none is in flight.
 local function start_recharge(wallet, events, now_ms, avail, threshold)
+  watch_fired = 1
   local attempt = rcall('HINCRBY', wallet, 'ar_seq', 1)
   rcall('HSET', wallet, 'ar_state', 'charging', 'ar_attempt', attempt, 'ar_since', now_ms)
   rcall('HDEL', wallet, 'ar_owner', 'ar_until', 'ar_amount', 'ar_next')

@@ -15,9 +15,11 @@
 --   service, from, to, user, group, rate, fee, first, next, number_type, no_rate
 --   (1 when no rate matched: recorded at zero for review, never dropped), components
 -- Replies:
---   {0, result, woken}  billed now; result = MessagePack {cost, row, balance, duration, leak,
---                       flag, clamped}; woken = limited calls made due now by the released
---                       hold
+--   {0, result, woken, fired, url}  billed now; result = MessagePack {cost, row, balance,
+--                       duration, leak, flag, clamped}; woken = limited calls made due now by
+--                       the released hold; fired = 1 when the wallet's watch (lua/_watch.lua)
+--                       gave the automation worker work (a recharge attempt or a mail job);
+--                       url = 1/0 the workspace has a webhook URL of its own or not, -1 unknown
 --   {1, result}   ended before: the same result, nothing billed again
 --   {-5}          the gate never saw this call and ARGV[5..15] were not sent: send them
 --   {-1}          no such workspace
@@ -38,6 +40,7 @@ local tolerance_s, max_call_s = tonumber(ARGV[5]), tonumber(ARGV[6])
 --!include _plan.lua
 --!include _call.lua
 
+prime_wallet()  -- one wallet read for the plan's cycle end and post()'s fields
 plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 local result = rcall('HGET', ended, call_id)
@@ -63,4 +66,4 @@ local had_hold = c.held > 0
 result = finish(c, duration, now_ms, cause, flag, clamped)
 local woken = 0
 if had_hold then woken = wake_limited(cuts, due, wallet, now_ms) end
-return {0, result, woken}
+return {0, result, woken, watch_fired, watch_url()}

@@ -29,6 +29,7 @@ local elapsed, seq, tolerance_s = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber
 --!include _plan.lua
 --!include _call.lua
 
+prime_wallet()  -- one wallet read for the plan's cycle end, the money and the reply
 plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 local c = load_call(call_id)
@@ -48,4 +49,4 @@ end
 local hangup = 0
 local md = max_duration(c)
 if c.cut ~= 0 and (now_ms >= c.cut or (md >= 0 and elapsed >= md)) then hangup = 1 end
-return {code, cmsgpack.pack(c), tonumber(rcall('HGET', wallet, 'balance')), hangup, clamped}
+return {code, cmsgpack.pack(c), balance_now(), hangup, clamped}

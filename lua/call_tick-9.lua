@@ -26,11 +26,16 @@ local batch, stale_ms = tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
 --!include _plan.lua
 --!include _call.lua
 
+prime_wallet()  -- one wallet read for the plan's cycle end, the money and event_seq
 plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 local items = rcall('ZRANGEBYSCORE', due, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
 local reply = {0, 0, -1, 0, 0}
-local seq0 = tonumber(rcall('HGET', wallet, 'event_seq')) or 0
+local function event_seq()
+  if known then return known.event_seq end
+  return tonumber(rcall('HGET', wallet, 'event_seq')) or 0
+end
+local seq0 = event_seq()
 for i = 1, #items, 2 do
   local id, due_ms = items[i], tonumber(items[i + 1])
   local c = load_call(id)
@@ -69,5 +74,5 @@ for i = 1, #items, 2 do
 end
 local head = rcall('ZRANGE', due, 0, 0, 'WITHSCORES')
 if #head > 0 then reply[3] = tonumber(head[2]) end
-reply[5] = (tonumber(rcall('HGET', wallet, 'event_seq')) or 0) - seq0
+reply[5] = event_seq() - seq0
 return reply

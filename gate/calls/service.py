@@ -232,6 +232,10 @@ class Calls:
     def __init__(self, ctx: Context, rates: RateBook) -> None:
         self.ctx = ctx
         self.rates = rates
+        # The operator's GATE_SWITCH_WEBHOOK_URL or GATE_EVENTS_WEBHOOK_URL: every
+        # workspace's events have somewhere to go, whatever its own URL.
+        s = ctx.settings
+        self._operator_destination = bool(s.switch_webhook_url or s.events_webhook_url)
 
     def _match(
         self, service: str, direction: str, from_: str, to: str
@@ -541,7 +545,15 @@ class Calls:
             raise NotFound("no such workspace")
         ended = _ended.decode(as_bytes(reply[1]))
         if code == Code.OK:
-            self.ctx.notifier.events(workspace_id)
+            # Only the workers with work: the outbox when the events have a webhook to go
+            # to, the automation worker when the wallet's watch fired (a late end's reply
+            # says the same; a reply without them wakes both).
+            url = int(reply[4]) if len(reply) > 4 else -1
+            self.ctx.notifier.events(
+                workspace_id,
+                outbox=url != 0 or self._operator_destination,
+                automation=int(reply[3]) != 0 if len(reply) > 3 else True,
+            )
             if int(reply[2]):
                 self.ctx.notifier.ticks(workspace_id, self.ctx.clock.now_ms())
             if ended.flag == "unauthorized_call":
