@@ -290,6 +290,24 @@ local UNBILLED = {ring_timeout = true, never_started = true}
 -- Flags of a call Gate ended without the switch's end: a later end may bill more.
 local SWEPT = {stale = true, lost_end = true}
 
+-- Seconds a cut call was kept up past what it was granted (leakage; 0 when none).
+local function leak_of(c, duration)
+  local granted = granted_s(c)
+  if c.cut ~= 0 and duration > granted then return duration - granted end
+  return 0
+end
+
+-- A call's ledger row: its type, its description and the fields every call row starts with.
+local function call_row(c, duration, billable_s, cause)
+  local ai = c.svc == 'ai_agent'
+  local desc = (ai and 'AI agent ' or 'Call ') .. c.dir .. ' ' ..
+    (c.dir == 'inbound' and c.from or c.to)
+  return ai and 'ai_agent' or 'call', desc, {'user', c.user, 'group', c.grp, 'from', c.from,
+    'to', c.to, 'direction', c.dir, 'duration_s', duration, 'billable_s', billable_s,
+    'rate_micros', c.rate, 'increment', c.f .. '/' .. c.n, 'connect_fee_micros', c.fee,
+    'hangup_cause', cause}
+end
+
 -- Post the whole call as one ledger row, release its hold, forget it.
 -- `flag` is '', 'unauthorized_call', 'stale', 'lost_end', 'no_rate', 'ring_timeout' or
 -- 'never_started'; `clamped` is true when the switch's figure was cut to the gate's clock.
@@ -310,16 +328,8 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
     from_cm = math.min(amount, commitment_free(c.cmn))
     if from_cm > 0 then rcall('HINCRBY', wallet, 'cm:' .. c.cmn, -from_cm) end
   end
-  local granted = granted_s(c)
-  local leak = 0
-  if c.cut ~= 0 and duration > granted then leak = duration - granted end
-  local rtype = c.svc == 'ai_agent' and 'ai_agent' or 'call'
-  local desc = (c.svc == 'ai_agent' and 'AI agent ' or 'Call ') .. c.dir .. ' ' ..
-    (c.dir == 'inbound' and c.from or c.to)
-  local extra = {'user', c.user, 'group', c.grp, 'from', c.from, 'to', c.to,
-    'direction', c.dir, 'duration_s', duration, 'billable_s', b,
-    'rate_micros', c.rate, 'increment', c.f .. '/' .. c.n, 'connect_fee_micros', c.fee,
-    'hangup_cause', cause}
+  local leak = leak_of(c, duration)
+  local rtype, desc, extra = call_row(c, duration, b, cause)
   local sources = {'source', 'universal'}
   if c.aw then
     sources = bucket_fields(c.svc, used, prior, 's', c.cmn, from_cm, amount - from_cm)
@@ -368,24 +378,22 @@ end
 local function late_end(packed, duration, now_ms, cause, tolerance_s)
   local r = cmsgpack.unpack(packed)
   local c = r.rec
-  if not c or duration <= r.duration then return {1, packed} end
+  if not c then return {1, packed} end
   local clamped = false
   local bound = clock_bound(c, now_ms, tolerance_s)
   if duration > bound then duration, clamped = bound, true end
   if duration <= r.duration then return {1, packed} end
   local amount = cost(c, duration)
   local delta = amount - r.cost
-  local granted = granted_s(c)
-  local leak = 0
-  if c.cut ~= 0 and duration > granted then leak = duration - granted end
+  local leak = leak_of(c, duration)
   local split = {}
   split_cost(c, duration, amount, split)
-  local extra = {'user', c.user, 'group', c.grp, 'from', c.from, 'to', c.to,
-    'direction', c.dir, 'duration_s', duration, 'billed_before_s', r.duration,
-    'billable_s', billable(c, duration) - billable(c, r.duration), 'rate_micros', c.rate,
-    'increment', c.f .. '/' .. c.n, 'connect_fee_micros', c.fee,
-    'hangup_cause', cause,
-    'source', 'universal', 'flag', 'late_end', 'first_row', r.row, 'first_flag', r.flag}
+  local rtype, desc, extra = call_row(c, duration,
+    billable(c, duration) - billable(c, r.duration), cause)
+  for _, v in ipairs({'billed_before_s', r.duration, 'source', 'universal', 'flag', 'late_end',
+      'first_row', r.row, 'first_flag', r.flag}) do
+    extra[#extra + 1] = v
+  end
   if leak > 0 then extra[#extra + 1] = 'leak_s'; extra[#extra + 1] = leak end
   if clamped then extra[#extra + 1] = 'duration_clamped'; extra[#extra + 1] = 'true' end
   if (r.al or 0) + (r.alp or 0) > 0 then  -- what the plan covered: the first row's figures
@@ -400,11 +408,8 @@ local function late_end(packed, duration, now_ms, cause, tolerance_s)
     extra[#extra + 1] = split[i]
     extra[#extra + 1] = split[i + 1] - (before[split[i]] or 0)
   end
-  local rtype = c.svc == 'ai_agent' and 'ai_agent' or 'call'
-  local desc = (c.svc == 'ai_agent' and 'AI agent ' or 'Call ') .. c.dir .. ' ' ..
-    (c.dir == 'inbound' and c.from or c.to) .. ' (time after Gate ended it)'
-  local id, balance = post(wallet, ledger, events, now_ms, -delta, rtype, desc,
-    c.id .. ':late', extra)
+  local id, balance = post(wallet, ledger, events, now_ms, -delta, rtype,
+    desc .. ' (time after Gate ended it)', c.id .. ':late', extra)
   r.rec = nil
   r.cost, r.duration, r.leak, r.balance, r.parts = r.cost + delta, duration, leak, balance, split
   r.late_row, r.clamped = id, (clamped or r.clamped == 1) and 1 or 0
