@@ -16,6 +16,7 @@ from gate.history.check import check_all
 from gate.settings import Settings
 from gate.store import keys
 from gate.store.redis_proc import RedisServer
+from gate.wallet.payments import PaymentProvider
 from tests.redis_fixtures import redis_cluster, redis_server
 
 __all__ = ["redis_cluster", "redis_server"]
@@ -80,12 +81,14 @@ async def make_client(
     clock: ManualClock,
     redis: Redis,
 ) -> AsyncIterator[MakeClient]:
-    """A factory of test clients whose app runs with some settings changed."""
+    """A factory of test clients whose app runs with some settings changed (and, given, its
+    own payment provider); after the test, DESIGN §11 for every workspace it created."""
 
     before = await redis.smembers(keys.WORKSPACES)
 
-    async def make(**overrides: Any) -> Client:
-        return await aiohttp_client(create_app(replace(settings, **overrides), clock=clock))
+    async def make(*, provider: PaymentProvider | None = None, **overrides: Any) -> Client:
+        app = create_app(replace(settings, **overrides), clock=clock, payments=provider)
+        return await aiohttp_client(app)
 
     yield make
     await assert_invariants(redis, before)

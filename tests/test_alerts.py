@@ -5,24 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Iterator
 from email import message_from_bytes
 from email.message import Message
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis.asyncio import Redis
 
 from gate.api.http import AUTOMATION
-from gate.app import create_app
 from gate.clock import ManualClock
-from gate.settings import Settings
 from gate.store import keys
-from tests.conftest import Client, assert_invariants, auth, new_workspace
+from tests.conftest import Client, MakeClient, auth, new_workspace
 from tests.helpers import adjust, wallet_json
 
 
@@ -57,19 +53,10 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
-    settings: Settings,
-    clock: ManualClock,
-    redis: Redis,
-    smtp: tuple[Inbox, int],
-) -> AsyncIterator[Client]:
-    before = await redis.smembers(keys.WORKSPACES)
-    mail_settings = replace(
-        settings, smtp_url=f"smtp://127.0.0.1:{smtp[1]}", mail_from="Gate <alerts@gate.test>"
+async def client(make_client: MakeClient, smtp: tuple[Inbox, int]) -> Client:
+    return await make_client(
+        smtp_url=f"smtp://127.0.0.1:{smtp[1]}", mail_from="Gate <alerts@gate.test>"
     )
-    yield await aiohttp_client(create_app(mail_settings, clock=clock))
-    await assert_invariants(redis, before)
 
 
 async def alerts_on(client: Client, ws: dict[str, Any], threshold: str, email: Any) -> None:

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from gate.api.http import AUTOMATION, CTX, TICKER
-from gate.app import create_app
 from gate.clock import ManualClock
-from gate.settings import Settings
 from gate.store import keys
 from gate.wallet.automation import month_of
 from gate.wallet.payments import Payment, SandboxProvider
-from tests.conftest import PLATFORM, Client, assert_invariants, auth, new_workspace
+from tests.conftest import PLATFORM, Client, MakeClient, auth, new_workspace
 from tests.helpers import adjust, all_rows, wallet_json
 
 
@@ -55,17 +52,8 @@ def provider() -> CountingProvider:
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
-    settings: Settings,
-    clock: ManualClock,
-    redis: Redis,
-    provider: CountingProvider,
-) -> AsyncIterator[Client]:
-    before = await redis.smembers(keys.WORKSPACES)
-    app = create_app(settings, clock=clock, payments=provider)
-    yield await aiohttp_client(app)
-    await assert_invariants(redis, before)
+async def client(make_client: MakeClient, provider: CountingProvider) -> Client:
+    return await make_client(provider=provider)
 
 
 async def enable(client: Client, ws: dict[str, Any], pm: str = "pm_card_visa", **ar: Any) -> None:

@@ -16,21 +16,16 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
 
 import orjson
 import pytest
 import stripe
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from gate.api.http import METHODS
-from gate.app import create_app
-from gate.clock import ManualClock
-from gate.settings import Settings
 from gate.store import keys
 from gate.wallet.stripe_provider import StripeProvider
-from tests.conftest import Client, assert_invariants, auth, new_workspace
+from tests.conftest import Client, MakeClient, auth, new_workspace
 from tests.helpers import all_rows, wallet_json
 
 SECRET = "whsec_gate_test_secret"
@@ -70,23 +65,13 @@ def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
-    settings: Settings,
-    clock: ManualClock,
-    redis: Redis,
-    localstripe: str,
-) -> AsyncIterator[Client]:
-    before = await redis.smembers(keys.WORKSPACES)
-    stripe_settings = replace(
-        settings,
+async def client(make_client: MakeClient, localstripe: str) -> Client:
+    return await make_client(
         payments="stripe",
         stripe_api_key="sk_test_gate",
         stripe_webhook_secret=SECRET,
         stripe_api_base=localstripe,
     )
-    yield await aiohttp_client(create_app(stripe_settings, clock=clock))
-    await assert_invariants(redis, before)
 
 
 @pytest.fixture
