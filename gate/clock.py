@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import calendar
 import time
+from datetime import date
 from typing import Protocol
+
+
+def month_day(year: int, month: int, day: int) -> date:
+    """Day `day` of a month, clamped to the month's last (31 in February is the 28th or
+    29th); `month` may run past 1..12 (0 is the December before, 13 the January after)."""
+    year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
+    return date(year, month, min(day, calendar.monthrange(year, month)[1]))
 
 
 class Clock(Protocol):

@@ -9,7 +9,6 @@ leased from a global due index, as the ticker does). A renewal the wallet cannot
 
 from __future__ import annotations
 
-import calendar
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ import orjson
 
 from gate.calls.rating import NoRate
 from gate.calls.service import RateBook
+from gate.clock import month_day
 from gate.context import Context
 from gate.errors import InsufficientBalance, InvalidState, NotFound, ValidationFailed
 from gate.money import usd
@@ -38,10 +38,8 @@ BATCH = 200
 def add_months(ms: int, months: int) -> int:
     """`ms` plus calendar months, the day clamped to the month's last (Jan 31 + 1 = Feb 28)."""
     t = datetime.fromtimestamp(ms / 1000, UTC)
-    index = t.month - 1 + months
-    year, month = t.year + index // 12, index % 12 + 1
-    day = min(t.day, calendar.monthrange(year, month)[1])
-    return int(t.replace(year=year, month=month, day=day).timestamp() * 1000)
+    d = month_day(t.year, t.month + months, t.day)
+    return int(t.replace(year=d.year, month=d.month, day=d.day).timestamp() * 1000)
 
 
 @dataclass(frozen=True, slots=True)

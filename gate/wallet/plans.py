@@ -8,7 +8,6 @@ an assignment (the Lua scripts compute the next ones themselves) and reads the b
 
 from __future__ import annotations
 
-import calendar
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from gate.calls.rating import PLAN_SERVICES, Plan, RateCard
+from gate.clock import month_day
 from gate.context import Context
 from gate.delivery.events import iso_ms
 from gate.errors import NotFound, ValidationFailed
@@ -33,10 +33,6 @@ LEASE_MS = 60_000  # a claimed workspace comes back to the index if its roller d
 PLAN_FIELDS = ("plan", "cy", "al:", "alt:", "cm:", "cmt:", "cmr:", "cms:", "pl_")
 
 
-def _anchor_date(year: int, month: int, anchor: int) -> date:
-    return date(year, month, min(anchor, calendar.monthrange(year, month)[1]))
-
-
 def _ms(day: date) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
 
@@ -45,12 +41,10 @@ def cycle_bounds(now_ms: int, anchor: int) -> tuple[int, int]:
     """The cycle holding `now_ms`: from the last anchor day at or before it (00:00 UTC) to the
     next one; an anchor past a month's end falls on its last day (31 -> Feb 28/29)."""
     today = datetime.fromtimestamp(now_ms / 1000, UTC).date()
-    this = _anchor_date(today.year, today.month, anchor)
-    prev_y, prev_m = (today.year - 1, 12) if today.month == 1 else (today.year, today.month - 1)
-    next_y, next_m = (today.year + 1, 1) if today.month == 12 else (today.year, today.month + 1)
+    this = month_day(today.year, today.month, anchor)
     if this <= today:
-        return _ms(this), _ms(_anchor_date(next_y, next_m, anchor))
-    return _ms(_anchor_date(prev_y, prev_m, anchor)), _ms(this)
+        return _ms(this), _ms(month_day(today.year, today.month + 1, anchor))
+    return _ms(month_day(today.year, today.month - 1, anchor)), _ms(this)
 
 
 def _num(raw: Mapping[str, str], name: str) -> int:
