@@ -104,19 +104,25 @@ def billable_seconds(elapsed_s: int, inc: Increment) -> int:
 
 
 def cost_micros(
-    rate_per_min_micros: int, connect_fee_micros: int, inc: Increment, elapsed_s: int
+    rate_per_min_micros: int,
+    connect_fee_micros: int,
+    inc: Increment,
+    elapsed_s: int,
+    *,
+    covered_s: int = 0,
 ) -> int:
     """Price a call of `elapsed_s` seconds: connect fee + ceil(rate · billable / 60).
 
     A call of zero seconds (never answered, or hung up at once) costs nothing, connect fee
     included: the fee is for a connected call, and a failed attempt must never drain a wallet.
     Rounding goes up once per call, so the gate never bills less than the exact price and at
-    most one micro more.
+    most one micro more. `covered_s` billable seconds are a plan allowance's (lua/_plan.lua),
+    not money; the connect fee is money always.
     """
     if elapsed_s == 0:
         return 0
     billable = billable_seconds(elapsed_s, inc)
-    return connect_fee_micros + ceil_div(rate_per_min_micros * billable, 60)
+    return connect_fee_micros + ceil_div(rate_per_min_micros * max(billable - covered_s, 0), 60)
 
 
 def paid_seconds(

@@ -37,7 +37,7 @@ from gate.errors import (
     WorkspaceSuspended,
 )
 from gate.history import replay
-from gate.money import ceil_div, usd
+from gate.money import usd
 from gate.store import keys
 from gate.store.redis_client import as_bytes
 from gate.store.redis_client import text as text_of
@@ -117,12 +117,13 @@ class Record(msgspec.Struct, frozen=True):
     def cost(self, elapsed_s: int) -> int:
         """Money for `elapsed_s` seconds: the card's cost, less what the allowance covers."""
         inc = Increment(self.f, self.n)
-        if self.allowance_s is None or elapsed_s == 0:
-            return cost_micros(self.rate, self.fee, inc, elapsed_s)
-        billable = billable_seconds(elapsed_s, inc)
-        this_cycle = min(self.allowance_s, max(billable - self.boundary_s, 0))
-        covered = min(billable, self.prior_allowance_s + this_cycle)
-        return self.fee + ceil_div(self.rate * (billable - covered), 60)
+        covered = 0
+        if self.allowance_s is not None:
+            billable = billable_seconds(elapsed_s, inc)
+            covered = self.prior_allowance_s + min(
+                self.allowance_s, max(billable - self.boundary_s, 0)
+            )
+        return cost_micros(self.rate, self.fee, inc, elapsed_s, covered_s=covered)
 
 
 class Ended(msgspec.Struct, frozen=True):

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 
-from gate.calls.rating import Increment, billable_seconds, cost_micros
+from gate.calls.rating import Increment, cost_micros
 from gate.history.ledger import Row
-from gate.money import ceil_div
 from gate.store import keys
 from gate.store.redis_client import as_bytes, entries, text
 
@@ -32,10 +31,7 @@ def _call_cost_problem(row: Row) -> str | None:
         covered = int(x.get("allowance_units", "0")) + int(x.get("allowance_prior_units", "0"))
 
         def money(seconds: int) -> int:
-            if covered and seconds:
-                billable = billable_seconds(seconds, increment)
-                return fee + ceil_div(rate * max(billable - covered, 0), 60)
-            return cost_micros(rate, fee, increment, seconds)
+            return cost_micros(rate, fee, increment, seconds, covered_s=covered)
 
         expected = money(duration)
         if x.get("flag") == "late_end":  # the rest of a call Gate ended (swept) before
