@@ -547,13 +547,12 @@ class Calls:
         ended = _ended.decode(as_bytes(reply[1]))
         if code == Code.OK:
             # Only the workers with work: the outbox when the events have a webhook to go
-            # to, the automation worker when the wallet's watch fired (a late end's reply
-            # says the same; a reply without them wakes both).
-            url = int(reply[4]) if len(reply) > 4 else -1
+            # to (url -1: the script did not read it), the automation worker when the
+            # wallet's watch fired (lua/call_end-9.lua's reply {0, result, woken, fired, url}).
             self.ctx.notifier.events(
                 workspace_id,
-                outbox=url != 0 or self._operator_destination,
-                automation=int(reply[3]) != 0 if len(reply) > 3 else True,
+                outbox=int(reply[4]) != 0 or self._operator_destination,
+                automation=int(reply[3]) != 0,
             )
             if int(reply[2]):
                 self.ctx.notifier.ticks(workspace_id, self.ctx.clock.now_ms())
