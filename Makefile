@@ -1,52 +1,84 @@
 # `make run` starts Gate (with a private redis-server when GATE_REDIS_URL is unset);
-# `make test` runs every check CI runs. Both install what they need on first use.
+# `make test` runs every check CI runs. Both install what they need on first use, from uv.lock
+# only: `make run` the runtime, `make test` the runtime, the test tools and the system packages
+# the suite drives (Kamailio, Chromium, wrk). `make lock` refreshes the lock on purpose.
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-KAMAILIO_PKGS := kamailio kamailio-extra-modules kamailio-utils-modules kamailio-json-modules \
-	kamailio-tls-modules
+TOOLS := .tools
+UV_VERSION := 0.13.10
+UV := $(TOOLS)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# The suite's system packages; --no-install-recommends keeps a container engine (and 300 MB of
+# other Recommends) out. Checked by dpkg, installed only when one is missing.
+TEST_PKGS := redis-server kamailio kamailio-extra-modules kamailio-utils-modules \
+	kamailio-json-modules kamailio-tls-modules chromium wrk
+APT_INSTALL := apt-get install -y -qq --no-install-recommends
 
-.PHONY: run test lint install loadtest bench clean
+.PHONY: run test checks lint lock lock-check runtime test-env system-packages loadtest bench \
+	dist compose-check clean
 
-run: $(STAMP)
+run: runtime
 	$(BIN)/gate serve
 
-test: $(STAMP)
-	$(BIN)/ruff check gate tests loadtest
-	$(BIN)/ruff format --check gate tests loadtest
+test: test-env checks
+
+# Every check CI runs, in the order that fails fastest; `.ci/run` is `make test`.
+checks:
+	$(BIN)/ruff check gate tests loadtest .ci
+	$(BIN)/ruff format --check gate tests loadtest .ci
 	$(BIN)/mypy
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	$(BIN)/python .ci/pip_audit.py
 	$(BIN)/pytest -q
 
-install: $(STAMP)
+# uv itself, pinned, in a small venv of its own (no system pip install, no curl | sh).
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
 
-$(STAMP): pyproject.toml
+lock-check: $(UV)
+	@$(UV) lock --check -q 2>/dev/null || { \
+	  echo "uv.lock does not match pyproject.toml. Run 'make lock', then 'make test', and commit"; \
+	  echo "pyproject.toml and uv.lock together."; exit 1; }
+
+# Refresh every pin to the newest release the ranges in pyproject.toml allow.
+lock: $(UV)
+	$(UV) lock --upgrade
+	@echo "uv.lock refreshed: run 'make test' and commit uv.lock if it passes."
+
+# The runtime only: no test tools, no browser, no SIP stack. --inexact keeps a test venv's extras.
+runtime: lock-check
 	@command -v redis-server >/dev/null || { \
 	  echo "redis-server is missing: installing it with apt-get"; \
-	  apt-get update -qq && apt-get install -y -qq redis-server; }
-	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || { \
-	  echo "no compose client: installing docker-compose to validate docker-compose.yml"; \
-	  (apt-get update -qq && apt-get install -y -qq docker-compose) || \
-	  echo "docker-compose could not be installed; the compose test will skip"; }
-	@dpkg -s $(KAMAILIO_PKGS) >/dev/null 2>&1 || { \
-	  echo "Kamailio packages missing: installing them with apt-get (the switch tests use them)"; \
-	  (apt-get update -qq && apt-get install -y -qq $(KAMAILIO_PKGS)) || \
-	  echo "Kamailio could not be installed; the Kamailio tests will skip"; }
-	@test -x /usr/bin/chromium || { \
-	  echo "chromium is missing (the billing page's browser tests drive it): installing it"; \
-	  (apt-get update -qq && apt-get install -y -qq chromium) || \
-	  echo "chromium could not be installed; the browser tests will skip"; }
-	python3 -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,loadtest]'
-	touch $(STAMP)
+	  apt-get update -qq && $(APT_INSTALL) redis-server; }
+	$(UV) sync -q --frozen --inexact
 
-loadtest: $(STAMP)
+test-env: lock-check system-packages
+	$(UV) sync -q --frozen --extra test --extra loadtest
+
+system-packages:
+	@dpkg -s $(TEST_PKGS) >/dev/null 2>&1 || { \
+	  echo "installing the suite's system packages with apt-get: $(TEST_PKGS)"; \
+	  apt-get update -qq && $(APT_INSTALL) $(TEST_PKGS); }
+
+install: test-env
+
+loadtest: test-env
 	$(BIN)/python -m loadtest --duration 60
 
 # Per-operation Gate and Redis CPU, bare handler beside, as ratios (loadtest/bench.py).
-bench: $(STAMP)
+bench: test-env
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
+# The wheel and sdist `pip install` takes; tests/test_dist.py installs the wheel in a fresh venv.
+dist: $(UV)
+	rm -rf dist
+	$(UV) build -q --out-dir dist
+	@ls -l dist
+
+# Opt-in: needs a Docker engine and a registry to pull images from (not on CI's machines).
+compose-check:
+	bash .ci/compose-check.sh
+
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) $(TOOLS) var build dist *.egg-info

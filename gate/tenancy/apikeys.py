@@ -82,4 +82,4 @@ async def listen_for_revocations(
                 log.exception("revocation listener failed; resubscribing")
             await asyncio.sleep(RETRY_S)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
