@@ -142,6 +142,8 @@ def serve(settings: Settings) -> None:
 
     supervisor = Supervisor(start_worker, settings.workers - 1)
     try:
+        assert settings.database_url is not None
+        _check_archive(settings.database_url)  # before any worker: one line, not N tracebacks
         supervisor.start()
         uvloop.run(_serve_process(settings, children=supervisor.children, supervisor=supervisor))
     finally:
@@ -151,6 +153,22 @@ def serve(settings: Settings) -> None:
             _url_file(settings).unlink(missing_ok=True)
             embedded.stop()
             log.info("private redis-server stopped")
+
+
+def _check_archive(url: str) -> None:
+    """Open (and migrate) the archive once; an unreachable one is one ERROR line and exit 1."""
+    import uvloop
+
+    from gate.history.archive import Archive, ArchiveUnreachable
+
+    async def probe() -> None:
+        await (await Archive.open(url)).close()
+
+    try:
+        uvloop.run(probe())
+    except ArchiveUnreachable as err:
+        log.error("%s", err)
+        raise SystemExit(1) from None
 
 
 async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
