@@ -11,6 +11,7 @@ import aiohttp
 
 from gate.store.redis_proc import RedisServer, free_port
 from tests.test_cli import GATE, PLATFORM_KEY, clean_env, wait_healthy
+from tests.test_serve_workers import spawn
 
 PLATFORM = {"Authorization": f"Bearer {PLATFORM_KEY}"}
 
@@ -20,16 +21,7 @@ async def test_sigterm_during_a_redis_outage_stops_everything_and_exits_0(tmp_pa
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "gate.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [GATE, "serve", "--port", str(port), "--data-dir", str(tmp_path / "var")],
-            env=clean_env(
-                GATE_PLATFORM_KEY=PLATFORM_KEY, GATE_REDIS_URL=redis.url, GATE_DEFAULT_PLAN="none"
-            ),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn(port, tmp_path, log, GATE_REDIS_URL=redis.url, GATE_DEFAULT_PLAN="none")
     try:
         async with aiohttp.ClientSession() as http:
             await wait_healthy(http, base, proc, log)
