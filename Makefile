@@ -27,7 +27,6 @@ checks:
 	$(BIN)/ruff check gate tests loadtest .ci
 	$(BIN)/ruff format --check gate tests loadtest .ci
 	$(BIN)/mypy
-	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	$(BIN)/python .ci/pip_audit.py
 	$(BIN)/pytest -q
 

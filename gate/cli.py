@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from gate import __version__
 from gate import settings as settings_mod
 from gate.settings import Settings, SettingsError
 
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gate", description="Real-time prepaid balance gate for live calls."
     )
+    parser.add_argument("--version", action="version", version=f"gate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_p = sub.add_parser("serve", help="run the HTTP service")
     for name, var in settings_mod.ENV.items():
@@ -376,6 +378,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return switch_config_main(argv[1:])
     if argv[:1] == ["loadtest"]:
+        import importlib.util
+
+        # The service image ships without the harness's extras: say so, not a traceback.
+        if missing := [
+            m for m in ("rich", "hdrh", "matplotlib") if not importlib.util.find_spec(m)
+        ]:
+            sys.stderr.write(
+                f"gate: the load-test harness needs the 'loadtest' extra ({', '.join(missing)} "
+                "missing): pip install 'gate[loadtest]', or run it from a checkout: make loadtest\n"
+            )
+            return 2
         from loadtest.__main__ import main as loadtest_main
 
         return loadtest_main(argv[1:])
