@@ -37,8 +37,9 @@ $(UV):
 
 lock-check: $(UV)
 	@$(UV) lock --check -q 2>/dev/null || { \
-	  echo "uv.lock does not match pyproject.toml. Run 'make lock', then 'make test', and commit"; \
-	  echo "pyproject.toml and uv.lock together."; exit 1; }
+	  echo "uv.lock does not match pyproject.toml. Run '$(UV) lock' (it re-resolves only what"; \
+	  echo "changed; 'make lock' refreshes every pin), then 'make test', and commit pyproject.toml"; \
+	  echo "and uv.lock together."; exit 1; }
 
 # Refresh every pin to the newest release the ranges in pyproject.toml allow.
 lock: $(UV)
