@@ -27,6 +27,7 @@ checks:
 	$(BIN)/ruff check gate tests loadtest .ci
 	$(BIN)/ruff format --check gate tests loadtest .ci
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo --no-cache  # what each subpackage may import: [tool.importlinter] in pyproject.toml
 	$(BIN)/python .ci/pip_audit.py
 	$(BIN)/pytest -q
 
@@ -54,7 +55,7 @@ runtime: lock-check
 	$(UV) sync -q --frozen --inexact
 
 test-env: lock-check system-packages
-	$(UV) sync -q --frozen --extra test --extra loadtest
+	$(UV) sync -q --frozen --extra test --extra loadtest --extra docs
 
 system-packages:
 	@dpkg -s $(TEST_PKGS) >/dev/null 2>&1 || { \
