@@ -1,0 +1,56 @@
+"""The documentation site: every setting has a meaning, and a broken link fails the build.
+
+`make checks` runs `mkdocs build --strict` on the real site; these tests hold the two things
+that build relies on: `gate/settings_doc.py` describes exactly the variables `gate/settings.py`
+reads, and a page linking to a page or anchor that does not exist fails `--strict`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from gate import settings, settings_doc
+
+ROOT = Path(__file__).resolve().parents[1]
+MKDOCS = Path(sys.executable).with_name("mkdocs")
+
+
+def test_every_setting_has_a_meaning_and_every_meaning_a_setting() -> None:
+    variables = set(settings.ENV.values())
+    assert variables - settings_doc.MEANING.keys() == set(), "add them to gate/settings_doc.py"
+    assert settings_doc.MEANING.keys() - variables == set(), "gone from gate/settings.py"
+    assert all(text.strip() for text in settings_doc.MEANING.values())
+
+
+def _build(tmp_path: Path, page: str) -> subprocess.CompletedProcess[str]:
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    (tmp_path / "docs" / "index.md").write_text(page)
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [str(MKDOCS), "build", "--strict"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_link_to_a_missing_page_or_anchor_fails_the_strict_build(tmp_path: Path) -> None:
+    broken = (
+        "# Gate\n\n[the missing page](no-such-page.md), [a missing setting](settings.md#nope)\n"
+    )
+    result = _build(tmp_path, broken)
+    assert result.returncode != 0, result.stderr
+    assert "no-such-page.md" in result.stderr
+    assert "#nope" in result.stderr
+    # The same site with working links (the generated settings page and its anchors) builds.
+    working = "# Gate\n\n<!-- pages -->\n\n[the settings](settings.md#settings)\n"
+    (tmp_path / "ok").mkdir()
+    ok = _build(tmp_path / "ok", working)
+    assert ok.returncode == 0, ok.stderr
