@@ -42,15 +42,14 @@ def _build(tmp_path: Path, page: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_link_to_a_missing_page_or_anchor_fails_the_strict_build(tmp_path: Path) -> None:
-    broken = (
-        "# Gate\n\n[the missing page](no-such-page.md), [a missing setting](settings.md#nope)\n"
+    page = (
+        "# Gate\n\n<!-- pages -->\n\n[a missing page](no-such-page.md), "
+        "[a missing anchor](settings.md#nope), [a generated page](api.md#error-codes)\n"
     )
-    result = _build(tmp_path, broken)
+    result = _build(tmp_path, page)
     assert result.returncode != 0, result.stderr
-    assert "no-such-page.md" in result.stderr
-    assert "#nope" in result.stderr
-    # The same site with working links (the generated settings page and its anchors) builds.
-    working = "# Gate\n\n<!-- pages -->\n\n[the settings](settings.md#settings)\n"
-    (tmp_path / "ok").mkdir()
-    ok = _build(tmp_path / "ok", working)
-    assert ok.returncode == 0, ok.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    # Exactly the two broken links fail it: the rest of the real site builds clean.
+    assert len(warnings) == 2, warnings
+    assert "no-such-page.md" in warnings[0] or "no-such-page.md" in warnings[1]
+    assert any("#nope" in line for line in warnings), warnings
