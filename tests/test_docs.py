@@ -8,6 +8,7 @@ reads, and a page linking to a page or anchor that does not exist fails `--stric
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,3 +54,36 @@ def test_a_link_to_a_missing_page_or_anchor_fails_the_strict_build(tmp_path: Pat
     assert len(warnings) == 2, warnings
     assert "no-such-page.md" in warnings[0] or "no-such-page.md" in warnings[1]
     assert any("#nope" in line for line in warnings), warnings
+
+
+# An event type as a string literal in Lua or Python: 'call.cut', "wallet.spend_spike", ...
+EVENT_LITERAL = re.compile(r"""["'](call|wallet|number|transaction)\.([a-z_]+)["']""")
+
+
+def test_every_event_the_code_emits_is_in_the_design_contract() -> None:
+    sources = [*ROOT.glob("lua/*.lua"), *ROOT.glob("gate/**/*.py")]
+    emitted = {
+        f"{m[1]}.{m[2]}" for path in sources for m in EVENT_LITERAL.finditer(path.read_text())
+    }
+    assert "call.cut" in emitted  # the pattern finds them
+    design = (ROOT / "docs" / "design.md").read_text()
+    missing = sorted(kind for kind in emitted if f"| `{kind}` |" not in design)
+    assert missing == [], "add them to the event table of docs/design.md §5"
+
+
+def test_every_design_section_the_code_names_exists() -> None:
+    sources = [
+        path
+        for folder in ("gate", "lua", "tests", "loadtest")
+        for path in (ROOT / folder).rglob("*")
+        if path.suffix in {".py", ".lua", ".toml"}
+    ]
+    named = {
+        int(m[1])
+        for path in sources
+        for m in re.finditer(r"(?:DESIGN|design\.md) ?§(\d+)", path.read_text())
+    }
+    assert named, "the pattern finds the references"
+    design = (ROOT / "docs" / "design.md").read_text()
+    missing = sorted(n for n in named if f"{{#s{n}}}" not in design)
+    assert missing == [], "a comment names a section docs/design.md does not have"
