@@ -27,7 +27,7 @@ checks:
 	$(BIN)/ruff check gate tests loadtest .ci docs/hooks
 	$(BIN)/ruff format --check gate tests loadtest .ci docs/hooks
 	$(BIN)/mypy
-	$(BIN)/lint-imports --no-logo --no-cache  # what each subpackage may import: [tool.importlinter] in pyproject.toml
+	$(BIN)/lint-imports --no-logo --no-cache  # the import rules: [tool.importlinter] in pyproject.toml
 	$(BIN)/python .ci/pip_audit.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # a broken link or anchor fails; not -q
 	$(BIN)/pytest -q
