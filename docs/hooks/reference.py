@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
+
+from gate.errors import GateError
 
 log = logging.getLogger("mkdocs.hooks.reference")
 
@@ -118,13 +121,15 @@ def _type_of(schema: dict[str, Any]) -> str:
         kinds = [_type_of(s) for s in schema["anyOf"] if s.get("type") != "null"]
         return " or ".join(kinds) + " or null"
     if "enum" in schema:
-        return " \\| ".join(f"`{v}`" for v in schema["enum"])
+        return "one of " + ", ".join(f"`{v}`" for v in schema["enum"])
     if "$ref" in schema:
         return str(schema["$ref"]).rsplit("/", 1)[-1]
     kind = str(schema.get("type", "any"))
     if kind == "array":
         return f"array of {_type_of(schema.get('items', {}))}"
     bounds = [f"{k} {schema[k]}" for k in ("minimum", "maximum", "maxLength") if k in schema]
+    if "|" not in schema.get("pattern", "|"):  # a table cell cannot hold a pipe in a pattern
+        bounds.append(f"pattern `{schema['pattern']}`")
     return kind + (f" ({', '.join(bounds)})" if bounds else "")
 
 
@@ -155,12 +160,32 @@ _ERROR_MEANING = {
 }
 
 
+def _error_rows(root: type[GateError]) -> list[tuple[int, str, str, str]]:
+    """(status, code, class name, meaning) of every error class, by status and code."""
+    rows = []
+    todo = [root]
+    while todo:
+        cls = todo.pop(0)
+        todo += cls.__subclasses__()
+        meaning = (cls.__doc__ or "").strip().split("\n\n")[0]
+        if cls is root:
+            meaning = "an unexpected failure; logged with its trace"
+        elif not meaning:
+            meaning = _ERROR_MEANING.get(cls.code, "")
+        rows.append((cls.status, cls.code, cls.__name__, meaning))
+    return sorted(set(rows))
+
+
 def api_page() -> str:
     from gate import errors
     from gate.api.routes import ROUTES, openapi_document
 
     doc = openapi_document()
     schemas = doc["components"]["schemas"]
+    rows = _error_rows(errors.GateError)
+    codes: dict[int, list[str]] = {}
+    for status, code, _, _ in rows:
+        codes.setdefault(status, []).append(code)
     roles = {(r.method.lower(), r.path): r.role for r in ROUTES}
     out = [
         "# API reference",
@@ -213,11 +238,14 @@ def api_page() -> str:
                 req = " (required)" if name in required else ""
                 meaning = prop.get("description", "")
                 if "default" in prop and prop["default"] is not None:
-                    meaning = f"{meaning} default `{prop['default']}`".strip()
+                    meaning = f"{meaning} default `{json.dumps(prop['default'])}`".strip()
                 out.append(f"| `{name}`{req} | {_cell(_type_of(prop))} | {_cell(meaning)} |")
         out += ["", "| Status | Meaning |", "|---|---|"]
         for status, answer in op["responses"].items():
-            meaning = answer.get("description", "error")
+            meaning = answer.get("description")
+            if meaning is None:  # the errors every route of its kind shares: their codes
+                listed = ", ".join(f"`{c}`" for c in codes.get(int(status), []))
+                meaning = f"an error of this status ({listed})" if listed else "error"
             out.append(f"| {status} | {_cell(meaning)} |")
     out += [
         "",
@@ -228,22 +256,7 @@ def api_page() -> str:
         "| Status | Code | Class | Meaning |",
         "|---|---|---|---|",
     ]
-    seen: set[type] = set()
-    todo: list[type[errors.GateError]] = [errors.GateError]
-    rows = []
-    while todo:
-        cls = todo.pop(0)
-        if cls in seen:
-            continue
-        seen.add(cls)
-        todo += cls.__subclasses__()
-        meaning = (cls.__doc__ or "").strip().split("\n\n")[0]
-        if cls is errors.GateError:
-            meaning = "an unexpected failure; logged with its trace"
-        elif not meaning:
-            meaning = _ERROR_MEANING.get(cls.code, "")
-        rows.append((cls.status, cls.code, cls.__name__, meaning))
-    for status, code, name, meaning in sorted(rows):
+    for status, code, name, meaning in rows:
         out.append(f"| {status} | `{code}` | `{name}` | {_cell(meaning)} |")
     out += [
         "",
