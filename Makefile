@@ -24,10 +24,12 @@ test: test-env checks
 
 # Every check CI runs, in the order that fails fastest; `.ci/run` is `make test`.
 checks:
-	$(BIN)/ruff check gate tests loadtest .ci
-	$(BIN)/ruff format --check gate tests loadtest .ci
+	$(BIN)/ruff check gate tests loadtest .ci docs/hooks
+	$(BIN)/ruff format --check gate tests loadtest .ci docs/hooks
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo --no-cache  # the import rules: [tool.importlinter] in pyproject.toml
 	$(BIN)/python .ci/pip_audit.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # a broken link or anchor fails; not -q
 	$(BIN)/pytest -q
 
 # uv itself, pinned, in a small venv of its own (no system pip install, no curl | sh).
@@ -54,7 +56,7 @@ runtime: lock-check
 	$(UV) sync -q --frozen --inexact
 
 test-env: lock-check system-packages
-	$(UV) sync -q --frozen --extra test --extra loadtest
+	$(UV) sync -q --frozen --extra test --extra loadtest --extra docs
 
 system-packages:
 	@dpkg -s $(TEST_PKGS) >/dev/null 2>&1 || { \
