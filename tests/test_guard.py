@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from loadtest import guard, wrkpair
 
@@ -54,3 +57,22 @@ def test_the_slowed_copy_spins_in_the_start_handler(tmp_path: Path) -> None:
                          check=True, env={"PYTHONPATH": str(src)}, cwd=tmp_path)  # fmt: skip
     spins, where = out.stdout.split()
     assert spins == "True" and where.startswith(str(tmp_path))
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed: make test-env")
+async def test_a_real_wrk_run_is_checked_and_errors_are_invalid(tmp_path: Path) -> None:
+    """One second of wrk against gate serve: every 2xx is a live call holding money; the
+    same load with a key Gate refuses is invalid, not fast."""
+    [target] = await wrkpair.start_targets([("gate", None)], 2, tmp_path)
+    try:
+        good = await wrkpair.measure_gate(target, 0, 1, 10, tmp_path)
+        assert good.valid, good.problems
+        assert good.requests > 50 and good.server_us > 0
+        live, reserved = await target.held()
+        assert live >= good.requests and reserved > 0
+        target.wallets[0].switch_key = "gk_not_a_key"
+        target.wallets[1].switch_key = "gk_not_a_key"
+        bad = await wrkpair.measure_gate(target, 1, 1, 10, tmp_path)
+        assert not bad.valid and "non-2xx" in " ".join(bad.problems)
+    finally:
+        await target.close()
