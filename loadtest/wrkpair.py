@@ -8,10 +8,11 @@ aiohttp + uvloop + orjson handler (loadtest/bare.py). The targets take turns, A/
 runs is each build's starts/s over the bare handler's in the same round.
 
 A run is not fooled by errors: more than 0.1 % non-2xx (or any socket error) makes a
-measurement invalid, and after each Gate measurement the workspaces' live calls and reserved
-money must have grown by one ringing call per 2xx wrk counted (at most `connections` more:
-starts still in flight when wrk stopped), and a sample of the call ids wrk sent must read
-back as live calls holding money.
+measurement invalid, and after each Gate measurement the workspaces' live calls must have
+grown by one ringing call per 2xx wrk counted (at most `connections` more: starts still in
+flight when wrk stopped), a sample of the call ids wrk sent must read back as calls holding
+money, and the wallets' reserved total must have grown by exactly the sample's hold per new
+call (every call wrk starts is alike).
 
 `--against NAME=DIR` adds another Gate source tree (run with this checkout's venv and
 PYTHONPATH=DIR), e.g. `git worktree add /tmp/old ab56434`.
@@ -211,23 +212,30 @@ class GateTarget:
             m.problems.append(
                 f"{ok} starts answered 2xx, {m.sent} sent, but live calls grew by {grew}"
             )
-        if grew and reserved - before[1] < grew:
-            m.problems.append(f"{grew} new calls reserve {reserved - before[1]} micros in all")
         # wrk calls request() once before it connects, so id 1 is never sent; ids up to
         # the answered count were all sent long before wrk stopped.
         step = max(ok // SAMPLE, 1)
+        holds: set[int] = set()
         for n in range(2, ok + 1, step):
             wb = self.wallets[n % len(self.wallets)]
             answer = await self.api.call(
                 "get", "GET", f"/v1/calls/{prefix}{n}", None, wb.admin_key, retries=2
             )
-            held = answer.body.get("reserved_micros", answer.body.get("held_micros"))
-            if not answer.ok or answer.body.get("state") not in (None, "pending", "live"):
+            held = answer.body.get("reserved_micros")
+            if not answer.ok or answer.body.get("state") not in ("pending", "live"):
                 m.problems.append(f"call {prefix}{n}: HTTP {answer.status} {answer.body}")
-                break
+                return
             if held is not None and int(held) <= 0:
                 m.problems.append(f"call {prefix}{n} holds no money: {answer.body}")
-                break
+                return
+            holds.add(int(held or 0))
+        # Every call wrk starts is alike (same rate, no plan): each holds the same money, so
+        # the wallets' reserved total grew by exactly that much per new call.
+        added = reserved - before[1]
+        if len(holds) == 1 and added != grew * (each := holds.pop()):
+            m.problems.append(f"{grew} new calls of {each} micros each, but reserved grew {added}")
+        elif grew and added < grew:
+            m.problems.append(f"{grew} new calls reserve {added} micros in all")
 
     async def close(self) -> None:
         await self.api.client.close()
