@@ -31,6 +31,7 @@ checks:
 	$(BIN)/python .ci/pip_audit.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # a broken link or anchor fails; not -q
 	$(BIN)/pytest -q
+	$(BIN)/python -m loadtest.guard
 
 # uv itself, pinned, in a small venv of its own (no system pip install, no curl | sh).
 $(UV):
@@ -68,8 +69,10 @@ install: test-env
 loadtest: test-env
 	$(BIN)/python -m loadtest --duration 60
 
-# Per-operation Gate and Redis CPU, bare handler beside, as ratios (loadtest/bench.py).
+# wrk's call starts/s and p99 beside the bare handler (loadtest/wrkpair.py; test-env installs
+# wrk), then per-operation Gate and Redis CPU, bare handler beside, as ratios (loadtest/bench.py).
 bench: test-env
+	$(BIN)/python -m loadtest.wrkpair $(WRK_ARGS)
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
 # The wheel and sdist `pip install` takes; tests/test_dist.py installs the wheel in a fresh venv.
