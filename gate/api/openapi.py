@@ -34,7 +34,9 @@ _WORKSPACE = _param(
 _LEDGER_FILTERS = [
     _param("type", "query", "ledger row type: recharge, call, ai_agent, sms, mms, fax, chat, "
            "number_rental, adjustment, refund, plan_cycle"),
-    _param("service", "query", "voice, ai_agent, sms, mms, fax, chat or number_rental"),
+    _param("service", "query", "the seeds' Usage History services: calling or voice (call rows), "
+           "ai_agent, messaging (sms, mms, chat), fax, numbers (number_rental), credits "
+           "(recharge, adjustment, refund)"),
     _param("user", "query", "only rows of this user"),
     _param("group", "query", "only rows of this group"),
     _param("source", "query", "only rows drawn from this wallet source (credit bucket)"),
