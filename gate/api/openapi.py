@@ -81,6 +81,18 @@ QUERY: dict[str, list[dict[str, Any]]] = {
                              pattern=WORKSPACE_ID.pattern)],
     "patch_workspace": [_param("id", "query", "the workspace, for the platform key",
                                pattern=WORKSPACE_ID.pattern)],
+    "list_workspaces": [
+        *_PAGE,
+        _param("q", "query", "a workspace id, or the start of a name (any case)"),
+        _param("organization_id", "query", "the offices of this organization"),
+        _param("number", "query", "the workspace renting this E.164 number"),
+        _param("call_id", "query", "the workspace of this call (service-wide switch key's "
+               "calls, and every call once archived)"),
+        _param("customer", "query", "the workspace of this payment provider customer"),
+        _param("state", "query", "the platform's hold",
+               enum=["active", "suspended", "closing", "closed"]),
+    ],
+    "list_organizations": _PAGE,
 }  # fmt: skip
 
 HEADERS: dict[str, list[dict[str, Any]]] = {
@@ -135,6 +147,9 @@ STATUSES: dict[str, dict[str, str]] = {
     "stripe_webhook": {"400": "a bad or old Stripe-Signature",
                        "404": "Stripe is not this Gate's payment provider"},
     "create_organization": {"201": "created"},
+    "suspend": {"409": "the workspace is suspended, closing or closed already (its state)"},
+    "resume": {"409": "the workspace is not suspended (its state)"},
+    "close": {"409": "closed already, or a payment is in flight (run it again shortly)"},
     "billing": {"200": "text/html"},
     "asset": {"200": "a script, style or page of the billing page"},
 }  # fmt: skip

@@ -113,3 +113,19 @@ class SpendingAlerts(Body):
         list[Annotated[int, Meta(ge=1, le=1000)]], Meta(min_length=1, max_length=10)
     ] = msgspec.field(default_factory=lambda: [50, 80, 100])
     spike_factor: Annotated[int, Meta(ge=2, le=100)] | None = None
+
+
+Reason = Annotated[str, Meta(min_length=1, max_length=500)]
+
+
+class Suspend(Body):
+    """The platform suspends a workspace; the reason is shown to its keys' refused starts."""
+
+    reason: Reason
+    live_calls: Literal["keep", "end"] = "keep"
+
+
+class Close(Body):
+    """The platform closes a workspace for good (its history is kept)."""
+
+    reason: Reason

@@ -28,6 +28,7 @@ from gate.calls.rating import (
 from gate.context import Context
 from gate.errors import (
     GateTimeout,
+    HeldByPlatform,
     InsufficientBalance,
     InvalidState,
     NoRateFound,
@@ -381,6 +382,8 @@ class Calls:
             )
         if code == Code.ENDED:
             raise InvalidState(f"call {p.call_id} has ended; use a new call_id for a new call")
+        if code == Code.HELD:
+            raise HeldByPlatform(text_of(reply[1]), text_of(reply[2]))
         raise NotFound("no such workspace")
 
     def _undo_if_committed(self, workspace_id: str, call: asyncio.Future[list[Any]]) -> None:
@@ -680,6 +683,22 @@ class Calls:
             if len(views) >= limit:
                 break
         return sorted(views, key=lambda v: v["call_id"])
+
+    async def end_all(self, workspace_id: str, cause: str) -> list[dict[str, Any]]:
+        """End every live call of the workspace now (the platform suspended or closed it):
+        each is billed to this moment by the gate's own clock, as the switch's end would be;
+        the switch's later end of the call answers this result."""
+        k = keys.for_workspace(workspace_id)
+        results = []
+        async for _, raw in self.ctx.client.hscan_iter(k.live, count=500):
+            rec = _record.decode(as_bytes(raw))
+            elapsed_s = _seconds(self.ctx.clock.now_ms() - rec.ans) if rec.ans else 0
+            fallback = StartParams(
+                rec.id, rec.dir, rec.from_, rec.to, rec.svc, None, None, None, bool(rec.ans)
+            )
+            _, result = await self.end(workspace_id, rec.id, elapsed_s, cause, fallback)
+            results.append(result)
+        return results
 
 
 __all__ = ["Calls", "RateBook", "RateCardError", "Record", "StartParams"]

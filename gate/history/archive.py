@@ -334,6 +334,12 @@ class Archive:
             r = (await conn.execute(q)).first()
         return None if r is None else from_record(r)
 
+    async def workspaces_of_reference(self, reference: str, limit: int = 20) -> list[str]:
+        """The workspaces with an archived row naming `reference` (a call id, a payment id)."""
+        q = select(_C.workspace_id).where(_C.reference == reference).distinct().limit(limit)
+        async with self.engine.connect() as conn:
+            return sorted(str(r[0]) for r in await conn.execute(q))
+
     async def by_reference(
         self, workspace_id: str, reference: str, types: Sequence[str]
     ) -> Row | None:

@@ -14,6 +14,7 @@ from gate.store.redis_client import text
 from gate.store.scripts import Code
 from gate.tenancy.apikeys import KeyRecord
 from gate.tenancy.auth import Role, new_key, new_webhook_secret, new_workspace_id
+from gate.tenancy.directory import Directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +73,14 @@ class Workspaces:
         k = keys.for_workspace(workspace_id)
         # Registry first: a crash in between leaves an id that `gate check` skips, never a
         # workspace nobody can find.
+        now_ms = self.ctx.clock.now_ms()
         await self.ctx.client.sadd(keys.WORKSPACES, workspace_id)
+        await Directory(self.ctx).add_workspace(workspace_id, name, now_ms, organization_id)
         reply = await self.ctx.scripts.call(
             "workspace_create",
             [k.ws, k.wallet, k.keys, k.ledger, k.events],
             [
-                self.ctx.clock.now_ms(),
+                now_ms,
                 workspace_id,
                 name,
                 organization_id or "",
@@ -161,6 +164,9 @@ class Workspaces:
         if not fields:
             return 0
         k = keys.for_workspace(workspace_id)
+        renamed = await self.ctx.client.hget(k.ws, "name") if fields.get("name") else None
+        if renamed is not None:  # the directory's rule: the new name before, the old after
+            await Directory(self.ctx).add_name(workspace_id, str(fields["name"]))
         args: list[str | int] = []
         for name, value in fields.items():
             if value == "":
@@ -169,4 +175,6 @@ class Workspaces:
         reply = await self.ctx.scripts.call("workspace_update", [k.ws, k.wallet], args)
         if reply[0] == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
+        if renamed is not None and text(renamed).lower() != str(fields["name"]).lower():
+            await Directory(self.ctx).drop_name(workspace_id, text(renamed))
         return int(reply[1])
