@@ -31,6 +31,7 @@ from gate.errors import (
     ValidationFailed,
 )
 from gate.store.circuit import Circuit
+from gate.tenancy.audit import Actor
 from gate.tenancy.auth import Authenticator, Principal, Role
 from gate.tenancy.limits import MUTATING, KeyLimiter
 from gate.tenancy.workspaces import Workspaces
@@ -97,6 +98,11 @@ async def principal(request: web.Request, role: Role) -> Principal:
         if limiter is not None:
             limiter.take(who.key_id)
     return who
+
+
+def actor(request: web.Request, who: Principal) -> Actor:
+    """Who makes this change, for the audit log: key, person (when named) and address."""
+    return Actor(who.key_id, who.person, request.remote or "")
 
 
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -93,6 +93,27 @@ QUERY: dict[str, list[dict[str, Any]]] = {
                enum=["active", "suspended", "closing", "closed"]),
     ],
     "list_organizations": _PAGE,
+    "audit_export": [
+        _param("workspace_id", "query", "as GET /v1/audit", pattern=WORKSPACE_ID.pattern),
+        _param("action", "query", "an action, or a prefix ending in '.' (key.)"),
+        _param("key_id", "query", "changes made with this key"),
+        _param("person", "query", "changes made by this person"),
+        _param("from", "query", "ISO 8601 date or time, inclusive"),
+        _param("to", "query", "ISO 8601 date or time; a bare date includes that whole day"),
+    ],
+    "audit_entries": [
+        _param("workspace_id", "query", "the workspace (org_admin: an office; platform: any, "
+               "none for the platform's own log)", pattern=WORKSPACE_ID.pattern),
+        {**_param("limit", "query", "entries per page (1-500, default 50)"),
+         "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+        _param("cursor", "query", "next_cursor of the previous page (a short page may have "
+               "one: follow it until it is null)"),
+        _param("action", "query", "an action, or a prefix ending in '.' (key.)"),
+        _param("key_id", "query", "changes made with this key"),
+        _param("person", "query", "changes made by this person"),
+        _param("from", "query", "ISO 8601 date or time, inclusive"),
+        _param("to", "query", "ISO 8601 date or time; a bare date includes that whole day"),
+    ],
 }  # fmt: skip
 
 HEADERS: dict[str, list[dict[str, Any]]] = {
@@ -151,6 +172,10 @@ STATUSES: dict[str, dict[str, str]] = {
     "resume": {"409": "the workspace is not suspended (its state)"},
     "close": {"409": "closed already, or a payment is in flight (run it again shortly)"},
     "billing": {"200": "text/html"},
+    "audit_export": {"200": "text/csv"},
+    "signin_link": {"201": "the link (send it to the person; it works once, for 15 minutes)"},
+    "redeem": {"201": "the person's key (shown once)",
+               "401": "the link was used, expired or never made"},
     "asset": {"200": "a script, style or page of the billing page"},
 }  # fmt: skip
 

@@ -6,20 +6,25 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from gate.api.http import AUTH, CALLS, CTX, NUMBERS, WORKSPACES, decode, json, principal, query_int
+from gate.api.http import (
+    AUTH,
+    CALLS,
+    CTX,
+    NUMBERS,
+    WORKSPACES,
+    actor,
+    decode,
+    json,
+    principal,
+    query_int,
+)
 from gate.api.schemas import Close, Suspend
 from gate.errors import NotFound
 from gate.operator.holds import Holds
-from gate.tenancy.audit import Actor
-from gate.tenancy.auth import Principal, Role
+from gate.tenancy.auth import Role
 from gate.tenancy.directory import MAX_PAGE, Directory
 
 FILTERS = ("q", "organization_id", "number", "call_id", "customer", "state")
-
-
-def actor(request: web.Request, who: Principal) -> Actor:
-    """Who makes this change, for the audit log."""
-    return Actor(who.key_id, "", request.remote or "")
 
 
 def _holds(request: web.Request) -> Holds:

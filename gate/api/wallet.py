@@ -15,6 +15,7 @@ from gate.api.http import (
     RATES,
     WALLET,
     WORKSPACES,
+    actor,
     decode,
     json,
     principal,
@@ -151,7 +152,9 @@ async def patch_settings(request: web.Request) -> web.StreamResponse:
             "low-balance alerts need an email address to write to: send low_balance_alert.email",
             field="low_balance_alert.email",
         )
-    await request.app[WORKSPACES].update(workspace_id, fields)
+    await request.app[WORKSPACES].update(
+        workspace_id, fields, actor(request, who), "wallet.settings_updated"
+    )
     if any(name.startswith("ar_") or name == "payment_method_id" for name in fields):
         # Enabled while already below the threshold, or a raised cap: charge now if needed.
         await request.app[AUTOMATION].look_now(workspace_id)

@@ -18,6 +18,7 @@ AUTOMATION_INDEX = f"{PREFIX}:due:wallet"  # zset workspace id -> auto-recharge/
 RENT_INDEX = f"{PREFIX}:due:rent"  # zset workspace id -> earliest number renewal ms
 CYCLE_INDEX = f"{PREFIX}:due:cycle"  # zset workspace id -> end ms of its plan's cycle
 KEYS_REVOKED = f"{PREFIX}:keys:revoked"  # pub/sub channel: a workspace whose key was revoked
+PLATFORM_AUDIT = f"{PREFIX}:{{platform}}:audit"  # stream: platform-wide changes (rate cards)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,4 +24,4 @@ class Actor:
         return [self.key_id, self.person, self.ip]
 
 
-CLI = Actor("cli", "", "")  # the `gate` command on the operator's own machine
+SYSTEM = Actor("gate")  # the gate itself: an expiry found, a card's default after a top-up
