@@ -189,5 +189,5 @@ async def set_plan(request: web.Request) -> web.StreamResponse:
     body = await decode(request, SetPlan)
     await request.app[WORKSPACES].get(workspace_id)
     plans = request.app[PLANS]
-    await plans.assign(workspace_id, body.plan, body.cycle_anchor)
+    await plans.assign(workspace_id, body.plan, body.cycle_anchor, actor(request, who))
     return json(await plans.buckets(workspace_id))
