@@ -11,6 +11,8 @@
 -- ARGV[2] key_id    string
 -- ARGV[3] now_ms    integer
 -- ARGV[4] ip        string   the address redeeming the link
+-- ARGV[5] wall_ms   integer  wall-clock ms: key expiries are wall-clock times (the gate's
+--                            authenticator compares them with its host's clock)
 -- Replies:
 --   {0, role, person, expires_ms}  the key is stored
 --   {-1}                           no such workspace
@@ -19,6 +21,7 @@
 local rcall = redis.call
 local ws, keys, audit_log, link, wallet = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local key_hash, key_id, now_ms, ip = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local wall_ms = tonumber(ARGV[5])
 
 --!include _audit.lua
 
@@ -28,7 +31,7 @@ rcall('DEL', link)
 if rcall('EXISTS', ws) == 0 then return {-1} end
 local hold = rcall('HGET', wallet, 'hold')
 if hold == 'closing' or hold == 'closed' then return {-20, hold} end
-local expires_ms = now_ms + tonumber(l[3]) * 1000
+local expires_ms = wall_ms + tonumber(l[3]) * 1000
 rcall('HSET', keys, key_hash, l[1] .. ' ' .. key_id .. ' ' .. string.format('%d', expires_ms)
   .. ' ' .. l[2])
 audit(audit_log, now_ms, {l[4], l[2], ip}, 'key.created', key_id, '{}',

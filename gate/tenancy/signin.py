@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -96,7 +97,7 @@ class SignIn:
         reply = await self.ctx.scripts.call(
             "signin_redeem",
             [k.ws, k.keys, k.audit, _link_key(workspace_id, token), k.wallet],
-            [key_hash, key_id, self.ctx.clock.now_ms(), ip],
+            [key_hash, key_id, self.ctx.clock.now_ms(), ip, time.time_ns() // 1_000_000],
         )
         if reply[0] == Code.HELD:
             raise HeldByPlatform(text(reply[1]), "")
