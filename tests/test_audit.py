@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -165,3 +167,17 @@ async def test_a_rare_filter_over_a_long_log_pages_in_bounded_time(
         assert worst < 2.0, worst  # ~30 ms here; bounded by the budget, not by the log
     finally:
         await redis.delete(stream)
+
+
+async def test_an_expired_key_is_noted_once(client: Client) -> None:
+    ws = await new_workspace(client, "Expiry")
+    soon = (datetime.now(UTC) + timedelta(seconds=0.5)).isoformat()
+    made = await client.post(f"/v1/workspaces/{ws['id']}/keys",
+                             json={"role": "agent", "expires_at": soon},
+                             headers=auth(ws["key"]))  # fmt: skip
+    agent = await made.json()
+    await asyncio.sleep(0.6)
+    for _ in range(2):  # refused twice, noted once
+        assert (await client.get("/v1/wallet", headers=auth(agent["key"]))).status == 401
+    entries = (await log(client, auth(ws["key"]), "action=key.expired"))["data"]
+    assert [(e["target"], e["key_id"]) for e in entries] == [(agent["id"], "gate")]

@@ -18,6 +18,7 @@ from gate.store.redis_proc import RedisServer
 from gate.tenancy.directory import member
 from gate.wallet.service import pending_topups_key
 from tests.conftest import PLATFORM, Client, MakeClient, auth, new_switch_key
+from tests.test_organizations import office, org
 
 SERVICE_SWITCH = "operator-service-switch-key-0123456789"
 
@@ -25,22 +26,6 @@ SERVICE_SWITCH = "operator-service-switch-key-0123456789"
 def call(call_id: str) -> dict[str, Any]:
     return {"call_id": call_id, "direction": "outbound", "from": "+14155550100",
             "to": "+14155550199", "service": "voice"}  # fmt: skip
-
-
-async def org(client: Client, name: str) -> str:
-    resp = await client.post("/v1/organizations", json={"name": name}, headers=PLATFORM)
-    assert resp.status == 201, await resp.text()
-    return str((await resp.json())["id"])
-
-
-async def office(client: Client, name: str, organization_id: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"name": name}
-    if organization_id:
-        body["organization_id"] = organization_id
-    resp = await client.post("/v1/workspaces", json=body, headers=PLATFORM)
-    assert resp.status == 201, await resp.text()
-    created: dict[str, Any] = await resp.json()
-    return created
 
 
 async def find(client: Client, query: str) -> dict[str, Any]:
@@ -57,9 +42,9 @@ async def test_find_workspaces_by_name_id_organization_and_page_through(
     acme = await org(client, f"Acme {tag}")
     offices = []
     for city in ("NY", "SF", "LA"):
-        offices.append(await office(client, f"Op{tag} {city}", acme))
+        offices.append(await office(client, acme, f"Op{tag} {city}"))
         clock.advance(1)
-    lone = await office(client, f"Op{tag} Lone")
+    lone = await office(client, None, f"Op{tag} Lone")
 
     by_name = await find(client, f"q=op{tag}")  # a name prefix, any case
     assert {w["id"] for w in by_name["data"]} == {o["id"] for o in [*offices, lone]}
@@ -100,7 +85,7 @@ async def test_find_workspaces_by_name_id_organization_and_page_through(
 
 
 async def test_operator_routes_refuse_workspace_keys_and_bad_input(client: Client) -> None:
-    ws = await office(client, "Tenant")
+    ws = await office(client, None, "Tenant")
     admin = auth(ws["key"])
     for method, path in (("GET", "/v1/workspaces"), ("GET", f"/v1/workspaces/{ws['id']}"),
                          ("POST", f"/v1/workspaces/{ws['id']}/suspend"),
@@ -125,7 +110,7 @@ async def test_find_the_workspace_behind_a_call_a_number_and_a_customer(
     make_client: MakeClient, redis: Redis
 ) -> None:
     client = await make_client(switch_key=SERVICE_SWITCH)
-    ws = await office(client, "Caller")
+    ws = await office(client, None, "Caller")
     cid = f"{secrets.token_hex(6)}@10.0.0.9"
     start = await client.post("/v1/calls", json=call(cid) | {"workspace_id": ws["id"]},
                               headers=auth(SERVICE_SWITCH))  # fmt: skip
@@ -156,7 +141,7 @@ async def test_find_the_workspace_behind_a_call_a_number_and_a_customer(
 
 
 async def test_suspend_refuses_starts_reads_go_on_and_resume_lifts_it(client: Client) -> None:
-    ws = await office(client, "Abuser")
+    ws = await office(client, None, "Abuser")
     switch = auth(await new_switch_key(client, ws["id"]))
     path = f"/v1/workspaces/{ws['id']}"
     live = await client.post("/v1/calls", json=call("before-1"), headers=switch)
@@ -199,7 +184,7 @@ async def test_suspend_refuses_starts_reads_go_on_and_resume_lifts_it(client: Cl
 
 
 async def test_suspend_can_end_live_calls_billed_to_now(client: Client, clock: ManualClock) -> None:
-    ws = await office(client, "Ended")
+    ws = await office(client, None, "Ended")
     switch = auth(await new_switch_key(client, ws["id"]))
     assert (await client.post("/v1/calls", json=call("up-1"), headers=switch)).status == 201
     clock.advance(42)
@@ -217,7 +202,7 @@ async def test_suspend_can_end_live_calls_billed_to_now(client: Client, clock: M
 async def test_close_ends_calls_releases_numbers_refunds_and_revokes(
     client: Client, redis: Redis
 ) -> None:
-    ws = await office(client, "Closing")
+    ws = await office(client, None, "Closing")
     admin = auth(ws["key"])
     switch = auth(await new_switch_key(client, ws["id"]))
     assert (await client.post("/v1/calls", json=call("live-1"), headers=switch)).status == 201
@@ -265,7 +250,7 @@ async def test_close_ends_calls_releases_numbers_refunds_and_revokes(
 
 
 async def test_gate_check_covers_closed_workspaces(client: Client, redis: Redis) -> None:
-    ws = await office(client, "Checked")
+    ws = await office(client, None, "Checked")
     path = f"/v1/workspaces/{ws['id']}"
     assert (
         await client.post(f"{path}/close", json={"reason": "done"}, headers=PLATFORM)

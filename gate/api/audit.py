@@ -7,11 +7,9 @@ changes or deletes an entry.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from aiohttp import web
 
-from gate.api.http import CTX, json, principal, query_int
+from gate.api.http import CTX, csv_download, json, principal, query_int
 from gate.errors import ValidationFailed
 from gate.history import audit
 from gate.tenancy.auth import Principal, Role
@@ -50,14 +48,7 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
     workspace_id = _workspace(request, who)
     chosen = audit.filters(request.query)
     ctx = request.app[CTX]
-    today = datetime.fromtimestamp(ctx.clock.now_ms() / 1000, UTC).date()
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="audit-log-{today}.csv"',
-        }
-    )
-    await response.prepare(request)
+    response = await csv_download(request, "audit-log")
     await response.write(audit.csv_header().encode())
     chunk: list[audit.Entry] = []
     async for entry in audit.scan(ctx, workspace_id, chosen):

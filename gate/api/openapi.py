@@ -51,6 +51,14 @@ _PAGE = [
     _param("cursor", "query", "next_cursor of the previous page"),
 ]  # fmt: skip
 
+_AUDIT_FILTERS = [
+    _param("action", "query", "an action, or a prefix ending in '.' (key.)"),
+    _param("key_id", "query", "changes made with this key"),
+    _param("person", "query", "changes made by this person"),
+    _param("from", "query", "ISO 8601 date or time, inclusive"),
+    _param("to", "query", "ISO 8601 date or time; a bare date includes that whole day"),
+]
+
 QUERY: dict[str, list[dict[str, Any]]] = {
     "get_wallet": [_WORKSPACE],
     "list_methods": [_WORKSPACE],
@@ -95,11 +103,7 @@ QUERY: dict[str, list[dict[str, Any]]] = {
     "list_organizations": _PAGE,
     "audit_export": [
         _param("workspace_id", "query", "as GET /v1/audit", pattern=WORKSPACE_ID.pattern),
-        _param("action", "query", "an action, or a prefix ending in '.' (key.)"),
-        _param("key_id", "query", "changes made with this key"),
-        _param("person", "query", "changes made by this person"),
-        _param("from", "query", "ISO 8601 date or time, inclusive"),
-        _param("to", "query", "ISO 8601 date or time; a bare date includes that whole day"),
+        *_AUDIT_FILTERS,
     ],
     "audit_entries": [
         _param("workspace_id", "query", "the workspace (org_admin: an office; platform: any, "
@@ -108,11 +112,7 @@ QUERY: dict[str, list[dict[str, Any]]] = {
          "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
         _param("cursor", "query", "next_cursor of the previous page (a short page may have "
                "one: follow it until it is null)"),
-        _param("action", "query", "an action, or a prefix ending in '.' (key.)"),
-        _param("key_id", "query", "changes made with this key"),
-        _param("person", "query", "changes made by this person"),
-        _param("from", "query", "ISO 8601 date or time, inclusive"),
-        _param("to", "query", "ISO 8601 date or time; a bare date includes that whole day"),
+        *_AUDIT_FILTERS,
     ],
 }  # fmt: skip
 

@@ -16,6 +16,7 @@ from gate.api.http import (
     WALLET,
     WORKSPACES,
     actor,
+    csv_download,
     decode,
     json,
     principal,
@@ -187,14 +188,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     workspace_id = who.workspace(request.query.get("workspace_id"))
     await request.app[WORKSPACES].get(workspace_id)
     filters = query.filters(request.query)
-    today = datetime.fromtimestamp(request.app[CTX].clock.now_ms() / 1000, UTC).date()
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="usage-history-{today}.csv"',
-        }
-    )
-    await response.prepare(request)
+    response = await csv_download(request, "usage-history")
     ctx = request.app[CTX]
     async for chunk in ledger.csv_chunks(ctx.client, workspace_id, filters, ctx.archive):
         await response.write(chunk.encode())

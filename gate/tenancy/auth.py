@@ -177,14 +177,14 @@ class Authenticator:
                 await self.on_expired(workspace_id, stored.id)
             raise Unauthorized("this API key has expired; create a new one")
         if Role[stored.role] is Role.org_admin:
-            return await self._org_admin(workspace_id, stored.id), left_s
+            return await self._org_admin(workspace_id, stored.id, stored.person), left_s
         return Principal(Role[stored.role], workspace_id, stored.id, person=stored.person), left_s
 
-    async def _org_admin(self, workspace_id: str, key_id: str) -> Principal:
+    async def _org_admin(self, workspace_id: str, key_id: str, person: str) -> Principal:
         """An org_admin key with its organization's workspaces (none: its own only)."""
         org = await self.client.hget(keys.for_workspace(workspace_id).ws, "organization_id")
         if not org:
-            return Principal(Role.org_admin, workspace_id, key_id)
+            return Principal(Role.org_admin, workspace_id, key_id, person=person)
         members = await self.client.smembers(keys.for_organization(text(org)).workspaces)
         return Principal(
             Role.org_admin,
@@ -192,4 +192,5 @@ class Authenticator:
             key_id,
             organization_id=text(org),
             org_workspaces=frozenset(text(m) for m in members),
+            person=person,
         )

@@ -27,6 +27,7 @@ from gate.money import usd
 from gate.store import keys
 from gate.store.redis_client import text
 from gate.store.scripts import Code
+from gate.tenancy.audit import SYSTEM
 from gate.tenancy.workspaces import Workspace, Workspaces
 from gate.wallet.automation import month_of
 from gate.wallet.payments import PaymentError, PaymentProvider
@@ -365,7 +366,9 @@ class Wallet:
         row = await self._charge_and_credit(
             workspace_id, amount_micros, payment_method_id, key, idem
         )
-        await self.workspaces.update(workspace_id, {"payment_method_id": payment_method_id})
+        await self.workspaces.update(
+            workspace_id, {"payment_method_id": payment_method_id}, SYSTEM, "payment_method.default"
+        )
         return row
 
     async def _charge_and_credit(
