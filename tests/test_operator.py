@@ -183,7 +183,9 @@ async def test_suspend_refuses_starts_reads_go_on_and_resume_lifts_it(client: Cl
         assert resp.status == 200
 
 
-async def test_suspend_can_end_live_calls_billed_to_now(client: Client, clock: ManualClock) -> None:
+async def test_suspend_can_cut_live_calls_billed_to_now(
+    client: Client, clock: ManualClock, redis: Redis
+) -> None:
     ws = await office(client, None, "Ended")
     switch = auth(await new_switch_key(client, ws["id"]))
     assert (await client.post("/v1/calls", json=call("up-1"), headers=switch)).status == 201
@@ -194,9 +196,15 @@ async def test_suspend_can_end_live_calls_billed_to_now(client: Client, clock: M
     assert resp.status == 200, await resp.text()
     ended = (await resp.json())["calls_ended"]
     assert [c["call_id"] for c in ended] == ["up-1"] and ended[0]["duration_s"] == 42
-    # The switch's own end later answers the same result.
+    assert ended[0]["flag"] == "platform_cut"
+    # The switch is told to hang up...
+    events = await redis.xrange(keys.for_workspace(ws["id"]).events)
+    cuts = [e for _, e in events if e[b"type"] == b"call.cut"]
+    assert [(c[b"d:call_id"], c[b"d:reason"]) for c in cuts] == [(b"up-1", b"platform")]
+    # ...and the seconds it took to do so are billed by its own end (late_end), not dropped.
+    clock.advance(8)
     late = await client.post("/v1/calls/up-1/end", json={"duration_s": 50}, headers=switch)
-    assert late.status == 200 and (await late.json())["duration_s"] == 42
+    assert late.status == 200 and (await late.json())["duration_s"] == 50
 
 
 async def test_close_ends_calls_releases_numbers_refunds_and_revokes(

@@ -686,19 +686,19 @@ class Calls:
 
     async def end_all(self, workspace_id: str, cause: str) -> list[dict[str, Any]]:
         """End every live call of the workspace now (the platform suspended or closed it):
-        each is billed to this moment by the gate's own clock, as the switch's end would be;
-        the switch's later end of the call answers this result."""
+        each is billed to this moment by the gate's clock and sent a call.cut; the switch's
+        own end later bills any time it kept the call up after (lua/call_cut_all-9.lua)."""
         k = keys.for_workspace(workspace_id)
-        results = []
-        async for _, raw in self.ctx.client.hscan_iter(k.live, count=500):
-            rec = _record.decode(as_bytes(raw))
-            elapsed_s = _seconds(self.ctx.clock.now_ms() - rec.ans) if rec.ans else 0
-            fallback = StartParams(
-                rec.id, rec.dir, rec.from_, rec.to, rec.svc, None, None, None, bool(rec.ans)
-            )
-            _, result = await self.end(workspace_id, rec.id, elapsed_s, cause, fallback)
-            results.append(result)
-        return results
+        reply = await self.ctx.scripts.call(
+            "call_cut_all", k.call_keys, [self.ctx.clock.now_ms(), cause]
+        )
+        if reply[0] == Code.NO_WORKSPACE:
+            raise NotFound("no such workspace")
+        ids = [text_of(i) for i in reply[1]]
+        if ids:
+            self.ctx.notifier.events(workspace_id)
+        return [self.ended_answer(i, _ended.decode(as_bytes(r)))
+                for i, r in zip(ids, reply[2], strict=True)]  # fmt: skip
 
 
 __all__ = ["Calls", "RateBook", "RateCardError", "Record", "StartParams"]
