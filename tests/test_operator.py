@@ -253,6 +253,8 @@ async def test_close_ends_calls_releases_numbers_refunds_and_revokes(
     assert shown["statement"]["refund"]["transaction_id"] == refund["transaction_id"]
     again = await client.post(f"{path}/close", json={"reason": "again"}, headers=PLATFORM)
     assert again.status == 409 and (await again.json())["error"]["state"] == "closed"
+    reopen = await client.post(f"{path}/keys", json={"role": "admin"}, headers=PLATFORM)
+    assert reopen.status == 402  # no key is made for a closed workspace
     assert await check_workspace(redis, ws["id"]) == []
     assert await redis.hlen(k.keys) == 0
 

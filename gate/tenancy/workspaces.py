@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gate.context import Context
-from gate.errors import NotFound, ValidationFailed
+from gate.errors import HeldByPlatform, NotFound, ValidationFailed
 from gate.money import usd
 from gate.store import keys
 from gate.store.redis_client import text
@@ -113,6 +113,11 @@ class Workspaces:
         named; returns (key, key id). The key is never stored."""
         key, key_hash, key_id = new_key(workspace_id)
         k = keys.for_workspace(workspace_id)
+        hold = await self.ctx.client.hmget(k.wallet, "hold", "hold_reason")
+        if hold[0] is not None and text(hold[0]) in ("closing", "closed"):
+            # Its keys were revoked at the close: none is made again (an org_admin of
+            # another office could otherwise reopen it).
+            raise HeldByPlatform(text(hold[0]), text(hold[1] or b""))
         reply = await self.ctx.scripts.call(
             "key_create",
             [k.ws, k.keys, k.audit],
