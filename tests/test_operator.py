@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -10,11 +11,13 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from gate.app import create_app
 from gate.cli import main
 from gate.clock import ManualClock
-from gate.history.check import check_workspace
-from gate.store import keys
-from gate.store.redis_proc import RedisServer
+from gate.history.check import check_all, check_workspace
+from gate.settings import Settings
+from gate.store import keys, redis_client
+from gate.store.redis_proc import RedisClusterProcs, RedisServer
 from gate.tenancy.directory import member
 from gate.wallet.service import pending_topups_key
 from tests.conftest import PLATFORM, Client, MakeClient, auth, new_switch_key
@@ -299,3 +302,40 @@ def test_cli_verbs_find_suspend_resume_and_close(
     assert run("workspace", "show", wid)["statement"]["reason"] == "asked to leave"
     assert main(["check", wid]) == 0
     assert "all invariants hold" in capsys.readouterr().out
+
+
+@pytest.mark.cluster
+async def test_the_operator_verbs_on_a_cluster(
+    aiohttp_client: Any, redis_cluster: RedisClusterProcs, settings: Settings, clock: ManualClock
+) -> None:
+    """The directory's slot, each workspace's slot and the org's slot differ on a cluster:
+    find, suspend, close and the audit log work across them."""
+    client = await aiohttp_client(
+        create_app(replace(settings, redis_url=redis_cluster.url), clock=clock)
+    )
+    tag = secrets.token_hex(4)
+    acme = await org(client, f"Cluster {tag}")
+    offices = [await office(client, acme, f"Cl{tag} {i}") for i in range(4)]
+    found = await find(client, f"q=cl{tag}")
+    assert {w["id"] for w in found["data"]} == {o["id"] for o in offices}
+    assert len((await find(client, f"organization_id={acme}"))["data"]) == 4
+    first, last = offices[0], offices[-1]
+    path = f"/v1/workspaces/{first['id']}"
+    assert (
+        await client.post(f"{path}/suspend", json={"reason": "r"}, headers=PLATFORM)
+    ).status == 200
+    assert first["id"] in [
+        w["id"] for w in (await find(client, "state=suspended&limit=200"))["data"]
+    ]
+    resp = await client.post(f"/v1/workspaces/{last['id']}/close", json={"reason": "done"},
+                             headers=PLATFORM)  # fmt: skip
+    assert resp.status == 200, await resp.text()
+    resp = await client.get(f"/v1/audit?workspace_id={first['id']}", headers=PLATFORM)
+    log = await resp.json()
+    assert [e["action"] for e in log["data"]] == ["workspace.suspended", "workspace.created"]
+    cluster = await redis_client.connect(redis_cluster.url)
+    try:
+        problems, _ = await check_all(cluster, [o["id"] for o in offices])
+        assert not problems, problems
+    finally:
+        await cluster.aclose()
