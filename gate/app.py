@@ -130,6 +130,7 @@ def create_app(
             redis, settings.platform_key, settings.auth_cache_s, settings.switch_key
         )
         app[WORKSPACES] = workspaces
+        app[AUTH].on_expired = workspaces.expire_key  # expired keys go, on the audit log
         provider = payments or _provider(settings, redis)
         app[WALLET] = Wallet(ctx, workspaces, provider)
         app[METHODS] = PaymentMethods(ctx, workspaces, provider)

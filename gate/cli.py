@@ -253,6 +253,52 @@ async def _workspace_create(ctx: Any, name: str, org: str | None) -> int:
     return 0
 
 
+def _holds(ctx: Any) -> Any:
+    """The operator's holds with the services a close needs, as `gate serve` builds them."""
+    from gate.calls.service import Calls, RateBook
+    from gate.operator.holds import Holds
+    from gate.wallet.numbers import Numbers
+
+    rates = RateBook(ctx.settings.rates)
+    return Holds(ctx, Calls(ctx, rates), Numbers(ctx, rates))
+
+
+async def _workspace_list(ctx: Any, filters: dict[str, str], limit: int, cursor: str | None) -> int:
+    from gate.tenancy.directory import Directory
+
+    rows, next_cursor = await Directory(ctx).page(filters, cursor, limit)
+    _print({"data": [r.to_json() for r in rows], "next_cursor": next_cursor})
+    return 0
+
+
+async def _workspace_show(ctx: Any, workspace_id: str) -> int:
+    from gate.errors import NotFound
+    from gate.store import keys
+    from gate.tenancy.directory import Directory
+
+    rows = await Directory(ctx).summaries([workspace_id])
+    if not rows:
+        raise NotFound("no such workspace")
+    raw = await ctx.client.hget(keys.for_workspace(workspace_id).ws, "closed_statement")
+    _print({**rows[0].to_json(), "statement": orjson.loads(raw) if raw else None})
+    return 0
+
+
+async def _workspace_hold(ctx: Any, verb: str, workspace_id: str, reason: str | None,
+                          live_calls: str) -> int:  # fmt: skip
+    from gate.tenancy.audit import Actor
+
+    who = Actor("cli", os.environ.get("USER", ""), "")
+    holds = _holds(ctx)
+    if verb == "suspend":
+        _print(await holds.suspend(workspace_id, reason or "", who, live_calls))
+    elif verb == "resume":
+        _print(await holds.resume(workspace_id, who))
+    else:
+        _print(await holds.close(workspace_id, reason or "", who))
+    return 0
+
+
 async def _organization_create(ctx: Any, name: str) -> int:
     from gate.tenancy.organizations import Organizations
 
@@ -356,6 +402,20 @@ def build_parser() -> argparse.ArgumentParser:
     create = ws.add_parser("create", help="create a workspace; prints its id and admin key")
     create.add_argument("name")
     create.add_argument("--organization-id")
+    listing = ws.add_parser("list", help="find workspaces (the operator's GET /v1/workspaces)")
+    for name in ("q", "organization-id", "number", "call-id", "customer", "state"):
+        listing.add_argument(f"--{name}")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--cursor")
+    ws.add_parser("show", help="one workspace: money, state, statement").add_argument("workspace")
+    suspend = ws.add_parser("suspend", help="refuse its starts and charges (reads go on)")
+    suspend.add_argument("workspace")
+    suspend.add_argument("--reason", required=True, help="why; shown to the tenant")
+    suspend.add_argument("--live-calls", choices=["keep", "end"], default="keep")
+    ws.add_parser("resume", help="lift the platform's suspension").add_argument("workspace")
+    close = ws.add_parser("close", help="end calls, release numbers, refund, revoke keys")
+    close.add_argument("workspace")
+    close.add_argument("--reason", required=True)
     orgs = sub.add_parser("organization", help="organizations").add_subparsers(
         dest="verb", required=True
     )
@@ -431,8 +491,20 @@ def main(argv: list[str] | None = None) -> int:
         serve(settings)
         return 0
     work: Callable[[Any], Awaitable[int]]
-    if args.command == "workspace":
+    if args.command == "workspace" and args.verb == "create":
         work = lambda ctx: _workspace_create(ctx, args.name, args.organization_id)  # noqa: E731
+    elif args.command == "workspace" and args.verb == "list":
+        filters = {
+            name: value
+            for name in ("q", "organization_id", "number", "call_id", "customer", "state")
+            if (value := getattr(args, name))
+        }
+        work = lambda ctx: _workspace_list(ctx, filters, args.limit, args.cursor)  # noqa: E731
+    elif args.command == "workspace" and args.verb == "show":
+        work = lambda ctx: _workspace_show(ctx, args.workspace)  # noqa: E731
+    elif args.command == "workspace":
+        reason, live = getattr(args, "reason", None), getattr(args, "live_calls", "keep")
+        work = lambda ctx: _workspace_hold(ctx, args.verb, args.workspace, reason, live)  # noqa: E731
     elif args.command == "organization":
         work = lambda ctx: _organization_create(ctx, args.name)  # noqa: E731
     elif args.command == "key":

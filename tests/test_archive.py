@@ -485,3 +485,20 @@ async def test_the_usage_summary_counts_archived_rows(client: Client, clock: Man
     assert before["total_spend_micros"] > 0
     await archive_pass(client)  # every row leaves Redis
     assert await (await client.get(url, headers=auth(ws["key"]))).json() == before
+
+
+async def test_the_audit_log_is_archived_once_with_the_ledger(client: Client) -> None:
+    ws = await new_workspace(client)
+    resp = await client.patch("/v1/workspace", json={"inbound_grace_s": 5},
+                              headers=auth(ws["key"]))  # fmt: skip
+    assert resp.status == 200
+    assert (await client.post("/v1/admin/rates/reload", headers=PLATFORM)).status == 200
+    archive = client.app[CTX].archive
+    assert archive is not None
+    for _ in range(2):  # a second pass copies nothing twice
+        await archive_pass(client)
+        rows = await archive.audit_rows(ws["id"])
+        assert [r["action"] for r in rows] == ["workspace.created", "workspace.updated"]
+    assert rows[1]["key_id"] == ws["key_id"] and rows[1]["after"] == '{"inbound_grace_s":"5"}'
+    platform = await archive.audit_rows("platform")
+    assert [r["action"] for r in platform] == ["rates.reloaded"]

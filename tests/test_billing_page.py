@@ -7,7 +7,7 @@ import re
 from gate.web import pages
 from tests.conftest import Client
 
-ASSETS = ("app.js", "api.js", "live.js", "chart.js", "format.js", "billing.css")
+ASSETS = ("app.js", "api.js", "live.js", "chart.js", "format.js", "people.js", "billing.css")
 
 
 async def test_page_has_a_strict_content_security_policy(client: Client) -> None:

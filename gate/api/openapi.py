@@ -53,6 +53,14 @@ _PAGE = [
     _param("cursor", "query", "next_cursor of the previous page"),
 ]  # fmt: skip
 
+_AUDIT_FILTERS = [
+    _param("action", "query", "an action, or a prefix ending in '.' (key.)"),
+    _param("key_id", "query", "changes made with this key"),
+    _param("person", "query", "changes made by this person"),
+    _param("from", "query", "ISO 8601 date or time, inclusive"),
+    _param("to", "query", "ISO 8601 date or time; a bare date includes that whole day"),
+]
+
 QUERY: dict[str, list[dict[str, Any]]] = {
     "get_wallet": [_WORKSPACE],
     "list_methods": [_WORKSPACE],
@@ -83,6 +91,31 @@ QUERY: dict[str, list[dict[str, Any]]] = {
                              pattern=WORKSPACE_ID.pattern)],
     "patch_workspace": [_param("id", "query", "the workspace, for the platform key",
                                pattern=WORKSPACE_ID.pattern)],
+    "list_workspaces": [
+        *_PAGE,
+        _param("q", "query", "a workspace id, or the start of a name (any case)"),
+        _param("organization_id", "query", "the offices of this organization"),
+        _param("number", "query", "the workspace renting this E.164 number"),
+        _param("call_id", "query", "the workspace of this call (service-wide switch key's "
+               "calls, and every call once archived)"),
+        _param("customer", "query", "the workspace of this payment provider customer"),
+        _param("state", "query", "the platform's hold",
+               enum=["active", "suspended", "closing", "closed"]),
+    ],
+    "list_organizations": _PAGE,
+    "audit_export": [
+        _param("workspace_id", "query", "as GET /v1/audit", pattern=WORKSPACE_ID.pattern),
+        *_AUDIT_FILTERS,
+    ],
+    "audit_entries": [
+        _param("workspace_id", "query", "the workspace (org_admin: an office; platform: any, "
+               "none for the platform's own log)", pattern=WORKSPACE_ID.pattern),
+        {**_param("limit", "query", "entries per page (1-500, default 50)"),
+         "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+        _param("cursor", "query", "next_cursor of the previous page (a short page may have "
+               "one: follow it until it is null)"),
+        *_AUDIT_FILTERS,
+    ],
 }  # fmt: skip
 
 HEADERS: dict[str, list[dict[str, Any]]] = {
@@ -137,7 +170,14 @@ STATUSES: dict[str, dict[str, str]] = {
     "stripe_webhook": {"400": "a bad or old Stripe-Signature",
                        "404": "Stripe is not this Gate's payment provider"},
     "create_organization": {"201": "created"},
+    "suspend": {"409": "the workspace is suspended, closing or closed already (its state)"},
+    "resume": {"409": "the workspace is not suspended (its state)"},
+    "close": {"409": "closed already, or a payment is in flight (run it again shortly)"},
     "billing": {"200": "text/html"},
+    "audit_export": {"200": "text/csv"},
+    "signin_link": {"201": "the link (send it to the person; it works once, for 15 minutes)"},
+    "redeem": {"201": "the person's key (shown once)",
+               "401": "the link was used, expired or never made"},
     "asset": {"200": "a script, style or page of the billing page"},
 }  # fmt: skip
 

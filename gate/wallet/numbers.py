@@ -27,6 +27,7 @@ from gate.store.due import DueIndex
 from gate.store.redis_client import text
 from gate.store.scripts import Code
 from gate.tasks import Every
+from gate.tenancy.directory import Directory
 
 log = logging.getLogger("gate.wallet.numbers")
 
@@ -89,6 +90,7 @@ class Numbers:
         now = self.ctx.clock.now_ms()
         price = self._price()
         next_ms = add_months(now, 1)
+        await Directory(self.ctx).add_number(workspace_id, number)  # before: never missing
         reply = await self.ctx.scripts.call("number_rent", k.rent_keys, [now, number, price,
                                                                           next_ms])  # fmt: skip
         code = reply[0]
@@ -118,6 +120,7 @@ class Numbers:
         reply = await self.ctx.scripts.call("number_release", [k.numbers, k.rent_due], [number])
         if reply[0] == Code.NOT_FOUND:
             raise NotFound(f"this workspace does not rent {number}")
+        await Directory(self.ctx).drop_number(workspace_id, number)  # after: never missing
         return Rented.parse(reply[1]).to_json() | {"state": "released"}
 
     async def renew_workspace(self, workspace_id: str, now_ms: int) -> int | None:

@@ -23,6 +23,7 @@ from stripe.params import PaymentIntentCreateParams
 
 from gate.store import keys
 from gate.store.redis_client import text
+from gate.tenancy.directory import member
 from gate.wallet.payments import VERIFY_MICROS, MethodInfo, Payment, PaymentError
 
 log = logging.getLogger("gate.wallet.stripe")
@@ -63,6 +64,8 @@ class StripeProvider:
             {"metadata": {"workspace_id": workspace_id}},
             {"idempotency_key": f"customer-{workspace_id}"},
         )
+        # The operator's directory first (gate/tenancy/directory.py): never missing a customer.
+        await self.redis.zadd(keys.DIRECTORY.customers, {member(customer.id, workspace_id): 0})
         # Two racing first charges may both create one; the first one stored wins.
         if not await self.redis.hsetnx(records, "customer", customer.id):
             return text(await self.redis.hget(records, "customer") or customer.id)

@@ -5,6 +5,7 @@ import { Api, ApiError, forgetKey, query, storedKey, storeKey } from "./api.js";
 import { SERVICES, spendChart } from "./chart.js";
 import { micros, seconds, typeName, usd, when } from "./format.js";
 import { LiveEvents } from "./live.js";
+import { forgetPerson, loadActivity, redeemLink, storedPerson } from "./people.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 3000;  // a call's start emits no event: live calls and holds come from polling
@@ -84,7 +85,8 @@ async function signIn(key, { quiet = false } = {}) {
   $("app").hidden = false;
   $("signout").hidden = false;
   $("who").hidden = false;
-  $("who").textContent = `${name || "Workspace"} · ${role} key`;
+  const person = storedPerson();
+  $("who").textContent = `${name || "Workspace"} · ${person ? person + ", " : ""}${role} key`;
   document.body.dataset.role = role;
   for (const node of document.querySelectorAll(".admin-only")) node.hidden = role !== "admin";
   const note = $("role-note");
@@ -93,6 +95,7 @@ async function signIn(key, { quiet = false } = {}) {
     "changing settings and exporting CSV need an admin key.";
   renderWallet(wallet.body, wallet.etag);
   startLive();
+  if (role === "admin") moreActivity(true);
   await loadTx(true).catch(() => {});  // the event stream's catch-up fills it in later
   return true;
 }
@@ -104,10 +107,23 @@ function signInMessage(err) {
   return err.message;
 }
 
+async function moreActivity(first = false) {
+  const tbody = $("activity-table").tBodies[0];
+  if (first) { tbody.replaceChildren(); state.activityCursor = null; }
+  try {
+    state.activityCursor = await loadActivity(state.api, tbody, state.activityCursor);
+  } catch {
+    state.activityCursor = null;  // the view is a courtesy: the wallet works without it
+  }
+  $("activity-more").hidden = !state.activityCursor;
+}
+
 function signOut(message = "") {
   if (state.live) state.live.stop();
   clearInterval(state.poll);
   forgetKey();
+  forgetPerson();
+  $("activity-table").tBodies[0].replaceChildren();
   Object.assign(state, { api: null, role: null, etag: null, wallet: null, live: null, poll: null,
     txCursor: null, pending: null, usageShown: false, settingsDirty: false, chart: null });
   state.txIds.clear();
@@ -561,6 +577,7 @@ function wire() {
     });
   }
   $("tx-more").addEventListener("click", () => loadTx(false).catch(() => {}));
+  $("activity-more").addEventListener("click", () => moreActivity());
   $("usage-more").addEventListener("click", () => loadUsage(false).catch((err) => showError($("filters"), "err-filters", err)));
   $("filters").addEventListener("submit", applyFilters);
   $("f-reset").addEventListener("click", () => { $("filters").reset(); applyFilters(); });
@@ -570,7 +587,14 @@ function wire() {
 }
 
 wire();
-const saved = storedKey();
-if (saved) {
-  signIn(saved, { quiet: true }).then((ok) => { if (!ok) forgetKey(); });
-}
+// A sign-in link first (it names its person), else the key this tab kept.
+redeemLink().then((linked) => {
+  if (linked) return signIn(linked.key);
+  const saved = storedKey();
+  if (saved) return signIn(saved, { quiet: true }).then((ok) => { if (!ok) forgetKey(); });
+  return null;
+}).catch((err) => {
+  $("signin-error").textContent = err.status === 401
+    ? "That sign-in link was used already or has expired; ask your platform for a new one."
+    : err.message;
+});
