@@ -189,5 +189,7 @@ def _provider(settings: Settings, redis: Redis | RedisCluster) -> PaymentProvide
     """GATE_PAYMENTS: the sandbox (default) or Stripe."""
     if settings.payments == "stripe":
         assert settings.stripe_api_key, "settings.load checks GATE_STRIPE_API_KEY"
-        return StripeProvider(redis, settings.stripe_api_key, settings.stripe_api_base)
+        return StripeProvider(
+            redis, settings.stripe_api_key, settings.stripe_api_base, settings.crash_at
+        )
     return SandboxProvider()
