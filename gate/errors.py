@@ -16,7 +16,8 @@ GateError
 ├── Conflict (409)
 │   ├── IdempotencyKeyReused (409 idempotency_key_reused)
 │   ├── IdempotencyKeyInProgress (409 idempotency_key_in_progress)
-│   └── InvalidState (409 invalid_state)
+│   ├── InvalidState (409 invalid_state)
+│   └── NumberTaken (409 number_taken)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── Unprocessable (422)
 │   └── NoRateFound (422 no_rate)
@@ -121,6 +122,10 @@ class IdempotencyKeyInProgress(Conflict):
 
 class InvalidState(Conflict):
     code = "invalid_state"
+
+
+class NumberTaken(Conflict):
+    code = "number_taken"
 
 
 class PayloadTooLarge(GateError):

@@ -20,6 +20,11 @@ CYCLE_INDEX = f"{PREFIX}:due:cycle"  # zset workspace id -> end ms of its plan's
 KEYS_REVOKED = f"{PREFIX}:keys:revoked"  # pub/sub channel: a workspace whose key was revoked
 
 
+def number_owner(number: str) -> str:
+    """string: the workspace renting an E.164 number, so one number has one tenant."""
+    return f"{PREFIX}:numberws:{number}"
+
+
 def call_owner(call_id: str) -> str:
     """string: the workspace of a call started with the service-wide switch key (with TTL)."""
     return f"{PREFIX}:callws:{call_id}"
