@@ -76,3 +76,8 @@ PROVIDER_EVENTS_IGNORED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+MAIL_DEAD = Counter(
+    "gate_mail_dead_total",
+    "Alert mail jobs moved to the dead-letter hash (could not render, or sends kept failing)",
+    registry=REGISTRY,
+)
