@@ -504,3 +504,101 @@ async def test_kill_9_in_an_auto_recharge_charges_once_and_credits_once(
     rows = await recharges(client, ws)
     assert [(r["reference"], r["amount_micros"]) for r in rows] == [(made[0].id, 20_000_000)]
     assert (await wallet_json(client, ws["key"]))["balance_micros"] == 24_000_000
+
+
+def event_of(event_type: str, obj: dict[str, object]) -> bytes:
+    """A Stripe event in its documented envelope, with a fresh id."""
+    return orjson.dumps(
+        {"id": f"evt_{time.monotonic_ns()}", "object": "event", "api_version": "2024-06-20",
+         "created": int(time.time()), "livemode": False, "type": event_type,
+         "data": {"object": obj}, "pending_webhooks": 1, "request": {"id": None}}
+    )  # fmt: skip
+
+
+def dispute(
+    dispute_id: str, intent_id: str, charge_id: str, cents: int, status: str
+) -> dict[str, object]:
+    return {"id": dispute_id, "object": "dispute", "amount": cents, "currency": "usd",
+            "charge": charge_id, "payment_intent": intent_id, "reason": "fraudulent",
+            "status": status, "is_charge_refundable": False, "balance_transactions": [],
+            "created": int(time.time()), "livemode": False, "metadata": {}}  # fmt: skip
+
+
+async def post_event(client: Client, body: bytes) -> dict[str, object]:
+    resp = await client.post(WEBHOOK, data=body, headers=signed(body))
+    assert resp.status == 200, await resp.text()
+    answer: dict[str, object] = await resp.json()
+    return answer
+
+
+async def test_disputes_and_refunds_at_stripe_reach_the_books(
+    client: Client, cards: Callable[[str], Awaitable[str]], localstripe: str
+) -> None:
+    """Issue 20: a charged-back top-up kept its credit; a refund at Stripe changed nothing."""
+    ws = await new_workspace(client)
+    admin = auth(ws["key"])
+    pm = await cards("4242424242424242")
+    resp = await client.post(
+        "/v1/wallet/payment_methods", json={"payment_method_id": pm}, headers=admin
+    )
+    assert resp.status == 201, await resp.text()
+    resp = await client.post("/v1/wallet/topup", json={"amount_usd": 20}, headers=admin)
+    assert resp.status == 201, await resp.text()
+    intent_id = (await resp.json())["reference"]
+    http = stripe.AIOHTTPClient()
+    api = stripe.StripeClient("sk_test_gate", base_addresses={"api": localstripe}, http_client=http)
+    try:
+        latest = (await api.v1.payment_intents.retrieve_async(intent_id)).latest_charge
+        charge_id = latest if isinstance(latest, str) else str(latest.id)  # localstripe expands
+
+        async def balance() -> int:
+            return int((await wallet_json(client, ws["key"]))["balance_micros"])
+
+        assert await balance() == 30_000_000
+        first = dispute("dp_1", intent_id, charge_id, 2000, "needs_response")
+        opened = event_of("charge.dispute.created", first)
+        assert (await post_event(client, opened))["credited"] is True
+        assert await balance() == 10_000_000
+        again = event_of("charge.dispute.created", first)
+        assert (await post_event(client, again))["credited"] is False  # same dispute
+        for bad, reason in (
+            (dispute("dp_x", "pi_never", "ch_never", 2000, "needs_response"), "unknown_payment"),
+            (dispute("dp_y", intent_id, charge_id, 2001, "needs_response"), "mismatch"),
+            (dispute("dp_z", intent_id, charge_id, 500, "warning_needs_response"), "inquiry"),
+        ):
+            answer = await post_event(client, event_of("charge.dispute.created", bad))
+            assert answer["ignored"] == reason, answer
+        assert await balance() == 10_000_000
+        lost = event_of(
+            "charge.dispute.closed", dispute("dp_1", intent_id, charge_id, 2000, "lost")
+        )
+        assert (await post_event(client, lost))["ignored"] == "dispute_not_won"
+        won = event_of("charge.dispute.closed", dispute("dp_1", intent_id, charge_id, 2000, "won"))
+        assert (await post_event(client, won))["credited"] is True
+        assert await balance() == 30_000_000
+        # Out of order: closed (won) before created: the pair is booked, net zero, once.
+        for event_type, status in (("charge.dispute.closed", "won"),
+                                   ("charge.dispute.created", "needs_response")):  # fmt: skip
+            body = event_of(event_type, dispute("dp_2", intent_id, charge_id, 700, status))
+            await post_event(client, body)
+        assert await balance() == 30_000_000
+        # A refund made in the Stripe dashboard, then its event (current API: no refund list).
+        refund = await api.v1.refunds.create_async({"payment_intent": intent_id, "amount": 500})
+        charge = {"id": charge_id, "object": "charge", "amount": 2000, "amount_refunded": 500,
+                  "currency": "usd", "payment_intent": intent_id, "refunded": False,
+                  "status": "succeeded", "captured": True, "paid": True}  # fmt: skip
+        assert (await post_event(client, event_of("charge.refunded", charge)))["credited"] is True
+        assert await balance() == 25_000_000
+        again = event_of("charge.refunded", charge)  # a retry under a new event id
+        assert (await post_event(client, again))["credited"] is False
+        assert await balance() == 25_000_000
+    finally:
+        await http.close_async()  # type: ignore[no-untyped-call]
+    rows = await all_rows(client, ws["key"])
+    books = sorted((r["type"], r["amount_micros"], r["reference"]) for r in rows
+                   if r["type"] in ("dispute", "refund"))  # fmt: skip
+    assert books == sorted([
+        ("dispute", -20_000_000, "dispute:dp_1"), ("dispute", 20_000_000, "dispute_won:dp_1"),
+        ("dispute", -7_000_000, "dispute:dp_2"), ("dispute", 7_000_000, "dispute_won:dp_2"),
+        ("refund", -5_000_000, f"card_refund:{refund.id}"),
+    ])  # fmt: skip

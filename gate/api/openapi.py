@@ -33,7 +33,7 @@ _WORKSPACE = _param(
 )
 _LEDGER_FILTERS = [
     _param("type", "query", "ledger row type: recharge, call, ai_agent, sms, mms, fax, chat, "
-           "number_rental, adjustment, refund, plan_cycle"),
+           "number_rental, adjustment, refund, dispute, plan_cycle"),
     _param("service", "query", "voice, ai_agent, sms, mms, fax, chat or number_rental"),
     _param("user", "query", "only rows of this user"),
     _param("group", "query", "only rows of this group"),

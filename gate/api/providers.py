@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import stripe
 from aiohttp import web
 
-from gate.api.http import CTX, json
+from gate.api.http import CTX, METHODS, json
 from gate.errors import NotFound, ValidationFailed
 from gate.metrics import PROVIDER_EVENTS_IGNORED
 from gate.store import keys
 from gate.store.redis_client import text
-from gate.wallet.reconcile import credit_payment
-from gate.wallet.stripe_provider import pi_key
+from gate.wallet import reconcile
+from gate.wallet.reconcile import Recorded, credit_payment
+from gate.wallet.stripe_provider import StripeProvider, pi_key
 
 log = logging.getLogger("gate.api.providers")
 
@@ -54,9 +56,10 @@ async def stripe_webhook(request: web.Request) -> web.StreamResponse:
         PROVIDER_EVENTS_IGNORED.labels("duplicate").inc()
         return json({"received": True, "duplicate": True})
     body = orjson.loads(payload)  # verified above: plain JSON now
+    handler = _HANDLERS.get(event.type)
     outcome: bool | str = "unhandled_type"
-    if event.type == "payment_intent.succeeded":
-        outcome = await _credit(request, event.id, body["data"]["object"])
+    if handler is not None:
+        outcome = await handler(request, event.id, body["data"]["object"])
     # Marked after the work: an event whose handling failed is handled again on its retry.
     await ctx.client.set(seen, 1, ex=EVENT_TTL_S)
     if isinstance(outcome, str):
@@ -113,3 +116,106 @@ async def _credit(request: web.Request, event_id: str, intent: dict[str, Any]) -
     if not gate_key:
         return "unknown_payment"
     return await credit_payment(ctx, workspace_id, gate_key, intent_id, int(micros), method)
+
+
+async def _recorded(request: web.Request, intent_id: object) -> Recorded | None:
+    if not isinstance(intent_id, str) or not intent_id:
+        return None
+    raw = await request.app[CTX].client.get(pi_key(intent_id))
+    return None if raw is None else Recorded.parse(text(raw))
+
+
+def _mismatch(event_id: str, what: str, payment: Recorded, cents: object, currency: object) -> str:
+    log.error(
+        "Stripe event %s (%s) does not fit Gate's record of the payment (workspace %s, %d "
+        "micros %s; the event says %r cents %r): nothing booked, check it in the Stripe "
+        "dashboard",
+        event_id, what, payment.workspace_id, payment.amount_micros, payment.currency, cents,
+        currency,
+    )  # fmt: skip
+    return "mismatch"
+
+
+def _cents_within(payment: Recorded, cents: object, currency: object) -> int | None:
+    """The amount in micros when it is a positive amount no larger than the payment, in the
+    payment's currency; None otherwise."""
+    if not isinstance(cents, int) or isinstance(cents, bool) or cents <= 0:
+        return None
+    if str(currency or "").lower() != payment.currency or cents * 10_000 > payment.amount_micros:
+        return None
+    return cents * 10_000
+
+
+async def _dispute(request: web.Request, event_id: str, dispute: dict[str, Any]) -> bool | str:
+    """charge.dispute.created: debit the disputed amount of a payment Gate recorded."""
+    payment = await _recorded(request, dispute.get("payment_intent"))
+    if payment is None:
+        return "unknown_payment"
+    if str(dispute.get("status", "")).startswith("warning_"):
+        return "inquiry"  # an inquiry withdraws no money
+    micros = _cents_within(payment, dispute.get("amount"), dispute.get("currency"))
+    if micros is None:
+        return _mismatch(event_id, "dispute", payment, dispute.get("amount"),
+                         dispute.get("currency"))  # fmt: skip
+    ctx = request.app[CTX]
+    intent_id, dispute_id = str(dispute["payment_intent"]), str(dispute.get("id", ""))
+    return await reconcile.dispute_opened(ctx, payment, intent_id, dispute_id, micros)
+
+
+async def _dispute_closed(
+    request: web.Request, event_id: str, dispute: dict[str, Any]
+) -> bool | str:
+    """charge.dispute.closed: a won dispute credits the amount back; a lost one stays."""
+    payment = await _recorded(request, dispute.get("payment_intent"))
+    if payment is None:
+        return "unknown_payment"
+    if dispute.get("status") != "won":
+        return "dispute_not_won"
+    micros = _cents_within(payment, dispute.get("amount"), dispute.get("currency"))
+    if micros is None:
+        return _mismatch(event_id, "dispute", payment, dispute.get("amount"),
+                         dispute.get("currency"))  # fmt: skip
+    ctx = request.app[CTX]
+    intent_id, dispute_id = str(dispute["payment_intent"]), str(dispute.get("id", ""))
+    return await reconcile.dispute_won(ctx, payment, intent_id, dispute_id, micros)
+
+
+async def _refunded(request: web.Request, event_id: str, charge: dict[str, Any]) -> bool | str:
+    """charge.refunded: debit each refund of a payment Gate recorded, once per refund id.
+
+    The event's charge lists its refunds in older API versions; otherwise they are read
+    from Stripe. Refunds Gate made itself (metadata gate_refund) were booked already.
+    """
+    payment = await _recorded(request, charge.get("payment_intent"))
+    if payment is None:
+        return "unknown_payment"
+    listed = (charge.get("refunds") or {}).get("data")
+    if listed is None:
+        provider = request.app[METHODS].payments
+        if not isinstance(provider, StripeProvider):
+            return "unknown_payment"
+        listed = await provider.refunds_of(str(charge.get("id", "")))
+    booked = False
+    for refund in listed:
+        if refund.get("status") not in ("succeeded", "pending"):
+            continue
+        if (refund.get("metadata") or {}).get("gate_refund"):
+            continue
+        micros = _cents_within(payment, refund.get("amount"), refund.get("currency"))
+        if micros is None:
+            return _mismatch(event_id, "refund", payment, refund.get("amount"),
+                             refund.get("currency"))  # fmt: skip
+        ctx = request.app[CTX]
+        intent_id = str(charge["payment_intent"])
+        refund_id = str(refund.get("id", ""))
+        booked |= await reconcile.card_refunded(ctx, payment, intent_id, refund_id, micros)
+    return booked
+
+
+_Handler = Callable[[web.Request, str, dict[str, Any]], Awaitable[bool | str]]
+_HANDLERS: dict[str, _Handler] = {
+    "payment_intent.succeeded": _credit,
+    "charge.dispute.created": _dispute,
+    "charge.dispute.closed": _dispute_closed,
+    "charge.refunded": _refunded,
+}

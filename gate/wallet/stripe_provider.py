@@ -182,6 +182,18 @@ class StripeProvider:
             )
             await pipe.execute()
 
+    async def refunds_of(self, charge_id: str) -> list[dict[str, Any]]:
+        """The refunds of one charge, as Stripe lists them (plain dicts)."""
+        try:
+            page = await self.client.v1.refunds.list_async({"charge": charge_id, "limit": 100})
+        except stripe.InvalidRequestError:  # a look-alike without the charge filter
+            page = await self.client.v1.refunds.list_async({"limit": 100})
+        found = []
+        async for refund in page.auto_paging_iter():
+            if refund.charge == charge_id:
+                found.append(refund.to_dict())
+        return found
+
     async def _find(self, workspace_id: str, customer: str, key: str) -> PaymentIntent | None:
         """The PaymentIntent Gate created with this key, by its metadata (listing: Stripe's
         search lags by up to a minute, and Stripe look-alikes have none)."""
