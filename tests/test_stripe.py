@@ -602,3 +602,38 @@ async def test_disputes_and_refunds_at_stripe_reach_the_books(
         ("dispute", -7_000_000, "dispute:dp_2"), ("dispute", 7_000_000, "dispute_won:dp_2"),
         ("refund", -5_000_000, f"card_refund:{refund.id}"),
     ])  # fmt: skip
+
+
+async def test_a_refund_through_gate_reaches_stripe_and_its_event_books_nothing_more(
+    client: Client, cards: Callable[[str], Awaitable[str]], localstripe: str
+) -> None:
+    ws = await new_workspace(client)
+    admin = auth(ws["key"])
+    pm = await cards("4242424242424242")
+    resp = await client.post(
+        "/v1/wallet/payment_methods", json={"payment_method_id": pm}, headers=admin
+    )
+    assert resp.status == 201, await resp.text()
+    resp = await client.post("/v1/wallet/topup", json={"amount_usd": 20}, headers=admin)
+    topup = await resp.json()
+    resp = await client.post(
+        f"/v1/wallet/topups/{topup['id']}/refund",
+        json={"amount_usd": "7.5"},
+        headers=admin | {"Idempotency-Key": "refund-1"},
+    )
+    assert resp.status == 201, await resp.text()
+    http = stripe.AIOHTTPClient()
+    api = stripe.StripeClient("sk_test_gate", base_addresses={"api": localstripe}, http_client=http)
+    try:
+        intent = await api.v1.payment_intents.retrieve_async(topup["reference"])
+        latest = intent.latest_charge
+        charge_id = latest if isinstance(latest, str) else str(latest.id)
+    finally:
+        await http.close_async()  # type: ignore[no-untyped-call]
+    refunds = await provider_of(client).refunds_of(charge_id)
+    assert [(r["amount"], r["metadata"]["gate_refund"][:3]) for r in refunds] == [(750, "rf_")]
+    charge = {"id": charge_id, "object": "charge", "amount": 2000, "amount_refunded": 750,
+              "currency": "usd", "payment_intent": topup["reference"], "refunded": False,
+              "status": "succeeded"}  # fmt: skip
+    assert (await post_event(client, event_of("charge.refunded", charge)))["credited"] is False
+    assert (await wallet_json(client, ws["key"]))["balance_micros"] == 22_500_000

@@ -182,6 +182,29 @@ class StripeProvider:
             )
             await pipe.execute()
 
+    async def refund(
+        self, workspace_id: str, payment_id: str, amount_micros: int, refund_id: str
+    ) -> str:
+        """Refund with Gate's refund id as idempotency key and metadata; a refund already
+        made with it (a look-alike that ignores the key) is found by listing first."""
+        intent = await self.client.v1.payment_intents.retrieve_async(payment_id)
+        charge = intent.latest_charge
+        charge_id = charge if isinstance(charge, str) else (charge.id if charge else "")
+        for refund in await self.refunds_of(str(charge_id)):
+            if (refund.get("metadata") or {}).get("gate_refund") == refund_id:
+                return str(refund["id"])
+        try:
+            made = await self.client.v1.refunds.create_async(
+                {"payment_intent": payment_id, "amount": amount_micros // 10_000,
+                 "metadata": {"gate_refund": refund_id, "workspace_id": workspace_id}},
+                {"idempotency_key": f"gate-refund-{workspace_id}-{refund_id}"},
+            )  # fmt: skip
+        except stripe.InvalidRequestError as err:
+            raise PaymentError(f"Stripe refused the refund: {err}", declined=False) from err
+        if made.status in ("failed", "canceled"):
+            raise PaymentError(f"Stripe's refund {made.id} is {made.status}", declined=False)
+        return str(made.id)
+
     async def refunds_of(self, charge_id: str) -> list[dict[str, Any]]:
         """The refunds of one charge, as Stripe lists them (plain dicts)."""
         try:
