@@ -57,6 +57,7 @@ from gate.wallet.methods import PaymentMethods
 from gate.wallet.numbers import Numbers, Renewals
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.plans import CycleRoller, Plans
+from gate.wallet.refunds import Refunds, recovery
 from gate.wallet.service import Wallet
 from gate.wallet.stripe_provider import StripeProvider
 
@@ -135,7 +136,7 @@ def create_app(
             provider,
             alert_mailer,
             per_min_micros=rates.typical_per_min_micros,
-            recover=app[WALLET].recover_topups,
+            recover=recovery(app[WALLET], Refunds(ctx, app[WALLET], provider)),
         )
         app[AUTOMATION] = automation
 

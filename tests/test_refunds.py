@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from gate.api.http import AUTOMATION
 from gate.clock import ManualClock
-from tests.conftest import PLATFORM, Client, auth, new_workspace
+from gate.wallet.payments import SandboxProvider
+from tests.conftest import PLATFORM, Client, MakeClient, auth, new_workspace
 from tests.helpers import all_rows, wallet_json
 
 
@@ -92,3 +94,45 @@ async def test_only_card_topups_can_be_refunded(client: Client) -> None:
     assert resp.status == 400 and "not a card top-up" in await resp.text()
     resp = await refund(client, ws, "1800000000000-999", {})
     assert resp.status == 404
+
+
+class DyingRefunds(SandboxProvider):
+    """The sandbox, but the process "dies" on the first refund call, after the debit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refunds: list[str] = []
+
+    async def refund(
+        self, workspace_id: str, payment_id: str, amount_micros: int, refund_id: str
+    ) -> str:
+        self.refunds.append(refund_id)
+        if len(self.refunds) == 1:
+            raise RuntimeError("the process died before the provider answered")
+        return await super().refund(workspace_id, payment_id, amount_micros, refund_id)
+
+
+async def test_a_refund_cut_short_is_finished_by_the_recovery_pass(
+    make_client: MakeClient, clock: ManualClock
+) -> None:
+    provider = DyingRefunds()
+    client = await make_client(provider=provider)
+    ws = await new_workspace(client)
+    row = await topup(client, ws, 20)
+    resp = await refund(client, ws, row["id"], {"amount_usd": "4"}, key="dying")
+    assert resp.status == 500
+    assert await balance(client, ws) == 26_000_000  # debited, the card not yet refunded
+    clock.advance(31)  # the request's Idempotency-Key lease lapses
+    automation = client.server.app[AUTOMATION]
+    await automation.look_now(ws["id"])
+    for _ in range(200):  # this test's run, or the background loop's, finishes it
+        await automation.run_once()
+        if not await automation.ctx.client.hlen(f"gate:{{{ws['id']}}}:pending_refunds"):
+            break
+        await asyncio.sleep(0.01)
+    assert len(provider.refunds) == 2 and len(set(provider.refunds)) == 1, "same refund id"
+    again = await refund(client, ws, row["id"], {"amount_usd": "4"}, key="dying")
+    assert again.status == 201, await again.text()
+    assert (await again.json())["amount_micros"] == -4_000_000
+    assert await balance(client, ws) == 26_000_000
+    assert len(provider.refunds) == 2

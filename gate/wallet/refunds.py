@@ -10,19 +10,23 @@ first (a `refund` row, lua/post-8.lua with floor "available", which is the unspe
 check made atomically), then the provider refunds with Gate's refund id as its idempotency
 key and metadata (`gate_refund`, which the charge.refunded webhook skips, as booked). A
 provider that refuses gives the money back with a second row. The refund is recorded in
-`gate:{ws}:pending_refunds` before the debit and removed once the provider answered.
+`gate:{ws}:pending_refunds` before the debit and removed once the provider answered; the
+automation worker's recovery pass (`recover`) finishes one whose request died in between.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 import orjson
 
 from gate.context import Context
 from gate.errors import (
     Conflict,
+    GateError,
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
     InsufficientBalance,
@@ -45,6 +49,8 @@ from gate.wallet.service import (
     idem_fail,
     post,
 )
+
+log = logging.getLogger("gate.wallet.refunds")
 
 LOCK_MS = 30_000  # one refund of a workspace at a time; a dead holder's lock lapses
 
@@ -111,7 +117,7 @@ class Refunds:
             )
         if claim.code != Code.OK:
             raise NotFound("no such workspace")
-        return await self._refund(workspace_id, topup, amount_micros, key, idem)
+        return await self._refund(workspace_id, topup, amount_micros, key, idem, digest)
 
     async def _topup(self, workspace_id: str, row_id: str, by_platform: bool) -> ledger.Row:
         row = await self.wallet.row(workspace_id, row_id)  # 404 when there is none
@@ -135,7 +141,13 @@ class Refunds:
         return row
 
     async def _refund(
-        self, workspace_id: str, topup: ledger.Row, amount: int | None, key: str, idem: str
+        self,
+        workspace_id: str,
+        topup: ledger.Row,
+        amount: int | None,
+        key: str,
+        idem: str,
+        digest: str,
     ) -> ledger.Row:
         payment_id = topup.reference
         done = int(await self.ctx.client.hget(_refunded_key(workspace_id), payment_id) or 0)
@@ -149,8 +161,16 @@ class Refunds:
                 field="amount_usd",
             )
         refund_id = "rf_" + hashlib.sha256(f"{workspace_id}:{key}".encode()).hexdigest()[:20]
-        pending = orjson.dumps({"payment_id": payment_id, "micros": micros, "idem": idem})
-        await self.ctx.client.hset(_pending_key(workspace_id), refund_id, pending)
+        record = {"payment_id": payment_id, "micros": micros, "idem": idem, "digest": digest}
+        # Written ahead, counted before the debit: recover() finishes from any point after.
+        await self.ctx.client.hset(_pending_key(workspace_id), refund_id, orjson.dumps(record))
+        await self.ctx.client.hincrby(_refunded_key(workspace_id), payment_id, micros)
+        return await self._settle(workspace_id, refund_id, payment_id, micros, idem)
+
+    async def _settle(
+        self, workspace_id: str, refund_id: str, payment_id: str, micros: int, idem: str
+    ) -> ledger.Row:
+        """Debit (once, by reference), refund at the provider (once, by refund id), finish."""
         posted = await post(
             self.ctx, workspace_id, now_ms=self.ctx.clock.now_ms(), amount_micros=-micros,
             type="refund", description=f"Refund of top-up {payment_id} to the card",
@@ -158,6 +178,7 @@ class Refunds:
             extra=[("source", "card"), ("payment_id", payment_id), ("refund_id", refund_id)],
         )  # fmt: skip
         if posted.code == Code.INSUFFICIENT:
+            await self.ctx.client.hincrby(_refunded_key(workspace_id), payment_id, -micros)
             await self.ctx.client.hdel(_pending_key(workspace_id), refund_id)
             await self.ctx.client.delete(idem)  # nothing happened: the key may be used again
             assert posted.balance_micros is not None and posted.reserved_micros is not None
@@ -169,8 +190,9 @@ class Refunds:
                 required_usd=usd(micros),
                 available_usd=usd(available),
             )
+        if posted.code == Code.NO_WORKSPACE:
+            raise NotFound("no such workspace")
         assert posted.row_id is not None
-        await self.ctx.client.hincrby(_refunded_key(workspace_id), payment_id, micros)
         self.ctx.notifier.events(workspace_id)
         try:
             await self.payments.refund(workspace_id, payment_id, micros, refund_id)
@@ -182,6 +204,36 @@ class Refunds:
         await self.ctx.client.hset(idem, mapping={"state": "done", "result": posted.row_id})
         await self.ctx.client.hdel(_pending_key(workspace_id), refund_id)
         return await self.wallet.row(workspace_id, posted.row_id)
+
+    async def recover(self, workspace_id: str) -> int:
+        """Finish refunds whose request died after it was written ahead (the automation
+        worker's recovery pass); returns how many were finished now."""
+        lock = f"{keys.for_workspace(workspace_id).ws}:refund_lock"
+        finished = 0
+        for refund_id, record in (await self.pending(workspace_id)).items():
+            idem = str(record["idem"])
+            claim = await idem_claim(
+                self.ctx, workspace_id, idem, self.ctx.clock.now_ms(), str(record["digest"]),
+                IDEMPOTENCY_LEASE_MS, IDEMPOTENCY_TTL_MS,
+            )  # fmt: skip
+            if claim.code == Code.IN_PROGRESS:
+                continue  # its request is still alive
+            if claim.code != Code.OK:  # finished before the record was removed
+                await self.ctx.client.hdel(_pending_key(workspace_id), refund_id)
+                continue
+            if not await self.ctx.client.set(lock, refund_id, nx=True, px=LOCK_MS):
+                continue
+            try:
+                await self._settle(
+                    workspace_id, refund_id, str(record["payment_id"]), int(str(record["micros"])),
+                    idem,
+                )  # fmt: skip
+                finished += 1
+            except GateError as err:  # refused: its key answers the refusal
+                log.warning("refund %s of %s not finished: %s", refund_id, workspace_id, err)
+            finally:
+                await self.ctx.client.delete(lock)
+        return finished
 
     async def _undo(self, workspace_id: str, payment_id: str, micros: int, refund_id: str) -> None:
         await post(
@@ -198,3 +250,12 @@ class Refunds:
         """Refunds debited whose provider answer never came (a crash in between)."""
         raw = await self.ctx.client.hgetall(_pending_key(workspace_id))
         return {text(k): orjson.loads(v) for k, v in raw.items()}
+
+
+def recovery(wallet: Wallet, refunds: Refunds) -> Callable[[str], Awaitable[int]]:
+    """The automation worker's recovery pass: top-ups, then refunds, that died half-way."""
+
+    async def recover(workspace_id: str) -> int:
+        return await wallet.recover_topups(workspace_id) + await refunds.recover(workspace_id)
+
+    return recover
