@@ -347,3 +347,35 @@ async def test_a_call_start_that_crosses_the_threshold_wakes_the_worker(
             break
         await asyncio.sleep(0.01)
     assert [r["amount_micros"] for r in await recharges(client, ws)] == [20_000_000]
+
+
+async def test_a_tick_that_crosses_the_threshold_wakes_the_worker(
+    client: Client, provider: CountingProvider, clock: ManualClock
+) -> None:
+    """The crossing may come from a tick of a live call, not only from its start."""
+    ws = await new_workspace(client)
+    await enable(client, ws, threshold_usd=5, topup_usd=20)
+    await adjust(client, ws, "-4.70")  # $5.30: a call's one-minute hold ($0.20) stays above
+    resp = await client.post(f"/v1/workspaces/{ws['id']}/keys", json={"role": "switch"},
+                             headers=PLATFORM)  # fmt: skip
+    switch = auth((await resp.json())["key"])
+    start = {"call_id": "tick-cross", "direction": "outbound", "from": "+14155550100",
+             "to": "+14155550123"}  # fmt: skip
+    resp = await client.post("/v1/calls", json=start, headers=switch)
+    assert resp.status == 201, await resp.text()
+    await asyncio.sleep(0.3)
+    assert not provider.calls, "nothing crossed yet"
+    ticker = client.server.app[TICKER]
+    for _ in range(12):  # two minutes of talk: $0.40 more is billed and held
+        clock.advance(10)
+        await ticker.run_once()
+    for _ in range(300):
+        if await recharges(client, ws):
+            break
+        await asyncio.sleep(0.01)
+    assert [r["amount_micros"] for r in await recharges(client, ws)] == [20_000_000]
+    resp = await client.post(
+        "/v1/calls/tick-cross/end", json={"duration_s": 120, "hangup_cause": "normal"},
+        headers=switch,
+    )  # fmt: skip
+    assert resp.status == 200, await resp.text()
