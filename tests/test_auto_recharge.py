@@ -14,7 +14,7 @@ from gate.clock import ManualClock
 from gate.store import keys
 from gate.wallet.automation import month_of
 from gate.wallet.payments import Payment, SandboxProvider
-from tests.conftest import PLATFORM, Client, MakeClient, auth, new_workspace
+from tests.conftest import PLATFORM, Client, MakeClient, auth, new_switch_key, new_workspace
 from tests.helpers import adjust, all_rows, wallet_json
 
 
@@ -334,9 +334,7 @@ async def test_a_call_start_that_crosses_the_threshold_wakes_the_worker(
     await adjust(client, ws, "-4.90")  # $5.10: above the threshold, nothing fires
     await asyncio.sleep(0.5)
     assert not provider.calls
-    resp = await client.post(f"/v1/workspaces/{ws['id']}/keys", json={"role": "switch"},
-                             headers=PLATFORM)  # fmt: skip
-    switch = auth((await resp.json())["key"])
+    switch = auth(await new_switch_key(client, ws["id"]))
     start = {"call_id": "cross-1", "direction": "outbound", "from": "+14155550100",
              "to": "+14155550123"}  # fmt: skip
     resp = await client.post("/v1/calls", json=start, headers=switch)
@@ -356,9 +354,7 @@ async def test_a_tick_that_crosses_the_threshold_wakes_the_worker(
     ws = await new_workspace(client)
     await enable(client, ws, threshold_usd=5, topup_usd=20)
     await adjust(client, ws, "-4.70")  # $5.30: a call's one-minute hold ($0.20) stays above
-    resp = await client.post(f"/v1/workspaces/{ws['id']}/keys", json={"role": "switch"},
-                             headers=PLATFORM)  # fmt: skip
-    switch = auth((await resp.json())["key"])
+    switch = auth(await new_switch_key(client, ws["id"]))
     start = {"call_id": "tick-cross", "direction": "outbound", "from": "+14155550100",
              "to": "+14155550123"}  # fmt: skip
     resp = await client.post("/v1/calls", json=start, headers=switch)

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -102,6 +103,27 @@ def provider_of(client: Client) -> StripeProvider:
     provider = client.server.app[METHODS].payments
     assert isinstance(provider, StripeProvider)
     return provider
+
+
+async def workspace_with_card(
+    client: Client, cards: Callable[[str], Awaitable[str]]
+) -> tuple[dict[str, Any], dict[str, str], str]:
+    """A new workspace, its admin headers, and a Visa card on file (the default)."""
+    ws = await new_workspace(client)
+    admin = auth(ws["key"])
+    pm = await cards("4242424242424242")
+    resp = await client.post(
+        "/v1/wallet/payment_methods", json={"payment_method_id": pm}, headers=admin
+    )
+    assert resp.status == 201, await resp.text()
+    return ws, admin, pm
+
+
+async def auto_recharge_on(client: Client, admin: dict[str, str]) -> None:
+    """Auto-recharge $20 below $5, on the default card."""
+    on = {"auto_recharge": {"enabled": True, "threshold_usd": 5, "topup_usd": 20}}
+    resp = await client.patch("/v1/wallet/settings", json=on, headers=admin)
+    assert resp.status == 200, await resp.text()
 
 
 async def test_add_a_card_and_top_up_with_the_default(
@@ -257,16 +279,8 @@ async def test_auto_recharge_charges_the_default_card_at_stripe(
 ) -> None:
     from tests.test_auto_recharge import adjust, recharges, work
 
-    ws = await new_workspace(client)
-    admin = auth(ws["key"])
-    pm = await cards("4242424242424242")
-    resp = await client.post(
-        "/v1/wallet/payment_methods", json={"payment_method_id": pm}, headers=admin
-    )
-    assert resp.status == 201, await resp.text()
-    on = {"auto_recharge": {"enabled": True, "threshold_usd": 5, "topup_usd": 20}}
-    resp = await client.patch("/v1/wallet/settings", json=on, headers=admin)
-    assert resp.status == 200, await resp.text()
+    ws, admin, _ = await workspace_with_card(client, cards)
+    await auto_recharge_on(client, admin)
     await adjust(client, ws, "-6")
 
     async def credited() -> bool:
@@ -419,13 +433,7 @@ async def test_kill_9_between_create_and_record_charges_once_and_credits_once(
 ) -> None:
     """Issue 20: localstripe ignores idempotency_key, and Gate recorded the PaymentIntent only
     after Stripe answered: a kill -9 in between charged the card twice on recovery."""
-    ws = await new_workspace(client)
-    admin = auth(ws["key"])
-    pm = await cards("4242424242424242")
-    resp = await client.post(
-        "/v1/wallet/payment_methods", json={"payment_method_id": pm}, headers=admin
-    )
-    assert resp.status == 201, await resp.text()
+    ws, admin, pm = await workspace_with_card(client, cards)
     base = crashing_gate()
     topup = {"amount_usd": 25, "payment_method_id": pm}
     crash_headers = admin | {"Idempotency-Key": "crash-topup-1"}
@@ -461,16 +469,8 @@ async def test_kill_9_in_an_auto_recharge_charges_once_and_credits_once(
 ) -> None:
     from tests.test_auto_recharge import recharges, work
 
-    ws = await new_workspace(client)
-    admin = auth(ws["key"])
-    pm = await cards("4242424242424242")
-    resp = await client.post(
-        "/v1/wallet/payment_methods", json={"payment_method_id": pm}, headers=admin
-    )
-    assert resp.status == 201, await resp.text()
-    on = {"auto_recharge": {"enabled": True, "threshold_usd": 5, "topup_usd": 20}}
-    resp = await client.patch("/v1/wallet/settings", json=on, headers=admin)
-    assert resp.status == 200, await resp.text()
+    ws, admin, _ = await workspace_with_card(client, cards)
+    await auto_recharge_on(client, admin)
     base = crashing_gate()
     proc_alive = True
     # The debit goes through the crashing Gate, whose automation worker charges at once.
@@ -535,13 +535,7 @@ async def test_disputes_and_refunds_at_stripe_reach_the_books(
     client: Client, cards: Callable[[str], Awaitable[str]], localstripe: str
 ) -> None:
     """Issue 20: a charged-back top-up kept its credit; a refund at Stripe changed nothing."""
-    ws = await new_workspace(client)
-    admin = auth(ws["key"])
-    pm = await cards("4242424242424242")
-    resp = await client.post(
-        "/v1/wallet/payment_methods", json={"payment_method_id": pm}, headers=admin
-    )
-    assert resp.status == 201, await resp.text()
+    ws, admin, _ = await workspace_with_card(client, cards)
     resp = await client.post("/v1/wallet/topup", json={"amount_usd": 20}, headers=admin)
     assert resp.status == 201, await resp.text()
     intent_id = (await resp.json())["reference"]
@@ -607,13 +601,7 @@ async def test_disputes_and_refunds_at_stripe_reach_the_books(
 async def test_a_refund_through_gate_reaches_stripe_and_its_event_books_nothing_more(
     client: Client, cards: Callable[[str], Awaitable[str]], localstripe: str
 ) -> None:
-    ws = await new_workspace(client)
-    admin = auth(ws["key"])
-    pm = await cards("4242424242424242")
-    resp = await client.post(
-        "/v1/wallet/payment_methods", json={"payment_method_id": pm}, headers=admin
-    )
-    assert resp.status == 201, await resp.text()
+    ws, admin, _ = await workspace_with_card(client, cards)
     resp = await client.post("/v1/wallet/topup", json={"amount_usd": 20}, headers=admin)
     topup = await resp.json()
     resp = await client.post(

@@ -20,6 +20,7 @@ import stripe
 from aiohttp import web
 
 from gate.api.http import CTX, METHODS, json
+from gate.context import Context
 from gate.errors import NotFound, ValidationFailed
 from gate.metrics import PROVIDER_EVENTS_IGNORED
 from gate.store import keys
@@ -148,36 +149,35 @@ def _cents_within(payment: Recorded, cents: object, currency: object) -> int | N
 
 async def _dispute(request: web.Request, event_id: str, dispute: dict[str, Any]) -> bool | str:
     """charge.dispute.created: debit the disputed amount of a payment Gate recorded."""
-    payment = await _recorded(request, dispute.get("payment_intent"))
-    if payment is None:
-        return "unknown_payment"
     if str(dispute.get("status", "")).startswith("warning_"):
         return "inquiry"  # an inquiry withdraws no money
-    micros = _cents_within(payment, dispute.get("amount"), dispute.get("currency"))
-    if micros is None:
-        return _mismatch(event_id, "dispute", payment, dispute.get("amount"),
-                         dispute.get("currency"))  # fmt: skip
-    ctx = request.app[CTX]
-    intent_id, dispute_id = str(dispute["payment_intent"]), str(dispute.get("id", ""))
-    return await reconcile.dispute_opened(ctx, payment, intent_id, dispute_id, micros)
+    return await _book_dispute(request, event_id, dispute, reconcile.dispute_opened)
 
 
 async def _dispute_closed(
     request: web.Request, event_id: str, dispute: dict[str, Any]
 ) -> bool | str:
     """charge.dispute.closed: a won dispute credits the amount back; a lost one stays."""
+    if dispute.get("status") != "won":
+        return "dispute_not_won"
+    return await _book_dispute(request, event_id, dispute, reconcile.dispute_won)
+
+
+async def _book_dispute(
+    request: web.Request,
+    event_id: str,
+    dispute: dict[str, Any],
+    book: Callable[[Context, Recorded, str, str, int], Awaitable[bool]],
+) -> bool | str:
     payment = await _recorded(request, dispute.get("payment_intent"))
     if payment is None:
         return "unknown_payment"
-    if dispute.get("status") != "won":
-        return "dispute_not_won"
     micros = _cents_within(payment, dispute.get("amount"), dispute.get("currency"))
     if micros is None:
         return _mismatch(event_id, "dispute", payment, dispute.get("amount"),
                          dispute.get("currency"))  # fmt: skip
-    ctx = request.app[CTX]
     intent_id, dispute_id = str(dispute["payment_intent"]), str(dispute.get("id", ""))
-    return await reconcile.dispute_won(ctx, payment, intent_id, dispute_id, micros)
+    return await book(request.app[CTX], payment, intent_id, dispute_id, micros)
 
 
 async def _refunded(request: web.Request, event_id: str, charge: dict[str, Any]) -> bool | str:
