@@ -129,14 +129,9 @@ async def auto_recharge_on(client: Client, admin: dict[str, str]) -> None:
 async def test_add_a_card_and_top_up_with_the_default(
     client: Client, cards: Callable[[str], Awaitable[str]]
 ) -> None:
-    ws = await new_workspace(client)
-    admin = auth(ws["key"])
-    pm = await cards("4242424242424242")
-    resp = await client.post(
-        "/v1/wallet/payment_methods", json={"payment_method_id": pm}, headers=admin
-    )
-    assert resp.status == 201, await resp.text()
-    added = await resp.json()
+    ws, admin, _ = await workspace_with_card(client, cards)
+    resp = await client.get("/v1/wallet/payment_methods", headers=admin)
+    [added] = (await resp.json())["data"]
     assert (added["brand"], added["last4"], added["exp_month"], added["exp_year"]) == (
         "visa", "4242", 12, 2034,
     )  # fmt: skip
