@@ -620,3 +620,28 @@ async def test_a_refund_through_gate_reaches_stripe_and_its_event_books_nothing_
               "status": "succeeded"}  # fmt: skip
     assert (await post_event(client, event_of("charge.refunded", charge)))["credited"] is False
     assert (await wallet_json(client, ws["key"]))["balance_micros"] == 22_500_000
+
+
+async def test_a_card_that_asks_for_3d_secure_is_refused_clearly_and_charged_nothing(
+    client: Client, cards: Callable[[str], Awaitable[str]], redis: Redis, localstripe: str
+) -> None:
+    """Issue 20: adding such a card answered 500 internal_error (the verification refunded
+    a PaymentIntent that was requires_action)."""
+    ws = await new_workspace(client)
+    admin = auth(ws["key"])
+    pm = await cards("4000002500003155")
+    resp = await client.post(
+        "/v1/wallet/payment_methods", json={"payment_method_id": pm}, headers=admin
+    )
+    assert resp.status == 402, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["code"] == "payment_declined" and "3-D Secure" in error["message"]
+    assert await redis.hlen(f"{keys.for_workspace(ws['id']).ws}:methods") == 0
+    http = stripe.AIOHTTPClient()
+    api = stripe.StripeClient("sk_test_gate", base_addresses={"api": localstripe}, http_client=http)
+    try:
+        page = await api.v1.payment_intents.list_async({"limit": 100})
+        mine = [pi async for pi in page.auto_paging_iter() if pi.payment_method == pm]
+    finally:
+        await http.close_async()  # type: ignore[no-untyped-call]
+    assert [pi.status for pi in mine] == ["canceled"]

@@ -102,7 +102,16 @@ class StripeProvider:
             intent = await self.client.v1.payment_intents.create_async(
                 self._intent(customer, payment_method_id, VERIFY_MICROS, workspace_id, "")
             )
-            await self.client.v1.refunds.create_async({"payment_intent": intent.id})
+            if intent.status != "succeeded":  # 3-D Secure: requires_action, nothing charged
+                await self.client.v1.payment_intents.cancel_async(intent.id)
+                await self.client.v1.payment_methods.detach_async(payment_method_id)
+                raise PaymentError(
+                    f"this card asks for authentication (3-D Secure; the payment is "
+                    f"{intent.status}), which Gate cannot complete yet; nothing was charged "
+                    "or stored. Use another card.",
+                    declined=True,
+                )
+            await self._refund_checked(intent.id)
         except stripe.CardError as err:
             raise PaymentError(_decline_message(err), declined=True) from err
         except stripe.InvalidRequestError as err:
@@ -118,6 +127,20 @@ class StripeProvider:
             card.exp_month if card else None,
             card.exp_year if card else None,
         )
+
+    async def _refund_checked(self, intent_id: str) -> None:
+        """Refund the verification charge and check that Stripe took the refund; retried
+        (same idempotency key) when it failed, an error logged if it keeps failing."""
+        for attempt in range(3):
+            refund = await self.client.v1.refunds.create_async(
+                {"payment_intent": intent_id}, {"idempotency_key": f"gate-verify-{intent_id}"}
+            )
+            if refund.status in ("succeeded", "pending"):
+                return
+            log.warning("verification refund of %s is %s (try %d)", intent_id, refund.status,
+                        attempt + 1)  # fmt: skip
+        log.error("verification charge %s could not be refunded: refund it in the Stripe "
+                  "dashboard", intent_id)  # fmt: skip
 
     async def detach(self, workspace_id: str, payment_method_id: str) -> None:
         try:
