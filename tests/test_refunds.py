@@ -136,3 +136,17 @@ async def test_a_refund_cut_short_is_finished_by_the_recovery_pass(
     assert (await again.json())["amount_micros"] == -4_000_000
     assert await balance(client, ws) == 26_000_000
     assert len(provider.refunds) == 2
+
+
+def test_the_refund_window_and_crash_point_are_checked_settings() -> None:
+    import pytest
+
+    from gate.settings import SettingsError, load
+
+    assert load({}).refund_window_days == 14
+    assert load({"GATE_REFUND_WINDOW_DAYS": "30"}).refund_window_days == 30
+    with pytest.raises(SettingsError, match="GATE_REFUND_WINDOW_DAYS"):
+        load({"GATE_REFUND_WINDOW_DAYS": "-1"})
+    assert load({"GATE_CRASH_AT": "payment_created"}).crash_at == "payment_created"
+    with pytest.raises(SettingsError, match="chaos tests only"):
+        load({"GATE_CRASH_AT": "anywhere"})
