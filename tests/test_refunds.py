@@ -150,3 +150,16 @@ def test_the_refund_window_and_crash_point_are_checked_settings() -> None:
     assert load({"GATE_CRASH_AT": "payment_created"}).crash_at == "payment_created"
     with pytest.raises(SettingsError, match="chaos tests only"):
         load({"GATE_CRASH_AT": "anywhere"})
+
+
+async def test_a_topup_key_cannot_pose_as_an_auto_recharge(client: Client) -> None:
+    """A top-up's Idempotency-Key becomes its provider key; auto-recharges use ar_<ws>_<n>,
+    which the webhook settles as an auto-recharge attempt."""
+    ws = await new_workspace(client)
+    resp = await client.post(
+        "/v1/wallet/topup",
+        json={"amount_usd": 10, "payment_method_id": "pm_card_visa"},
+        headers=auth(ws["key"]) | {"Idempotency-Key": f"ar_{ws['id']}_1"},
+    )
+    assert resp.status == 400 and "ar_" in await resp.text()
+    assert await balance(client, ws) == 10_000_000
