@@ -440,11 +440,16 @@ async def test_kill_9_between_create_and_record_charges_once_and_credits_once(
     assert [pi.status for pi in made] == ["succeeded"], "the card was charged, Gate died"
     assert (await wallet_json(client, ws["key"]))["balance_micros"] == 10_000_000
     # Recovery in a live Gate, once the dead request's Idempotency-Key lease has lapsed:
+    from tests.test_auto_recharge import recharges, work
+
     clock.advance(60)
-    automation = client.server.app[AUTOMATION]
-    await automation.rescan()
-    await automation.run_once()
-    rows = [r for r in await all_rows(client, ws["key"]) if r["type"] == "recharge"]
+    await client.server.app[AUTOMATION].rescan()
+
+    async def credited() -> bool:
+        return bool(await recharges(client, ws))
+
+    await work(client, credited)  # this test's round, or the background loop's
+    rows = await recharges(client, ws)
     assert [(r["reference"], r["amount_micros"]) for r in rows] == [(made[0].id, 25_000_000)]
     assert len(await intents_of(localstripe, ws["id"])) == 1, "charged once"
     # The client's retry of the dead request answers the same credit.
