@@ -327,6 +327,32 @@ async def _wallet_show(ctx: Any, workspace_id: str) -> int:
     return 0
 
 
+async def _mail_list(ctx: Any, workspace_id: str | None) -> int:
+    from gate.delivery.mail import dead_mail
+    from gate.store import keys
+    from gate.store.redis_client import text
+
+    ids = (
+        [workspace_id]
+        if workspace_id
+        else sorted(text(m) for m in await ctx.client.smembers(keys.WORKSPACES))
+    )
+    _print(await dead_mail(ctx, ids))
+    return 0
+
+
+async def _mail_retry(ctx: Any, mail_id: str) -> int:
+    from gate.delivery.mail import retry_dead
+
+    if not await retry_dead(ctx, mail_id):
+        sys.stderr.write(
+            f"gate: no dead-lettered mail {mail_id!r}; `gate mail list --dead` shows the ids\n"
+        )
+        return 1
+    sys.stdout.write(f"queued {mail_id} again: a running Gate sends it within its next round\n")
+    return 0
+
+
 async def _check(ctx: Any, workspace_id: str | None) -> int:
     from gate.history.check import check_all
 
@@ -438,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a filter of GET /v1/usage/export, e.g. --filter type=call --filter month=2026-11",
     )
+    mail = sub.add_parser("mail", help="alert mail").add_subparsers(dest="verb", required=True)
+    mail_list = mail.add_parser("list", help="list alert mail jobs (--dead: the dead-lettered)")
+    mail_list.add_argument("--dead", action="store_true", required=True)
+    mail_list.add_argument("workspace", nargs="?", help="one workspace id (default: all)")
+    mail.add_parser("retry", help="queue a dead-lettered mail again").add_argument("id")
     check = sub.add_parser(
         "check", help="verify the ledger/balance invariants across Redis and the archive"
     )
@@ -511,6 +542,10 @@ def main(argv: list[str] | None = None) -> int:
         work = lambda ctx: _key_create(ctx, args.workspace, args.role)  # noqa: E731
     elif args.command == "wallet":
         work = lambda ctx: _wallet_show(ctx, args.workspace)  # noqa: E731
+    elif args.command == "mail" and args.verb == "list":
+        work = lambda ctx: _mail_list(ctx, args.workspace)  # noqa: E731
+    elif args.command == "mail":
+        work = lambda ctx: _mail_retry(ctx, args.id)  # noqa: E731
     elif args.command == "export":
         work = lambda ctx: _export(ctx, args.workspace, args.out, args.filter)  # noqa: E731
     else:

@@ -18,7 +18,8 @@ GateError
 │   ├── IdempotencyKeyReused (409 idempotency_key_reused)
 │   ├── IdempotencyKeyInProgress (409 idempotency_key_in_progress)
 │   ├── InvalidState (409 invalid_state)
-│   └── PaymentInFlight (409 payment_in_flight)
+│   ├── PaymentInFlight (409 payment_in_flight)
+│   └── NumberTaken (409 number_taken)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── Unprocessable (422)
 │   └── NoRateFound (422 no_rate)
@@ -141,6 +142,10 @@ class InvalidState(Conflict):
 
 class PaymentInFlight(Conflict):
     code = "payment_in_flight"
+
+
+class NumberTaken(Conflict):
+    code = "number_taken"
 
 
 class PayloadTooLarge(GateError):

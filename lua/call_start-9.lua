@@ -40,7 +40,9 @@
 -- ARGV[24] reports       1: the switch promises heartbeats for this call, so their silence
 --                        (from the answer on) ends it as stale; 0: none promised
 -- Replies:
---   {0, record, balance, reserved}   allowed; record is the new call (MessagePack)
+--   {0, record, balance, reserved, fired}
+--                                    allowed; record is the new call (MessagePack); fired
+--                                    1 when the hold crossed a wallet threshold (_watch.lua)
 --   {1, record, balance, reserved}   the call started before: the first answer, nothing held
 --   {2}                              the call ended already
 --   {-1}                             no such workspace
@@ -145,4 +147,4 @@ c.h0 = (c.ans ~= 0 and c.ans or c.t0) + (c.m0 >= 0 and c.m0 or c.g0) * 1000
 c.ha = c.h0
 save_call(c)
 schedule(c, now_ms)
-return {0, cmsgpack.pack(c), balance, reserved + c.held}
+return {0, cmsgpack.pack(c), balance, reserved + c.held, watch_fired}

@@ -33,10 +33,10 @@ _WORKSPACE = _param(
 )
 _LEDGER_FILTERS = [
     _param("type", "query", "ledger row type: recharge, call, ai_agent, sms, mms, fax, chat, "
-           "number_rental, adjustment, refund, plan_cycle"),
+           "number_rental, adjustment, refund, dispute, plan_cycle"),
     _param("service", "query", "the seeds' Usage History services: calling or voice (call rows), "
            "ai_agent, messaging (sms, mms, chat), fax, numbers (number_rental), credits "
-           "(recharge, adjustment, refund)"),
+           "(recharge, adjustment, refund, dispute)"),
     _param("user", "query", "only rows of this user"),
     _param("group", "query", "only rows of this group"),
     _param("source", "query", "only rows drawn from this wallet source (credit bucket)"),
@@ -65,6 +65,7 @@ QUERY: dict[str, list[dict[str, Any]]] = {
     "get_wallet": [_WORKSPACE],
     "list_methods": [_WORKSPACE],
     "topup": [_WORKSPACE],
+    "refund_topup": [_WORKSPACE],
     "patch_settings": [_WORKSPACE],
     "buckets": [_WORKSPACE],
     "get_alerts": [_WORKSPACE],
@@ -122,6 +123,7 @@ HEADERS: dict[str, list[dict[str, Any]]] = {
     "get_wallet": [_param("If-None-Match", "header", "the ETag of a previous answer: 304")],
     "topup": [{**_param("Idempotency-Key", "header", "the same key returns the first answer"),
                "required": True}],
+    "refund_topup": [_param("Idempotency-Key", "header", "the same key returns the first answer")],
     "stream": [_param("Last-Event-ID", "header", "resume after this event id")],
     "stripe_webhook": [{**_param("Stripe-Signature", "header", "Stripe's signature"),
                         "required": True}],
@@ -136,6 +138,7 @@ PATH_PATTERNS = {
     "name": r"^[A-Za-z0-9._-]+$",
     "method_id": r"^[A-Za-z0-9._:@+-]+$",
     "organization_id": r"^org_[0-9a-f]{16}$",
+    "topup_id": r"^\d{1,16}-\d{1,16}$",
 }
 
 # Statuses beyond the 200 and the errors every route shares (see `complete`).
@@ -148,6 +151,9 @@ STATUSES: dict[str, dict[str, str]] = {
     "topup": {"201": "credited", "402": "the card was declined",
               "409": "Idempotency-Key reused with another body, or still in progress"},
     "patch_settings": {"409": "auto-recharge needs a payment method on file"},
+    "refund_topup": {"201": "the refund row", "402": "more than the unspent balance, or the "
+                     "provider refused", "404": "no such ledger row",
+                     "409": "another refund of the workspace is running, or the key is reused"},
     "stream": {"200": "text/event-stream", "429": "too many streams open for the key or "
                "workspace (too_many_streams)"},
     "start": {"201": "allowed: the call may start", "200": "a repeated start: the first answer",

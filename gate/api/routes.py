@@ -21,6 +21,7 @@ from gate.api import ops as api_ops
 from gate.api import organizations as api_orgs
 from gate.api import payment_methods as api_methods
 from gate.api import providers as api_providers
+from gate.api import refunds as api_refunds
 from gate.api import signin as api_signin
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
@@ -76,6 +77,9 @@ ROUTES = [
           "Make a payment method the default", "admin", schemas.PaymentMethodPatch),
     Route("DELETE", "/v1/wallet/payment_methods/{method_id}", api_methods.delete_method,
           "Delete a payment method", "admin"),
+    Route("POST", "/v1/wallet/topups/{topup_id}/refund", api_refunds.refund_topup,
+          "Refund a card top-up to the card (platform; admin within the window)", "admin",
+          schemas.RefundTopup),
     Route("POST", "/v1/providers/stripe/webhook", api_providers.stripe_webhook,
           "Stripe events, verified by Stripe-Signature"),
     Route("GET", "/v1/wallet/transactions", api_wallet.transactions,

@@ -53,6 +53,10 @@ class Topup(Body):
     payment_method_id: Id | None = None  # None: the default payment method
 
 
+class RefundTopup(Body):
+    amount_usd: Usd | None = None  # None: what of the top-up is not refunded yet
+
+
 class AddPaymentMethod(Body):
     payment_method_id: Id
     default: bool = False

@@ -73,6 +73,8 @@ async def topup(request: web.Request) -> web.StreamResponse:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise ValidationFailed("Idempotency-Key must be 1 to 255 characters")
+    if key is not None and key.startswith("ar_"):  # the provider keys of auto-recharges
+        raise ValidationFailed("an Idempotency-Key may not start with ar_; choose another key")
     workspace_id = who.workspace(request.query.get("workspace_id"))  # org_admin: any office
     method = body.payment_method_id
     if method is None:

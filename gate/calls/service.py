@@ -353,7 +353,9 @@ class Calls:
             rec = _record.decode(as_bytes(reply[1]))
             if code == Code.OK:
                 self.ctx.notifier.ticks(workspace_id, _first_due(rec, now))
-                if rec.cut:
+                # The hold may have crossed the auto-recharge threshold: wake the worker now,
+                # not at its next rescan (one int read when nothing fired).
+                if rec.cut or int(reply[4]):
                     self.ctx.notifier.events(workspace_id)
             return code == Code.OK, self.first_answer(rec)
         if code == Code.INSUFFICIENT:

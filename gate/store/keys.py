@@ -41,6 +41,11 @@ DIRECTORY = DirectoryKeys(
 )  # fmt: skip
 
 
+def number_owner(number: str) -> str:
+    """string: the workspace renting an E.164 number, so one number has one tenant."""
+    return f"{PREFIX}:numberws:{number}"
+
+
 def call_owner(call_id: str) -> str:
     """string: the workspace of a call started with the service-wide switch key (with TTL)."""
     return f"{PREFIX}:callws:{call_id}"
