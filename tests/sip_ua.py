@@ -5,9 +5,10 @@
                                                     {"to": uri, "at_ms": start, "hold_ms": n})
 
 Each call event is one JSON line on stdout: {"ua", "idx", "call_id", "event", "t_ms",
-"status", "by"}; event is "confirmed" or "disconnected", t_ms wall-clock ms, by "local"
-when this agent hung up. The uac exits when its calls are over. pjsua2 runs in this
-process's main thread only (threadCnt 0), which is why each agent is its own process.
+"status", "by"}; event is "incoming" (uas only), "confirmed" or "disconnected", t_ms
+wall-clock ms, by "local" when this agent hung up. The uac exits when its calls are over.
+pjsua2 runs in this process's main thread only (threadCnt 0), which is why each agent is
+its own process.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Account(pj.Account):  # type: ignore[misc]
     def onIncomingCall(self, prm: Any) -> None:
         call = Call(self, self.ua, len(self.calls), prm.callId)
         self.calls.append(call)
+        emit(ua=self.ua, idx=call.idx, call_id=call.getInfo().callIdString, event="incoming",
+             t_ms=now_ms(), status=0, by="")  # fmt: skip
         ring = pj.CallOpParam()
         ring.statusCode = 180
         call.answer(ring)
