@@ -331,6 +331,52 @@ def test_a_kamailio_restart_mid_call(stack: Stack) -> None:
           f"max {max(short):.2f} s")  # fmt: skip
 
 
+def test_no_cut_call_bills_above_what_the_caller_heard(stack: Stack) -> None:
+    """Finding 5: a call cut a few ms before the caller's own whole second must not bill
+    that second. Eight calls (two rounds of four: one callee takes four) are cut by a
+    signed call.cut sent at the caller's connect time + 3 s - 0..7 ms, so some end just
+    short of 3 s by the caller's clock; a proxy that counts from the callee's 200 OK (1-4 ms
+    before the caller has it) bills those 3 s."""
+    import threading
+
+    Lines(stack.callee())
+    stack.set_balance(10_000_000)
+    calls: list[dict[str, Any]] = []
+
+    def cut(n: int, call_id: str, at_ms: float) -> None:
+        time.sleep(max(0.0, at_ms / 1000 - time.time()))
+        event = {"id": f"evt_edge_{n}", "type": "call.cut", "data": {"call_id": call_id}}
+        assert stack.webhook(event)[0] == 200
+
+    for first in (0, 1):
+        agent = stack.caller([{"at_ms": 150 * i, "hold_ms": 10_000} for i in range(4)])
+        lines = Lines(agent)
+        threads: dict[str, threading.Thread] = {}
+        deadline = time.monotonic() + 15
+        while len(threads) < 4 and time.monotonic() < deadline:
+            for e in [e for e in lines.items if e["event"] == "confirmed"]:
+                if e["call_id"] not in threads:
+                    n = first + 2 * len(threads)
+                    at = e["t_ms"] + 2_999 - n
+                    threads[e["call_id"]] = threading.Thread(target=cut, args=(n, e["call_id"], at))
+                    threads[e["call_id"]].start()
+            time.sleep(0.002)
+        for t in threads.values():
+            t.join(10)
+        agent.wait(30)
+        time.sleep(0.2)  # the reader's last lines
+        calls += calls_of(lines.items).values()
+    assert len(calls) == 8 and all(c["by"] == "remote" for c in calls), calls
+    rows = rows_of(stack, {c["call_id"] for c in calls})
+    billed = {c["call_id"]: -rows[c["call_id"]]["amount_micros"] // RATE_MICROS_PER_S
+              for c in calls}  # fmt: skip
+    above = [(c["ended"] - c["confirmed"], billed[c["call_id"]]) for c in calls
+             if billed[c["call_id"]] > heard_s(c)]  # fmt: skip
+    assert not above, f"billed above what the caller heard (heard ms, billed s): {above}"
+    print(f"\nedge: heard {sorted(c['ended'] - c['confirmed'] for c in calls)} ms, billed "
+          f"{sorted(billed.values())} s")  # fmt: skip
+
+
 def _timer_late_cut_ignored(cfg: str) -> str:
     """Its timer 2 s late and call.cut ignored; no heartbeats (their `hangup` action would
     cut within a sync interval and hide the rest)."""
