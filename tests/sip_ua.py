@@ -49,9 +49,13 @@ class Call(pj.Call):  # type: ignore[misc]
                  t_ms=self.confirmed_ms, status=200, by="")  # fmt: skip
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.done:
             self.done = True
+            # connect_ms: pjsip's own connect-to-disconnect time, taken in C as the states
+            # change (t_ms is when Python got here, which may be a few ms late)
+            connected = info.connectDuration.sec * 1000 + info.connectDuration.msec
             emit(ua=self.ua, idx=self.idx, call_id=info.callIdString, event="disconnected",
                  t_ms=now_ms(), status=info.lastStatusCode, reason=info.lastReason,
-                 by="local" if self.hung_up_here else "remote")  # fmt: skip
+                 by="local" if self.hung_up_here else "remote",
+                 connect_ms=connected if self.confirmed_ms else None)  # fmt: skip
 
 
 class Account(pj.Account):  # type: ignore[misc]

@@ -158,6 +158,7 @@ class Stack:
             carrier=f"127.0.0.1:{self.carrier_port}",
             sync_s=self.sync_s,
             node="kam-a",
+            keepalive_s=2,
         )
         path = self.base / "kamailio.cfg"
         path.write_text(self.mutate(cfg))
@@ -194,11 +195,18 @@ class Stack:
             os.killpg(self.kamailio.pid, signal.SIGKILL)
         self.kamailio.wait(10)
         deadline = time.monotonic() + 10
-        with contextlib.suppress(ProcessLookupError):  # until its children are gone too
-            while time.monotonic() < deadline:
-                os.killpg(self.kamailio.pid, 0)
-                time.sleep(0.02)
+        while time.monotonic() < deadline and self._group_alive(self.kamailio.pid):
+            time.sleep(0.02)  # until its children are gone too (zombies hold no socket)
         self.kamailio = None
+
+    @staticmethod
+    def _group_alive(pgid: int) -> bool:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    return True
+        return False
 
     def pause_gate(self) -> None:
         """Gate stalls (SIGSTOP): the kernel still accepts its connections, nothing answers."""

@@ -99,3 +99,14 @@ def test_kamailio_accepts_the_config_without_heartbeats(tmp_path: Path) -> None:
     check = subprocess.run([KAMAILIO, "-c", "-f", str(path)], capture_output=True, text=True,
                            timeout=60)  # fmt: skip
     assert check.returncode == 0, check.stderr[-3000:]
+
+
+def test_the_default_config_gives_gate_evidence_every_5_s() -> None:
+    """A lost end is billed to the last evidence: the sync (each listed call is evidence) and
+    the heartbeats run every 5 s by default (10 s billed a 5 s call 0 s), keepalives every
+    10 s, and the proxy names its node when told."""
+    cfg = render(gate_url="http://g", key="k", secret=SECRET)
+    assert "name=gsync;interval=5;" in cfg
+    assert "#!trydef GATE_HEARTBEATS 1" in cfg
+    assert "#!trydef GATE_KA_S 10" in cfg
+    assert '#!trydef GATE_NODE ""' in cfg
