@@ -84,6 +84,8 @@ class Charge(Body):
     user: Id | None = None
     group: Id | None = None
     message_id: Id | None = None
+    # What the carrier said of it when charged: an SMS's delivery status, a fax's status.
+    status: Literal["sent", "delivered", "undelivered", "failed", "received"] | None = None
     # With the service-wide switch key: the workspace the usage is billed to.
     workspace_id: WorkspaceId | None = None
 

@@ -218,6 +218,7 @@ async def charge(request: web.Request) -> web.StreamResponse:
             user=body.user,
             group=body.group,
             message_id=body.message_id,
+            status=body.status,
         ),
     )
     return json(row.to_json(), 201 if new else 200)
