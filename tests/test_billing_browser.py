@@ -331,20 +331,26 @@ async def test_admin_wallet_cards_top_ups_and_live_calls(page: Watched, gate: Li
     await gate.api("POST", "/v1/calls", switch, json=body)
     await expect(p.locator("#live-calls")).to_have_text("1")
     await expect(p.locator("#reserved")).to_have_text("$0.20")
-    gate.clock.advance(900)
+    live_call = p.locator("#calls-table tbody tr")
+    await expect(live_call).to_contain_text("To +14155550123")
+    await expect(live_call.locator("td.cost")).to_have_text("$0.00")
+    gate.clock.advance(300)
+    await expect(live_call.locator("td.cost")).to_have_text("$1.00")  # 5 min at $0.20
+    await expect(live_call).to_contain_text("5:00")
+    gate.clock.advance(600)
     await expect(p.locator("#reserved")).not_to_have_text("$0.20")  # the hold grows with it
     await gate.api("POST", "/v1/calls/c1/end", switch, json={"duration_s": 900})
     await expect(first_row).to_contain_text(f"{MINUS}$3.00")
     await expect(p.locator("#balance")).to_have_text("$69.50")
+    await expect(p.locator("#calls")).to_be_hidden()
+    await expect(p.locator("#tx-table")).to_contain_text("Wallet top-up (Visa •••• 4242)")
     await expect(p.locator("#low-bar")).to_contain_text("below your alert threshold of $70.00")
     assert await p.locator("#low-bar").evaluate("e => getComputedStyle(e).backgroundColor") == (
         "rgb(180, 35, 24)"
     )
-    await expect(p.locator("#events li").first).to_have_text(
-        # the time is the browser's own; the sentence is what matters
-        f"{await p.locator('#events li time').first.text_content()} · Call charged $3.00. "
-        "Balance $69.50."
-    )
+    charged = p.locator("#events li").filter(has_text="Call charged $3.00. Balance $69.50.")
+    await expect(charged).to_have_count(1)
+    assert (await charged.locator("time").get_attribute("title") or "").endswith(" UTC")
     await p.screenshot(path=SHOTS / "wallet-desktop.png", full_page=True)
     await at_phone_width(p, "wallet-phone.png")
     await no_serious_axe_violations(p, "wallet at 390 px")
@@ -708,6 +714,35 @@ async def test_ten_tabs_share_one_stream(browser: Browser, gate: LiveGate) -> No
         for tab in tabs[5:]:
             await expect(tab.locator("#balance")).to_have_text("$40.00")
         assert gate.streams_opened == 1
+    finally:
+        await context.close()
+
+
+async def test_without_shared_worker_one_tab_leads(browser: Browser, gate: LiveGate) -> None:
+    """Task 25 where SharedWorker is missing (Chrome on Android): one tab, elected with a
+    Web Lock, holds the stream and passes events on; when it closes another tab takes over."""
+    ws, _ = await workspace(gate, "Phones Only")
+    context = await browser.new_context(viewport=PHONE)
+    await context.add_init_script("delete window.SharedWorker")
+    try:
+        tabs = [await context.new_page() for _ in range(3)]
+        for tab in tabs:
+            await sign_in(tab, gate.url, ws["key"])
+            assert await tab.evaluate("document.body.dataset.connection") == "leader"
+        for tab in tabs:
+            await expect(tab.locator("#live")).to_have_text("Live")
+        assert gate.streams_opened == 1
+        await tabs[0].close()  # the leader goes; the lock passes on
+        await gate.api("POST", "/v1/wallet/topup", ws["key"],
+                       json={"amount_usd": 5, "payment_method_id": "pm_card_visa"})  # fmt: skip
+        for tab in tabs[1:]:
+            await expect(tab.locator("#balance")).to_have_text("$15.00")
+            await expect(tab.locator("#live")).to_have_text("Live")
+        assert gate.streams_opened == 2
+        await gate.api("POST", "/v1/wallet/topup", ws["key"],
+                       json={"amount_usd": 5, "payment_method_id": "pm_card_visa"})  # fmt: skip
+        for tab in tabs[1:]:  # the new leader's stream reaches every tab
+            await expect(tab.locator("#events li").first).to_contain_text("$5.00 added.")
     finally:
         await context.close()
 

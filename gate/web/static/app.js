@@ -117,7 +117,8 @@ async function signIn(key, { quiet = false } = {}) {
   renderWallet(wallet.body, wallet.etag);
   startLive();
   $("wallet-title").focus();  // where a screen reader and the keyboard start reading
-  await Promise.all([loadTx(true).catch(() => {}), loadMethods(), checkSpendAlert()]);
+  await loadMethods();  // first: the transactions name their cards
+  await Promise.all([loadTx(true).catch(() => {}), checkSpendAlert(), loadCalls()]);
   return true;
 }
 
@@ -286,17 +287,56 @@ async function refreshWallet() {
     const r = await state.api.json(scoped("/v1/wallet"), { headers });
     setUnavailable(false);
     if (r.status !== 304) renderWallet(r.body, r.etag);
+    await loadCalls();
   } catch (err) {
     if (err.status === 401) signOut("The key was revoked or expired; sign in with a current key.");
     else if (err.status === 503 || err.status === 0 || err.status >= 500) setUnavailable(true, err);
   }
 }
 
+// Calls in progress with their cost so far, as the page reads them every poll: the billed
+// seconds Gate last wrote, or (between heartbeats) the time since the answer, billed in the
+// call's increments at its rate.
+async function loadCalls() {
+  const section = $("calls");
+  if (!state.api || (state.office && state.office !== state.own)) { section.hidden = true; return; }
+  if (!state.wallet || !state.wallet.live_calls) {
+    section.hidden = true;
+    $("calls-table").tBodies[0].replaceChildren();
+    return;
+  }
+  let calls;
+  try {
+    calls = (await state.api.json("/v1/calls?state=live")).body.data || [];
+  } catch {
+    return;
+  }
+  const tbody = $("calls-table").tBodies[0];
+  tbody.replaceChildren(...calls.map((c) => {
+    const tr = document.createElement("tr");
+    tr.dataset.id = c.call_id;
+    const far = c.direction === "inbound" ? `From ${c.from}` : `To ${c.to}`;
+    const rate = Math.round(Number(c.rate_per_min_usd) * 1e6);
+    const [first, next] = String(c.increment || "60/60").split("/").map(Number);
+    const t = c.elapsed_s || 0;
+    const billable = t <= 0 ? 0 : first + Math.ceil(Math.max(t - first, 0) / next) * next;
+    const cost = Math.max(Math.round((billable * rate) / 60), Math.round(Number(c.cost_so_far_usd || 0) * 1e6));
+    tr.append(cell(`${c.service === "ai_agent" ? "AI agent · " : ""}${far}`, "", "Call"),
+      cell([c.user, c.group].filter(Boolean).join(" · "), "", "Member or group"),
+      cell(c.state === "pending" ? "ringing" : seconds(t), "num", "Time"),
+      cell(`${usd(rate)}/min`, "num", "Rate"), cell(cents(cost), "num cost", "Cost so far"));
+    return tr;
+  }));
+  section.hidden = calls.length === 0;
+}
+
 function txRow(r) {
   const tr = document.createElement("tr");
   tr.dataset.id = r.id;
+  const method = state.methods.find((m) => m.id === r.payment_method_id);
+  const text = method ? String(r.description).replace(`(${method.id})`, `(${cardName(method)})`) : r.description;
   tr.append(dateCell(r.at), cell(typeName(r.type), "type", "Type"),
-    detailsCell(r), amountCell(micros(r, "amount")),
+    detailsCell(r, text), amountCell(micros(r, "amount")),
     cell(cents(micros(r, "balance_after")), "num", "Balance after"));
   return tr;
 }

@@ -44,26 +44,39 @@ function viaLeader(api, { onEvent, onState, onAuthError }) {
   let stopped = false;
   let channel = null;
   let release = null;
+  let leading = null;  // the stream's last state, while this tab is the leader
+  let lastId = null;  // the last event id seen: a new leader resumes the stream after it
   const ready = digest(api.key).then((name) => {
     if (stopped) return;
     channel = new BroadcastChannel("gate-billing-" + name);
     channel.onmessage = (msg) => {
       const d = msg.data || {};
-      if (d.type === "event") onEvent(d.event);
+      if (d.type === "ask" && leading) channel.postMessage({ type: "state", mode: leading, caughtUp: false });
+      else if (d.type === "event") { lastId = d.id || lastId; onEvent(d.event); }
       else if (d.type === "state") onState(d.mode, d.caughtUp);
       else if (d.type === "auth") onAuthError();
     };
+    const asked = Date.now();
     navigator.locks.request("gate-billing-" + name, () => new Promise((resolve) => {
       if (stopped) { resolve(); return; }
+      const took = Date.now() - asked > 200;  // waited for a leader that went away
       const send = (m) => channel.postMessage(m);
       const live = new LiveEvents(api, {
-        onEvent: (event) => { onEvent(event); send({ type: "event", event }); },
-        onState: (mode, caughtUp) => { onState(mode, caughtUp); send({ type: "state", mode, caughtUp }); },
+        onEvent: (event) => { onEvent(event); send({ type: "event", event, id: live.lastId }); },
+        // A tab that takes over catches up as after a reconnect: every tab reloads figures.
+        onState: (mode, caughtUp) => {
+          const fresh = caughtUp || (mode === "live" && lastId === null && took);
+          leading = mode;
+          onState(mode, fresh);
+          send({ type: "state", mode, caughtUp: fresh });
+        },
         onAuthError: () => { onAuthError(); send({ type: "auth" }); },
       });
+      live.lastId = lastId;
       live.start();
-      release = () => { live.stop(); resolve(); };
+      release = () => { leading = null; live.stop(); resolve(); };
     }));
+    channel.postMessage({ type: "ask" });  // a new follower learns the leader's state
   });
   return {
     mode: "leader",

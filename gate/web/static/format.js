@@ -83,6 +83,7 @@ export function seconds(s) {
 export const TYPE_NAMES = {
   recharge: "Recharge", call: "Call", ai_agent: "AI agent", sms: "SMS", mms: "MMS", fax: "Fax",
   chat: "Chat", number_rental: "Number rental", adjustment: "Adjustment", refund: "Refund",
+  plan_cycle: "Plan renewed",
 };
 
 export function typeName(type) { return TYPE_NAMES[type] || type; }
