@@ -107,3 +107,37 @@ def test_csv_header_carries_cost_and_office() -> None:
         "cost_usd", "allowance_units", "commitment_usd", "universal_usd"]  # fmt: skip
     assert ledger.csv_header(with_workspace=True).startswith("workspace,office,id,")
     assert PLATFORM  # the platform key stays the fixtures' one
+
+
+async def test_the_end_of_a_call_carries_its_quality_and_an_agents_work(
+    client: Client, clock: ManualClock
+) -> None:
+    """Seed 001's side panel: call quality; an AI agent's mode, skills, actions, sessions."""
+    ws = await new_workspace(client)
+    sw = await switch_key(client, ws)
+    assert (await client.post("/v1/calls", json=call("q1"), headers=sw)).status == 201
+    body = call("ai1") | {"service": "ai_agent"}
+    assert (await client.post("/v1/calls", json=body, headers=sw)).status == 201
+    clock.advance(60)
+    end = {"duration_s": 60, "quality_mos": 4.25}
+    assert (await client.post("/v1/calls/q1/end", json=end, headers=sw)).status == 200
+    end = {"duration_s": 60, "ai_mode": "digital", "skills": ["book_meeting", "faq"],
+           "actions": 3, "sessions": 2}  # fmt: skip
+    resp = await client.post("/v1/calls/ai1/end", json=end, headers=sw)
+    assert resp.status == 200, await resp.text()
+    again = await client.post("/v1/calls/ai1/end", json=end, headers=sw)
+    assert again.status == 200 and await again.json() == await resp.json()  # still idempotent
+    rows = await (await client.get("/v1/wallet/transactions", headers=auth(ws["key"]))).json()
+    by_ref = {r["reference"]: r for r in rows["data"]}
+    path = "/v1/wallet/transactions/"
+    q1 = await (await client.get(path + by_ref["q1"]["id"], headers=auth(ws["key"]))).json()
+    assert q1["details"]["call_quality"] == "4.2 MOS"
+    ai = await (await client.get(path + by_ref["ai1"]["id"], headers=auth(ws["key"]))).json()
+    wanted = {"mode": "Digital AI", "skills": ["book_meeting", "faq"], "actions": 3, "sessions": 2}
+    assert {k: ai["details"][k] for k in wanted} == wanted
+    # Out of range: a clear 400, nothing billed.
+    bad = await client.post(
+        "/v1/calls/zz/end", json={"duration_s": 5, "quality_mos": 9}, headers=sw
+    )
+    assert bad.status == 400
+    assert "quality_mos" in (await bad.json())["error"]["message"]

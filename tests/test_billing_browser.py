@@ -208,13 +208,18 @@ async def workspace(gate: LiveGate, name: str, **body: Any) -> tuple[dict[str, A
     return ws, switch["key"]
 
 
-async def call(gate: LiveGate, switch: str, call_id: str, seconds: int, **who: str) -> None:
-    """A call from start to end over the switch API, `seconds` long on the gate's clock."""
+async def call(
+    gate: LiveGate, switch: str, call_id: str, seconds: int, end: Any = None, **who: str
+) -> None:
+    """A call from start to end over the switch API, `seconds` long on the gate's clock;
+    `end`: more of what the switch says at the end (quality, an AI agent's work)."""
     body = {"call_id": call_id, "direction": "outbound", "from": "+14155550100",
             "to": "+14155550123"} | who  # fmt: skip
     await gate.api("POST", "/v1/calls", switch, json=body)
     gate.clock.advance(seconds)
-    await gate.api("POST", f"/v1/calls/{call_id}/end", switch, json={"duration_s": seconds})
+    await gate.api(
+        "POST", f"/v1/calls/{call_id}/end", switch, json={"duration_s": seconds, **(end or {})}
+    )
 
 
 async def no_serious_axe_violations(p: Page, state: str) -> None:
@@ -396,7 +401,8 @@ async def test_usage_costs_filters_details_and_month(page: Watched, gate: LiveGa
                    "cycle_anchor": 1})  # fmt: skip
     # A 5-minute call: $1 from the calling commitment; a second one from credits.
     await call(gate, switch, "c1", 300, user="alice", group="sales")
-    await call(gate, switch, "c2", 120, user="Bob", group="support", to="+442071234567")
+    await call(gate, switch, "c2", 120, {"quality_mos": 4.3}, user="Bob", group="support",
+               to="+442071234567")  # fmt: skip
     sms = {
         "charge_id": "s1",
         "service": "sms",
@@ -412,7 +418,8 @@ async def test_usage_costs_filters_details_and_month(page: Watched, gate: LiveGa
            "to": "+33142685300", "status": "failed", "user": "Bob"}  # fmt: skip
     await gate.api("POST", "/v1/charges", switch, json=fax)
     gate.clock.advance(86400)
-    await call(gate, switch, "a1", 300, user="alice", group="sales", service="ai_agent")
+    agent = {"ai_mode": "voice", "skills": ["book_meeting"], "actions": 2, "sessions": 1}
+    await call(gate, switch, "a1", 300, agent, user="alice", group="sales", service="ai_agent")
     await sign_in(p, gate.url, ws["key"])
     await p.get_by_role("button", name="Usage history", exact=True).click()
     rows = p.locator("#usage-table tbody tr")
@@ -455,12 +462,14 @@ async def test_usage_costs_filters_details_and_month(page: Watched, gate: LiveGa
 
     c2 = rows.filter(has_text="+442071234567")
     await details(c2, "Call IDc2", "LocationLondon, GB", "Rate per minute$0.20",
-                  "Billing increment60 s, then 6 s", "Duration2:00 (120 s)")  # fmt: skip
+                  "Billing increment60 s, then 6 s", "Duration2:00 (120 s)",
+                  "Call quality4.3 MOS")  # fmt: skip
     await details(sms_row, "Message IDSM1", "Message segments12", "Delivery statusDelivered",
                   "Rate per segment$0.0079", "Cost$0.0158")  # fmt: skip
     await details(rows.filter(has_text="Fax"), "Fax IDf1", "Pages3", "StatusFailed",
                   "Fax line+14155550100", "LocationParis, FR")  # fmt: skip
     await details(ai, "Conversation IDa1", "ModeVoice AI", "Duration5:00 (300 s)",
+                  "Skills triggeredbook_meeting", "Actions executed2", "Sessions consumed1",
                   "Paid fromPlan allowance 2:00 min + Credits $2.67")  # fmt: skip
     assert await p.evaluate("document.activeElement.textContent") == "AI agent"  # focus back
 

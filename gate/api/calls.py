@@ -167,7 +167,7 @@ async def end(request: web.Request) -> web.StreamResponse:
         True,
     )
     _, result = await request.app[CALLS].end(
-        workspace_id, call_id, body.duration_s, body.hangup_cause, fallback
+        workspace_id, call_id, body.duration_s, body.hangup_cause, fallback, body.facts()
     )
     return json(result, 200)
 

@@ -17,6 +17,7 @@ from gate.money import usd
 
 # The number a row's location is read from: the far end of the call or message.
 _FAR = {"outbound": "to", "inbound": "from"}
+_MODES = {"voice": "Voice AI", "digital": "Digital AI"}
 _PER = {"sms": "segment", "mms": "message", "chat": "message", "fax": "page"}
 
 
@@ -45,7 +46,7 @@ def of(row: Row) -> dict[str, Any]:
     if row.type in ("call", "ai_agent"):
         details = {
             "call_id" if row.type == "call" else "conversation_id": row.reference,
-            "mode": "Voice AI" if row.type == "ai_agent" else None,
+            "mode": _MODES.get(x.get("ai_mode", "voice")) if row.type == "ai_agent" else None,
             "from": x.get("from"),
             "to": x.get("to"),
             "direction": x.get("direction"),
@@ -55,6 +56,10 @@ def of(row: Row) -> dict[str, Any]:
             "rate_per_min_usd": body.get("rate_per_min_usd"),
             "billing_increment": _increment(x.get("increment")),
             "hangup_cause": x.get("hangup_cause") or None,
+            "call_quality": f"{x['quality_mos']} MOS" if x.get("quality_mos") else None,
+            "skills": x["skills"].split(",") if x.get("skills") else None,
+            "actions": _int(x.get("actions")),
+            "sessions": _int(x.get("sessions")),
         }
     elif row.type in _PER:
         unit = _PER[row.type]
@@ -79,6 +84,10 @@ def of(row: Row) -> dict[str, Any]:
         details = {"payment_id": row.reference, "payment_method_id": x.get("payment_method_id")}
     body["details"] = {k: v for k, v in details.items() if v is not None and v != ""}
     return body
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
 
 
 def _increment(text: str | None) -> str | None:
