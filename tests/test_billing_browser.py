@@ -539,6 +539,7 @@ async def test_usage_costs_filters_details_and_month(page: Watched, gate: LiveGa
     assert box is not None and box["width"] >= 389 and box["x"] <= 1
     await expect(p.get_by_role("dialog")).to_contain_text("Pages")
     await p.screenshot(path=SHOTS / "details-phone.png")
+    await no_serious_axe_violations(p, "details at 390 px")
     await at_phone_width(p, None, width=360)
 
 
@@ -662,6 +663,12 @@ async def test_agent_key_is_read_only(page: Watched, gate: LiveGate) -> None:
         await p.keyboard.press("Tab")
         if await p.evaluate("document.activeElement.id") == "tab-usage":
             break
+    # The focus ring: 3 px of the page's blue (6.3:1 on the grey page, well over 3:1).
+    ring = await p.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return [s.outlineStyle, s.outlineWidth, s.outlineColor]; })()"
+    )
+    assert ring == ["solid", "3px", "rgb(11, 92, 173)"]
     await p.keyboard.press("Enter")
     await expect(p.locator("#usage-table tbody tr")).to_have_count(1)
     await expect(p.get_by_role("button", name="Export CSV", exact=True)).to_have_count(0)
