@@ -473,25 +473,21 @@ async def test_usage_costs_filters_details_and_month(page: Watched, gate: LiveGa
                   "Paid fromPlan allowance 2:00 min + Credits $2.67")  # fmt: skip
     assert await p.evaluate("document.activeElement.textContent") == "AI agent"  # focus back
 
-    # Task 10: by service; task 12: by user, any case, from a picker.
-    await p.get_by_label("Service", exact=True).select_option("calling")
-    await p.get_by_role("button", name="Apply filters", exact=True).click()
-    await expect(rows).to_have_count(2)
-    await p.get_by_label("Service", exact=True).select_option("")
-    await p.get_by_label("User, group or contact", exact=True).fill("Bob")
-    await p.get_by_role("button", name="Apply filters", exact=True).click()
-    await expect(rows).to_have_count(2)  # the call and the fax of Bob
+    async def filtered(label: str, value: str, count: int) -> None:
+        """Set one filter, apply, see `count` rows; then clear the filter again."""
+        field = p.get_by_label(label, exact=True)
+        setter = field.select_option if label in ("Service", "Paid from") else field.fill
+        await setter(value)
+        await p.get_by_role("button", name="Apply filters", exact=True).click()
+        await expect(rows).to_have_count(count)
+        await setter("")
+
+    await filtered("Service", "calling", 2)  # task 10
+    await filtered("User, group or contact", "Bob", 2)  # task 12: the call and the fax of Bob
     assert "Bob" in await p.locator("#people option").evaluate_all("os => os.map(o => o.value)")
-    await p.get_by_label("User, group or contact", exact=True).fill("")
-    # Task 14: by the credits that paid it.
-    await p.get_by_label("Paid from", exact=True).select_option("commitment")
-    await p.get_by_role("button", name="Apply filters", exact=True).click()
-    await expect(rows).to_have_count(1)
-    await p.get_by_label("Paid from", exact=True).select_option("")
+    await filtered("Paid from", "commitment", 1)  # task 14: by the credits that paid it
     # Task 13: by amount, typed as a person types it; a wrong one said in words.
-    await p.get_by_label("Amount from (USD)", exact=True).fill("$2")
-    await p.get_by_role("button", name="Apply filters", exact=True).click()
-    await expect(rows).to_have_count(2)  # the signup credit and the AI agent
+    await filtered("Amount from (USD)", "$2", 2)  # the signup credit and the AI agent
     await p.get_by_label("Amount from (USD)", exact=True).fill("2.3456")
     await p.get_by_role("button", name="Apply filters", exact=True).click()
     await expect(p.locator("#err-min_amount_usd")).to_contain_text("dollars and cents")
