@@ -24,12 +24,14 @@ test: test-env checks
 
 # Every check CI runs, in the order that fails fastest; `.ci/run` is `make test`.
 checks:
-	$(BIN)/ruff check gate tests loadtest .ci
-	$(BIN)/ruff format --check gate tests loadtest .ci
+	$(BIN)/ruff check gate tests loadtest .ci docs/hooks
+	$(BIN)/ruff format --check gate tests loadtest .ci docs/hooks
 	$(BIN)/mypy
-	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/lint-imports --no-logo --no-cache  # the import rules: [tool.importlinter] in pyproject.toml
 	$(BIN)/python .ci/pip_audit.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # a broken link or anchor fails; not -q
 	$(BIN)/pytest -q
+	$(BIN)/python -m loadtest.guard
 
 # uv itself, pinned, in a small venv of its own (no system pip install, no curl | sh).
 $(UV):
@@ -38,8 +40,9 @@ $(UV):
 
 lock-check: $(UV)
 	@$(UV) lock --check -q 2>/dev/null || { \
-	  echo "uv.lock does not match pyproject.toml. Run 'make lock', then 'make test', and commit"; \
-	  echo "pyproject.toml and uv.lock together."; exit 1; }
+	  echo "uv.lock does not match pyproject.toml. Run '$(UV) lock' (it re-resolves only what"; \
+	  echo "changed; 'make lock' refreshes every pin), then 'make test', and commit pyproject.toml"; \
+	  echo "and uv.lock together."; exit 1; }
 
 # Refresh every pin to the newest release the ranges in pyproject.toml allow.
 lock: $(UV)
@@ -54,7 +57,7 @@ runtime: lock-check
 	$(UV) sync -q --frozen --inexact
 
 test-env: lock-check system-packages
-	$(UV) sync -q --frozen --extra test --extra loadtest
+	$(UV) sync -q --frozen --extra test --extra loadtest --extra docs
 
 system-packages:
 	@dpkg -s $(TEST_PKGS) >/dev/null 2>&1 || { \
@@ -66,8 +69,10 @@ install: test-env
 loadtest: test-env
 	$(BIN)/python -m loadtest --duration 60
 
-# Per-operation Gate and Redis CPU, bare handler beside, as ratios (loadtest/bench.py).
+# wrk's call starts/s and p99 beside the bare handler (loadtest/wrkpair.py; test-env installs
+# wrk), then per-operation Gate and Redis CPU, bare handler beside, as ratios (loadtest/bench.py).
 bench: test-env
+	$(BIN)/python -m loadtest.wrkpair $(WRK_ARGS)
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
 # The wheel and sdist `pip install` takes; tests/test_dist.py installs the wheel in a fresh venv.

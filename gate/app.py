@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Protocol
 
 from aiohttp import web
 from redis.asyncio import Redis, RedisCluster
@@ -101,9 +103,24 @@ def create_app(
             )
         else:
             redis = app[STREAMS_REDIS] = client
+        # One stop per resource, pushed as it starts: a stop that fails (Redis is gone, say) is
+        # logged on one line and the rest still stop; a start that fails stops what came before.
+        async with AsyncExitStack() as stack:
+            if own:
+                stack.push_async_callback(_stop, "redis", redis.aclose)
+                stack.push_async_callback(_stop, "redis streams", app[STREAMS_REDIS].aclose)
+            stack.push_async_callback(_stop, "redis circuit", circuit.stop)
+            await start_services(app, stack, redis, circuit)
+            yield
+
+    async def start_services(
+        app: web.Application, stack: AsyncExitStack, redis: Redis | RedisCluster, circuit: Circuit
+    ) -> None:
         scripts = Scripts(redis)
         await scripts.load()
         archive = await Archive.open(settings.database_url) if settings.database_url else None
+        if archive is not None:
+            stack.push_async_callback(_stop, "archive", archive.close)
         ctx = Context(
             redis, scripts, clock or SystemClock(settings.clock_skew_ms), settings, archive=archive
         )
@@ -144,16 +161,28 @@ def create_app(
         ctx.notifier.on_ticks = ticker.notify
         app[OUTBOX] = outbox
         app[TICKER] = ticker
-        await outbox.start()
-        await ticker.start()
-        archiver = None
+        if isinstance(provider, StripeProvider):
+            stack.push_async_callback(_stop, "stripe client", provider.close)
+        services_in_order: tuple[tuple[str, _Service], ...] = (
+            ("outbox", outbox),
+            ("ticker", ticker),
+        )
+        for name, service in services_in_order:
+            await service.start()
+            stack.push_async_callback(_stop, name, service.stop)
         if archive is not None:
             archiver = app[ARCHIVER] = Archiver(ctx, archive)
             await archiver.start()
-        await automation.start()
-        await renewals.start()
-        await cycles.start()
+            stack.push_async_callback(_stop, "archiver", archiver.stop)
+        for name, service in (
+            ("automation", automation),
+            ("renewals", renewals),
+            ("cycles", cycles),
+        ):
+            await service.start()
+            stack.push_async_callback(_stop, name, service.stop)
         fanout = app[FANOUT] = Fanout(app[STREAMS_REDIS])
+        stack.push_async_callback(_stop, "fanout", fanout.stop)
         # On a cluster too: a PUBLISH on any node reaches the subscribers of every node.
         revocations = asyncio.create_task(
             listen_for_revocations(
@@ -161,28 +190,26 @@ def create_app(
             ),
             name="gate-key-revocations",
         )
+        stack.push_async_callback(_stop, "revocation listener", cancel, [revocations])
         log.info("gate ready: %d Lua scripts loaded", len(scripts.scripts))
-        yield
-        await cancel([revocations])
-        await fanout.stop()
-        await renewals.stop()
-        await cycles.stop()
-        await automation.stop()
-        await ticker.stop()
-        await outbox.stop()
-        if archiver is not None:
-            await archiver.stop()
-        if archive is not None:
-            await archive.close()
-        await circuit.stop()
-        if isinstance(provider, StripeProvider):
-            await provider.close()
-        if own:
-            await redis.aclose()
-            await app[STREAMS_REDIS].aclose()
 
     app.cleanup_ctx.append(services)
     return app
+
+
+class _Service(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+async def _stop(name: str, stop: Callable[..., Awaitable[object]], *args: object) -> None:
+    """Stop one service; a failure is one log line and never skips the others' stops."""
+    try:
+        await stop(*args)
+    except Exception as err:
+        log.error(
+            "shutdown: stopping the %s failed (%s: %s); going on", name, type(err).__name__, err
+        )
 
 
 def _provider(settings: Settings, redis: Redis | RedisCluster) -> PaymentProvider:

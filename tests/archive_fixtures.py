@@ -12,6 +12,11 @@ import pytest
 
 PG_ADMIN = os.environ.get("GATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
+PG_HINT = (
+    "start it: apt-get install postgresql, then "
+    "pg_ctlcluster --skip-systemctl-redirect 15 main start"
+)
+
 
 @pytest.fixture(scope="session")
 async def pg_database() -> AsyncIterator[str | None]:
@@ -40,5 +45,5 @@ def database_url(
         yield f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
         return
     if pg_database is None:
-        pytest.skip("no PostgreSQL service at 127.0.0.1:5432")
+        pytest.skip(f"no PostgreSQL service at 127.0.0.1:5432: {PG_HINT}")
     yield pg_database

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -67,3 +69,10 @@ async def adjust(client: Client, ws: dict[str, Any], usd: str) -> None:
         headers=PLATFORM,
     )
     assert resp.status == 201, await resp.text()
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a raw test connection and wait for it, whether or not the server already hung up."""
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()

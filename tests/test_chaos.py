@@ -77,8 +77,9 @@ def test_chaos_short_form_every_fault_reconciles_to_the_micro(tmp_path: Path) ->
     for name in ("redis kill -9, AOF everysec", "redis kill -9, AOF always", "redis SIGSTOP"):
         f = faults[name]["figures"]
         assert f["phantom_calls"] == 0 and f["answered_503"] >= 3, f
-        # Bounds a loaded CI machine meets: the figures go in the README.
-        assert f["503_p50_ms"] < 100, f
+        # Bounds a loaded CI machine meets (the harness measures ~1 ms; the README has the
+        # figures): a 503 must beat a switch's own 1 s HTTP timeout, Kamailio's minimum.
+        assert f["503_p50_ms"] < 1000, f
         # At worst a start's own deadline (500 ms), plus this loop's stalls under load.
         assert f["503_max_ms"] < 2000, f
         assert not [k for k in f["other_answers"] if k.split()[1] in ("0", "500")], f

@@ -14,6 +14,7 @@ import pytest
 from loadtest.books import CallEntry, ChargeEntry, LostEnds, WsBooks, reconcile
 from loadtest.pricing import MIXED_CARD, Card, Price, micros
 from loadtest.receiver import Cut, Receiver
+from tests.archive_fixtures import PG_HINT
 
 V = Price("voice", "any", "", "any", per_min=200_000, fee=0, first=60, next=6)
 
@@ -348,7 +349,7 @@ def _postgres_up() -> bool:
 @pytest.mark.timeout(90)
 def test_compare_writes_every_leg_and_ratio(tmp_path: Path) -> None:
     if not _postgres_up():
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432 for the row-lock peer")
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 for the row-lock peer: {PG_HINT}")
     code, r, output = run_harness(
         tmp_path, "--compare", "--compare-s", "1", "--concurrency", "8", "--compare-wallets", "5"
     )

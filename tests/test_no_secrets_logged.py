@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gate.store.redis_proc import RedisServer, free_port
+from tests.helpers import close_writer
 from tests.test_cli import GATE, clean_env, wait_healthy
 
 PLATFORM_KEY = "plat-SECRET-4f1d2c3b4a59687766554433"
@@ -119,7 +120,7 @@ async def test_a_full_run_logs_no_secret(tmp_path: Path) -> None:
                 f"GET /v1/wallet HTTP/1.1\r\nAuthorization: Bearer {FORGED}\x00\r\n\r\n".encode()
             )
             await reader.read()
-            writer.close()
+            await close_writer(writer)
             # A Redis outage while requests arrive.
             redis.stop()
             async with http.get(f"{base}/v1/wallet", headers=admin) as resp:

@@ -7,6 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from gate import __version__
 from gate.api.http import CTX
 from gate.api.routes import ROUTES
 from tests.conftest import Client, MakeClient, auth, new_workspace
@@ -15,7 +16,7 @@ from tests.conftest import Client, MakeClient, auth, new_workspace
 async def test_healthz(client: Client) -> None:
     resp = await client.get("/healthz")
     assert resp.status == 200
-    assert await resp.json() == {"status": "ok"}
+    assert await resp.json() == {"status": "ok", "version": __version__}
 
 
 async def test_readyz_when_ready(client: Client) -> None:

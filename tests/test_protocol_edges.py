@@ -21,6 +21,7 @@ from gate.app import create_app
 from gate.clock import ManualClock
 from gate.settings import Settings
 from gate.store.redis_proc import free_port
+from tests.helpers import close_writer
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ async def exchange(port: int, raw: bytes) -> tuple[int, bytes]:
         writer.write(raw)
         answer = await asyncio.wait_for(reader.read(), 5)
     finally:
-        writer.close()
+        await close_writer(writer)
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
 
@@ -76,7 +77,7 @@ async def test_slow_headers_get_408_and_the_connection_closed(port: int) -> None
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
         answer = await asyncio.wait_for(reader.read(), 5)
     finally:
-        writer.close()
+        await close_writer(writer)
     waited = time.perf_counter() - started
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
@@ -93,7 +94,7 @@ async def test_a_complete_request_is_not_cut_by_the_header_deadline(port: int) -
             assert await asyncio.wait_for(reader.readexactly(15), 5) == b'{"status":"ok"}'
             await asyncio.sleep(0.6)
     finally:
-        writer.close()
+        await close_writer(writer)
 
 
 async def test_idle_keep_alive_connections_are_closed(port: int) -> None:
@@ -106,6 +107,6 @@ async def test_idle_keep_alive_connections_are_closed(port: int) -> None:
         rest = await asyncio.wait_for(reader.read(), 5)  # EOF when the server closes it
         waited = time.perf_counter() - started
     finally:
-        writer.close()
+        await close_writer(writer)
     assert rest == b""
     assert 1.5 < waited < 4.0, waited

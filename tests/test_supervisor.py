@@ -82,7 +82,9 @@ async def test_workers_are_supervised_and_never_orphaned(tmp_path: Path) -> None
             main.wait(10)
             orphan_s = await gone(replacement, within_s=10.0)
         print(f"\nworker back in {restarted_s:.2f} s; orphan gone {orphan_s:.2f} s after the main")
-        assert restarted_s < 10.0
+        # ~1 s on a quiet machine (a spawned worker imports Gate afresh); 14 s seen with the
+        # machine's two cores loaded 3.5-fold, so the bound is what a loaded CI still meets.
+        assert restarted_s < 30.0
     finally:
         if main.poll() is None:
             main.kill()

@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gate import metrics
+from gate import __version__, metrics
 from gate.api.http import CIRCUIT, CTX, json
 from gate.history.archiver import Archiver
 
@@ -15,7 +15,7 @@ ARCHIVER = web.AppKey("archiver", Archiver)  # set when the ledger archive is on
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    return json({"status": "ok"})
+    return json({"status": "ok", "version": __version__})
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:

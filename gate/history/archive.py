@@ -34,6 +34,18 @@ _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _C = ledger_rows.c
 
 
+class ArchiveUnreachable(RuntimeError):
+    """The archive database did not answer at boot; the message names the URL, never a password."""
+
+
+def redacted(url: str) -> str:
+    """GATE_DATABASE_URL as it may be logged: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: say nothing of it but its scheme
+        return url.split("://", 1)[0] + "://…"
+
+
 class ArchiveURLError(ValueError):
     """GATE_DATABASE_URL is not a database the archive can use."""
 
@@ -52,6 +64,18 @@ def engine_url(url: str) -> str:
     raise ArchiveURLError(
         "expected a postgresql:// URL or sqlite:///path/to/file.sqlite3 (unset: embedded SQLite)"
     )
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether a failed first connect means the database is not there (not a schema error)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError | ConnectionError | TimeoutError):
+            return True
+        if type(seen).__name__ in ("InvalidCatalogNameError", "InvalidPasswordError"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def sqlite_url(data_dir: str) -> str:
@@ -204,9 +228,15 @@ class Archive:
                         await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4702)")
                     await conn.run_sync(_upgrade)
                 break
-            except Exception:
+            except Exception as err:
                 if attempt == 2:
                     await engine.dispose()
+                    if isinstance(err, OSError | ConnectionError) or _unreachable(err):
+                        raise ArchiveUnreachable(
+                            f"the ledger archive at {redacted(url)} cannot be reached "
+                            f"({type(err).__name__}: {err}); start the database or fix "
+                            "GATE_DATABASE_URL (unset: an embedded SQLite file)"
+                        ) from err
                     raise
                 await asyncio.sleep(0.2 * (attempt + 1))
         return archive
