@@ -375,11 +375,14 @@ async def test_cut_arrives_without_reload_and_no_plumbing_events(
     body = {"call_id": "short", "direction": "outbound", "from": "+14155550100",
             "to": "+14155550123"}  # fmt: skip
     await gate.api("POST", "/v1/calls", switch, json=body)
+    await expect(p.locator("#calls-table tbody tr")).to_contain_text("To +14155550123")
     # Task 8: $0.30 pays 90 s at $0.20/min: the ticker cuts the call; the page says so.
     for _ in range(10):
         gate.clock.advance(10)
         await p.wait_for_timeout(50)
-    await expect(p.locator("#events")).to_contain_text("Call short was cut: the balance ran out.")
+    await expect(p.locator("#events")).to_contain_text(
+        "Call to +14155550123 was cut: the balance ran out."
+    )
     await gate.api("POST", "/v1/calls/short/end", switch, json={"duration_s": 90})
     await expect(p.locator("#tx-table tbody tr").first).to_contain_text(f"{MINUS}$0.30")
     await expect(p.locator("#balance")).to_have_text("$0.00")

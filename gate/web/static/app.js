@@ -20,7 +20,7 @@ const state = {
   api: null, role: null, etag: null, wallet: null, live: null, poll: null,
   txCursor: null, txIds: new Set(), usage: null, usageParams: {},
   pending: null, busy: false, settingsDirty: false, shown: new Set(), refreshTimer: null,
-  chart: null, methods: [], streamMode: "connecting", unavailable: false,
+  chart: null, methods: [], streamMode: "connecting", unavailable: false, callNames: new Map(),
   own: null, office: null, offices: [], orgId: null, company: false, alert: null,
 };
 
@@ -193,6 +193,7 @@ function signOut(message = "") {
     own: null, office: null, offices: [], orgId: null, company: false, unavailable: false, alert: null });
   state.txIds.clear();
   state.shown.clear();
+  state.callNames.clear();
   for (const id of ["tx-table", "usage-table", "plan-table", "org-table"]) $(id).tBodies[0].replaceChildren();
   for (const id of ["events", "chart", "chart-legend", "card-list"]) $(id).replaceChildren();
   for (const id of ["app", "signout", "who", "live", "offices", "spend-alert"]) $(id).hidden = true;
@@ -316,6 +317,8 @@ async function loadCalls() {
     const tr = document.createElement("tr");
     tr.dataset.id = c.call_id;
     const far = c.direction === "inbound" ? `From ${c.from}` : `To ${c.to}`;
+    state.callNames.set(c.call_id, c.direction === "inbound" ? `from ${c.from}` : `to ${c.to}`);
+    if (state.callNames.size > 1000) state.callNames.delete(state.callNames.keys().next().value);
     const rate = Math.round(Number(c.rate_per_min_usd) * 1e6);
     const [first, next] = String(c.increment || "60/60").split("/").map(Number);
     const t = c.elapsed_s || 0;
@@ -454,7 +457,7 @@ async function addCard() {
 // ---- live updates ------------------------------------------------------------------------
 
 function onEvent(ev) {
-  const sentence = describe(ev, { cents, typeName });
+  const sentence = describe(ev, { cents, typeName, callName: (id) => state.callNames.get(id) || null });
   if (ev.type === "wallet.spend_threshold" || ev.type === "wallet.spend_spike") showSpendAlert(ev);
   scheduleRefresh();
   if (!sentence) return;  // plumbing (call.extended, holds): nothing a person needs to read

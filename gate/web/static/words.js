@@ -9,7 +9,8 @@ const CUT_REASONS = {
 
 // One sentence per event a person cares about; null for plumbing (holds extended every
 // second, limits moved), which never reaches the list or a screen reader.
-export function describe(ev, { cents, typeName }) {
+// callName(id): "to +44 20 7123 4567" for a call the page has seen live, else null.
+export function describe(ev, { cents, typeName, callName = () => null }) {
   const d = ev.data || {};
   switch (ev.type) {
     case "transaction.created": {
@@ -19,7 +20,7 @@ export function describe(ev, { cents, typeName }) {
       const what = typeName(d.type);
       return `${what} ${amount < 0 ? "charged" : "credited"} ${cents(Math.abs(amount))}. Balance ${cents(Number(d.balance_after_micros))}.`;
     }
-    case "call.cut": return `Call ${d.call_id} was cut: ${CUT_REASONS[d.reason] || d.reason || "Gate ended it"}.`;
+    case "call.cut": return `Call ${callName(d.call_id) || d.call_id} was cut: ${CUT_REASONS[d.reason] || d.reason || "Gate ended it"}.`;
     case "wallet.recharged": return null;  // the recharge row says it
     case "wallet.depleted": return "The balance ran out: live calls are being cut. Add funds.";
     case "wallet.suspended": return "Calls are suspended until you add funds.";
