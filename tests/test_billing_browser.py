@@ -533,6 +533,7 @@ async def test_usage_costs_filters_details_and_month(page: Watched, gate: LiveGa
     # Task 27: the details panel is a full-screen sheet on a phone.
     await p.get_by_role("button", name="Usage history", exact=True).click()
     await at_phone_width(p, "usage-phone.png")
+    await expect(rows.first.locator("td.office-col")).to_be_hidden()  # one office: no column
     await rows.filter(has_text="Fax").get_by_role("button").click()
     box = await p.get_by_role("dialog").bounding_box()
     assert box is not None and box["width"] >= 389 and box["x"] <= 1
@@ -607,6 +608,8 @@ async def test_company_admin_and_office_admin(page: Watched, gate: LiveGate) -> 
     await p.get_by_label("Office", exact=True).first.press("Enter")
     await expect(p.locator("#office-hint")).to_have_text("Showing Northwind Chicago.")
     await expect(p.locator("#balance")).to_have_text("$9.80")
+    await expect(p.locator("#cards-other")).to_be_visible()  # not added to Boston by mistake
+    await expect(p.get_by_role("button", name="Connect a card")).to_be_hidden()
     await p.get_by_label("Office", exact=True).first.fill("nowhere")
     await p.get_by_label("Office", exact=True).first.press("Enter")
     await expect(p.locator("#office-hint")).to_contain_text("No office is called “nowhere”")
@@ -619,6 +622,10 @@ async def test_company_admin_and_office_admin(page: Watched, gate: LiveGate) -> 
     await expect(p.locator("#usage-more")).to_be_visible()
     await expect(rows.first).to_contain_text("Northwind Chicago")  # the newest: the call
     await expect(p.locator("#usage-table th.office-col")).to_be_visible()
+    # Every column fits at 1280 px: nothing hides behind a sideways scroll (Wallet was clipped).
+    assert await p.locator("#usage-table").evaluate(
+        "t => t.scrollWidth <= t.parentElement.clientWidth"
+    )
     await p.locator("#usage-more").click()
     await expect(rows).to_have_count(51)
     async with p.expect_download() as info:
@@ -628,6 +635,8 @@ async def test_company_admin_and_office_admin(page: Watched, gate: LiveGate) -> 
     assert len(exported) == 51
     assert {r["office"] for r in exported} >= {"Northwind Boston", "Northwind Chicago"}
     await no_serious_axe_violations(p, "company admin usage")
+    await p.get_by_text("Every office's balance").click()  # folded again
+    await p.evaluate("document.getElementById('usage-table-title').scrollIntoView()")
     await p.screenshot(path=SHOTS / "company-admin.png")
     await p.get_by_role("button", name="Sign out", exact=True).click()
 

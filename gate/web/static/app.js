@@ -420,6 +420,11 @@ function renderMethods() {
     return li;
   }));
   $("cards-empty").hidden = state.methods.length > 0;
+  // POST /v1/wallet/payment_methods acts on the key's own office: another office's cards are
+  // connected by its own admins.
+  const elsewhere = Boolean(state.office && state.own && state.office !== state.own);
+  $("add-card").hidden = state.role !== "admin" || elsewhere;
+  $("cards-other").hidden = !elsewhere;
   const select = $("topup-card");
   const before = select.value;
   select.replaceChildren(...state.methods.map((m) => Object.assign(document.createElement("option"), {
@@ -700,7 +705,7 @@ function usageRow(r) {
   const who = [r.user, r.group].filter(Boolean).join(" · ");
   const cost = typeof r.cost_micros === "number" ? cents(r.cost_micros) : "";
   tr.append(dateCell(r.at), cell(officeName(r._office || state.office), "office-col", "Office"),
-    cell(who, "", "Member or group"), cell(number ? arrow + number : "", "", "Number"),
+    cell(who, "", "Member or group"), cell(number ? arrow + number : "", "number", "Number"),
     detailsCell(r, typeName(r.type)), cell(size, "num", "Duration"), cell(rate, "num", "Rate"),
     cell(paidFrom(r.paid_from) || sourceName(r.source), "paid", "Paid from"),
     cell(cost, "num cost", "Cost"), amountCell(micros(r, "amount"), "Wallet"));
