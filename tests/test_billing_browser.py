@@ -609,6 +609,9 @@ async def test_company_admin_and_office_admin(page: Watched, gate: LiveGate) -> 
     await expect(p.locator("#office-hint")).to_have_text("Showing Northwind Chicago.")
     await expect(p.locator("#balance")).to_have_text("$9.80")
     await expect(p.locator("#cards-other")).to_be_visible()  # not added to Boston by mistake
+    await call(gate, sw["key"], "chi2", 60, user="carol")  # Chicago's, not the key's own office
+    await expect(p.locator("#balance")).to_have_text("$9.60")
+    await expect(p.locator("#tx-table tbody tr").first).to_contain_text(f"{MINUS}$0.20")
     await expect(p.get_by_role("button", name="Connect a card")).to_be_hidden()
     await p.get_by_label("Office", exact=True).first.fill("nowhere")
     await p.get_by_label("Office", exact=True).first.press("Enter")
@@ -618,7 +621,7 @@ async def test_company_admin_and_office_admin(page: Watched, gate: LiveGate) -> 
     await p.locator("#f-office").select_option("*")
     await p.get_by_role("button", name="Apply filters", exact=True).click()
     rows = p.locator("#usage-table tbody tr")
-    await expect(rows).to_have_count(50)  # a page: 51 rows (50 signup credits and a call)
+    await expect(rows).to_have_count(50)  # a page: 52 rows (50 signup credits and two calls)
     await expect(p.locator("#usage-more")).to_be_visible()
     await expect(rows.first).to_contain_text("Northwind Chicago")  # the newest: the call
     await expect(p.locator("#usage-table th.office-col")).to_be_visible()
@@ -627,12 +630,12 @@ async def test_company_admin_and_office_admin(page: Watched, gate: LiveGate) -> 
         "t => t.scrollWidth <= t.parentElement.clientWidth"
     )
     await p.locator("#usage-more").click()
-    await expect(rows).to_have_count(51)
+    await expect(rows).to_have_count(52)
     async with p.expect_download() as info:
         await p.get_by_role("button", name="Export CSV", exact=True).click()
     text = await asyncio.to_thread(Path(await (await info.value).path()).read_text)
     exported = list(csv.DictReader(io.StringIO(text)))
-    assert len(exported) == 51
+    assert len(exported) == 52
     assert {r["office"] for r in exported} >= {"Northwind Boston", "Northwind Chicago"}
     await no_serious_axe_violations(p, "company admin usage")
     await p.get_by_text("Every office's balance").click()  # folded again
@@ -646,7 +649,7 @@ async def test_company_admin_and_office_admin(page: Watched, gate: LiveGate) -> 
     await expect(p.locator("#who")).to_have_text("Northwind Chicago · office admin")
     await expect(p.locator("#offices")).to_be_hidden()
     await p.get_by_role("button", name="Usage history", exact=True).click()
-    await expect(rows).to_have_count(2)
+    await expect(rows).to_have_count(3)
     await expect(p.locator("#usage-table th.office-col")).to_be_hidden()
 
 

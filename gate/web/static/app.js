@@ -287,7 +287,12 @@ async function refreshWallet() {
     const headers = state.etag ? { "If-None-Match": state.etag } : {};
     const r = await state.api.json(scoped("/v1/wallet"), { headers });
     setUnavailable(false);
-    if (r.status !== 304) renderWallet(r.body, r.etag);
+    if (r.status !== 304) {
+      renderWallet(r.body, r.etag);
+      // The event stream follows the key's own office; another office's new rows come with
+      // its wallet's change, read by this poll.
+      if (state.office && state.office !== state.own) newTx().catch(() => {});
+    }
     await loadCalls();
   } catch (err) {
     if (err.status === 401) signOut("The key was revoked or expired; sign in with a current key.");
