@@ -660,6 +660,7 @@ async def test_agent_key_is_read_only(page: Watched, gate: LiveGate) -> None:
     agent = await gate.api("POST", f"/v1/workspaces/{ws['id']}/keys", ws["key"],
                            json={"role": "agent"})  # fmt: skip
     await p.goto(gate.url + "/billing")
+    await no_serious_axe_violations(p, "sign-in")
     await p.keyboard.press("Tab")
     await p.keyboard.press("Tab")
     assert await p.evaluate("document.activeElement.id") == "key"
