@@ -59,6 +59,7 @@ from gate.wallet.methods import PaymentMethods
 from gate.wallet.numbers import Numbers, Renewals
 from gate.wallet.payments import PaymentProvider, SandboxProvider
 from gate.wallet.plans import CycleRoller, Plans
+from gate.wallet.refunds import Refunds, recovery
 from gate.wallet.service import Wallet
 from gate.wallet.stripe_provider import StripeProvider
 
@@ -130,6 +131,7 @@ def create_app(
             redis, settings.platform_key, settings.auth_cache_s, settings.switch_key
         )
         app[WORKSPACES] = workspaces
+        app[AUTH].on_expired = workspaces.expire_key  # expired keys go, on the audit log
         provider = payments or _provider(settings, redis)
         app[WALLET] = Wallet(ctx, workspaces, provider)
         app[METHODS] = PaymentMethods(ctx, workspaces, provider)
@@ -152,7 +154,7 @@ def create_app(
             provider,
             alert_mailer,
             per_min_micros=rates.typical_per_min_micros,
-            recover=app[WALLET].recover_topups,
+            recover=recovery(app[WALLET], Refunds(ctx, app[WALLET], provider)),
         )
         app[AUTOMATION] = automation
 
@@ -216,5 +218,7 @@ def _provider(settings: Settings, redis: Redis | RedisCluster) -> PaymentProvide
     """GATE_PAYMENTS: the sandbox (default) or Stripe."""
     if settings.payments == "stripe":
         assert settings.stripe_api_key, "settings.load checks GATE_STRIPE_API_KEY"
-        return StripeProvider(redis, settings.stripe_api_key, settings.stripe_api_base)
+        return StripeProvider(
+            redis, settings.stripe_api_key, settings.stripe_api_base, settings.crash_at
+        )
     return SandboxProvider()

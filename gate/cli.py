@@ -253,6 +253,52 @@ async def _workspace_create(ctx: Any, name: str, org: str | None) -> int:
     return 0
 
 
+def _holds(ctx: Any) -> Any:
+    """The operator's holds with the services a close needs, as `gate serve` builds them."""
+    from gate.calls.service import Calls, RateBook
+    from gate.operator.holds import Holds
+    from gate.wallet.numbers import Numbers
+
+    rates = RateBook(ctx.settings.rates)
+    return Holds(ctx, Calls(ctx, rates), Numbers(ctx, rates))
+
+
+async def _workspace_list(ctx: Any, filters: dict[str, str], limit: int, cursor: str | None) -> int:
+    from gate.tenancy.directory import Directory
+
+    rows, next_cursor = await Directory(ctx).page(filters, cursor, limit)
+    _print({"data": [r.to_json() for r in rows], "next_cursor": next_cursor})
+    return 0
+
+
+async def _workspace_show(ctx: Any, workspace_id: str) -> int:
+    from gate.errors import NotFound
+    from gate.store import keys
+    from gate.tenancy.directory import Directory
+
+    rows = await Directory(ctx).summaries([workspace_id])
+    if not rows:
+        raise NotFound("no such workspace")
+    raw = await ctx.client.hget(keys.for_workspace(workspace_id).ws, "closed_statement")
+    _print({**rows[0].to_json(), "statement": orjson.loads(raw) if raw else None})
+    return 0
+
+
+async def _workspace_hold(ctx: Any, verb: str, workspace_id: str, reason: str | None,
+                          live_calls: str) -> int:  # fmt: skip
+    from gate.tenancy.audit import Actor
+
+    who = Actor("cli", os.environ.get("USER", ""), "")
+    holds = _holds(ctx)
+    if verb == "suspend":
+        _print(await holds.suspend(workspace_id, reason or "", who, live_calls))
+    elif verb == "resume":
+        _print(await holds.resume(workspace_id, who))
+    else:
+        _print(await holds.close(workspace_id, reason or "", who))
+    return 0
+
+
 async def _organization_create(ctx: Any, name: str) -> int:
     from gate.tenancy.organizations import Organizations
 
@@ -278,6 +324,32 @@ async def _wallet_show(ctx: Any, workspace_id: str) -> int:
     workspaces = Workspaces(ctx)
     view = await Wallet(ctx, workspaces, SandboxProvider()).view(workspace_id)
     _print({"workspace_id": workspace_id, **view.to_json(None)})
+    return 0
+
+
+async def _mail_list(ctx: Any, workspace_id: str | None) -> int:
+    from gate.delivery.mail import dead_mail
+    from gate.store import keys
+    from gate.store.redis_client import text
+
+    ids = (
+        [workspace_id]
+        if workspace_id
+        else sorted(text(m) for m in await ctx.client.smembers(keys.WORKSPACES))
+    )
+    _print(await dead_mail(ctx, ids))
+    return 0
+
+
+async def _mail_retry(ctx: Any, mail_id: str) -> int:
+    from gate.delivery.mail import retry_dead
+
+    if not await retry_dead(ctx, mail_id):
+        sys.stderr.write(
+            f"gate: no dead-lettered mail {mail_id!r}; `gate mail list --dead` shows the ids\n"
+        )
+        return 1
+    sys.stdout.write(f"queued {mail_id} again: a running Gate sends it within its next round\n")
     return 0
 
 
@@ -356,6 +428,20 @@ def build_parser() -> argparse.ArgumentParser:
     create = ws.add_parser("create", help="create a workspace; prints its id and admin key")
     create.add_argument("name")
     create.add_argument("--organization-id")
+    listing = ws.add_parser("list", help="find workspaces (the operator's GET /v1/workspaces)")
+    for name in ("q", "organization-id", "number", "call-id", "customer", "state"):
+        listing.add_argument(f"--{name}")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--cursor")
+    ws.add_parser("show", help="one workspace: money, state, statement").add_argument("workspace")
+    suspend = ws.add_parser("suspend", help="refuse its starts and charges (reads go on)")
+    suspend.add_argument("workspace")
+    suspend.add_argument("--reason", required=True, help="why; shown to the tenant")
+    suspend.add_argument("--live-calls", choices=["keep", "end"], default="keep")
+    ws.add_parser("resume", help="lift the platform's suspension").add_argument("workspace")
+    close = ws.add_parser("close", help="end calls, release numbers, refund, revoke keys")
+    close.add_argument("workspace")
+    close.add_argument("--reason", required=True)
     orgs = sub.add_parser("organization", help="organizations").add_subparsers(
         dest="verb", required=True
     )
@@ -378,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a filter of GET /v1/usage/export, e.g. --filter type=call --filter month=2026-11",
     )
+    mail = sub.add_parser("mail", help="alert mail").add_subparsers(dest="verb", required=True)
+    mail_list = mail.add_parser("list", help="list alert mail jobs (--dead: the dead-lettered)")
+    mail_list.add_argument("--dead", action="store_true", required=True)
+    mail_list.add_argument("workspace", nargs="?", help="one workspace id (default: all)")
+    mail.add_parser("retry", help="queue a dead-lettered mail again").add_argument("id")
     check = sub.add_parser(
         "check", help="verify the ledger/balance invariants across Redis and the archive"
     )
@@ -431,14 +522,30 @@ def main(argv: list[str] | None = None) -> int:
         serve(settings)
         return 0
     work: Callable[[Any], Awaitable[int]]
-    if args.command == "workspace":
+    if args.command == "workspace" and args.verb == "create":
         work = lambda ctx: _workspace_create(ctx, args.name, args.organization_id)  # noqa: E731
+    elif args.command == "workspace" and args.verb == "list":
+        filters = {
+            name: value
+            for name in ("q", "organization_id", "number", "call_id", "customer", "state")
+            if (value := getattr(args, name))
+        }
+        work = lambda ctx: _workspace_list(ctx, filters, args.limit, args.cursor)  # noqa: E731
+    elif args.command == "workspace" and args.verb == "show":
+        work = lambda ctx: _workspace_show(ctx, args.workspace)  # noqa: E731
+    elif args.command == "workspace":
+        reason, live = getattr(args, "reason", None), getattr(args, "live_calls", "keep")
+        work = lambda ctx: _workspace_hold(ctx, args.verb, args.workspace, reason, live)  # noqa: E731
     elif args.command == "organization":
         work = lambda ctx: _organization_create(ctx, args.name)  # noqa: E731
     elif args.command == "key":
         work = lambda ctx: _key_create(ctx, args.workspace, args.role)  # noqa: E731
     elif args.command == "wallet":
         work = lambda ctx: _wallet_show(ctx, args.workspace)  # noqa: E731
+    elif args.command == "mail" and args.verb == "list":
+        work = lambda ctx: _mail_list(ctx, args.workspace)  # noqa: E731
+    elif args.command == "mail":
+        work = lambda ctx: _mail_retry(ctx, args.id)  # noqa: E731
     elif args.command == "export":
         work = lambda ctx: _export(ctx, args.workspace, args.out, args.filter)  # noqa: E731
     else:

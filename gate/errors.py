@@ -11,12 +11,15 @@ GateError
 │   ├── InsufficientBalance (402 insufficient_balance)
 │   ├── PaymentDeclined (402 payment_declined)
 │   └── WorkspaceSuspended (402 workspace_suspended)
+│       └── HeldByPlatform (402 workspace_suspended, suspended_by "platform")
 ├── Forbidden (403 forbidden)
 ├── NotFound (404 not_found)
 ├── Conflict (409)
 │   ├── IdempotencyKeyReused (409 idempotency_key_reused)
 │   ├── IdempotencyKeyInProgress (409 idempotency_key_in_progress)
-│   └── InvalidState (409 invalid_state)
+│   ├── InvalidState (409 invalid_state)
+│   ├── PaymentInFlight (409 payment_in_flight)
+│   └── NumberTaken (409 number_taken)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── Unprocessable (422)
 │   └── NoRateFound (422 no_rate)
@@ -91,6 +94,20 @@ class WorkspaceSuspended(PaymentRequired):
     code = "workspace_suspended"
 
 
+class HeldByPlatform(WorkspaceSuspended):
+    """The platform suspended or closed the workspace: no top-up lifts it."""
+
+    def __init__(self, hold: str, reason: str) -> None:
+        what = "closed" if hold in ("closing", "closed") else "suspended"
+        super().__init__(
+            f"the workspace was {what} by the platform ({reason or 'no reason given'}); "
+            "a top-up does not lift this: ask the platform operator",
+            suspended_by="platform",
+            state=hold,
+            reason=reason,
+        )
+
+
 class Forbidden(GateError):
     status = 403
     code = "forbidden"
@@ -121,6 +138,14 @@ class IdempotencyKeyInProgress(Conflict):
 
 class InvalidState(Conflict):
     code = "invalid_state"
+
+
+class PaymentInFlight(Conflict):
+    code = "payment_in_flight"
+
+
+class NumberTaken(Conflict):
+    code = "number_taken"
 
 
 class PayloadTooLarge(GateError):

@@ -69,3 +69,15 @@ ARCHIVE_LAG_SECONDS = Gauge(
 ARCHIVED_ROWS = Counter(
     "gate_archived_rows_total", "ledger rows copied into the SQL archive", registry=REGISTRY
 )
+PROVIDER_EVENTS_IGNORED = Counter(
+    "gate_provider_events_ignored_total",
+    "Signed payment-provider events that credited nothing, by reason "
+    "(unknown_payment, mismatch, not_succeeded, unhandled_type, duplicate)",
+    ["reason"],
+    registry=REGISTRY,
+)
+MAIL_DEAD = Counter(
+    "gate_mail_dead_total",
+    "Alert mail jobs moved to the dead-letter hash (could not render, or sends kept failing)",
+    registry=REGISTRY,
+)

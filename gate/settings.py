@@ -72,6 +72,10 @@ class Settings:
     sse_max_per_workspace: int = 50
     # Test and chaos only: this process's clock runs this many ms off the wall clock.
     clock_skew_ms: int = 0
+    # A workspace admin may refund a card top-up this many days after it (the platform: always).
+    refund_window_days: int = 14
+    # Chaos tests only: the Stripe provider kills this process at this point (payment_created).
+    crash_at: str = ""
 
 
 # integer settings -> (lowest, highest) allowed
@@ -99,6 +103,7 @@ _INT_FIELDS = {
     "sse_max_per_key": (1, 100_000),
     "sse_max_per_workspace": (1, 100_000),
     "clock_skew_ms": (-3_600_000, 3_600_000),
+    "refund_window_days": (0, 3650),
 }
 ENV = {
     "redis_url": "GATE_REDIS_URL",
@@ -136,6 +141,8 @@ ENV = {
     "sse_max_per_key": "GATE_SSE_MAX_PER_KEY",
     "sse_max_per_workspace": "GATE_SSE_MAX_PER_WORKSPACE",
     "clock_skew_ms": "GATE_CLOCK_SKEW_MS",
+    "crash_at": "GATE_CRASH_AT",
+    "refund_window_days": "GATE_REFUND_WINDOW_DAYS",
     "database_url": "GATE_DATABASE_URL",
     "ledger_keep_s": "GATE_LEDGER_KEEP_S",
     "ledger_keep_rows": "GATE_LEDGER_KEEP_ROWS",
@@ -203,6 +210,8 @@ def _parse(name: str, raw: str) -> Any:
         return _BOOLS[raw.lower()]
     if name == "smtp_url" and not raw.startswith(("smtp://", "smtps://")):
         raise SettingsError(f"{var}={raw!r}: expected smtp://user:password@host:port or smtps://")
+    if name == "crash_at" and raw != "payment_created":
+        raise SettingsError(f"{var}={raw!r}: expected payment_created (chaos tests only)")
     if name == "payments" and raw not in ("sandbox", "stripe"):
         raise SettingsError(f"{var}={raw!r}: expected sandbox or stripe")
     if name == "stripe_api_base" and not raw.startswith(("http://", "https://")):

@@ -76,6 +76,10 @@ class Receiver:
         self.grants: dict[tuple[str, str], Grant] = {}  # the latest (by seq) of each call
         self.cut_delay = histogram()
         self.event_delay = histogram()
+        # --auto-recharge-share: the crossing (wallet.auto_recharge_started, written by the
+        # debiting script) to the credit (wallet.recharged), both at Gate's clock.
+        self.recharge_delay = histogram()
+        self._crossed_at: dict[str, int] = {}
         self.activity = asyncio.Event()  # set on every delivery: run.settle_webhooks waits on it
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -159,6 +163,12 @@ class Receiver:
             self._grant(workspace_id, data, seq)
         elif kind == "call.extended":
             self._grant(workspace_id, data, seq)
+        elif kind == "wallet.auto_recharge_started":
+            self._crossed_at.setdefault(workspace_id, at_ms)  # one attempt in flight at most
+        elif kind == "wallet.recharged" and data.get("source") == "auto_recharge":
+            crossed = self._crossed_at.pop(workspace_id, None)
+            if crossed is not None:
+                record_us(self.recharge_delay, max(at_ms - crossed, 0) * 1000)
 
     def _grant(self, workspace_id: str, data: dict[str, Any], seq: int) -> None:
         """A new hangup_at for the call (call.extended, call.limit): the latest seq wins."""
@@ -198,4 +208,5 @@ class Receiver:
             "missing_seq": self.missing_seqs(),
             "by_type": dict(sorted(self.by_type.items())),
             "delay_ms": summary_ms(self.event_delay),
+            "auto_recharge_delay_ms": summary_ms(self.recharge_delay),
         }

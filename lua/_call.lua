@@ -291,8 +291,9 @@ end
 -- Flags of a call that never connected: nothing to bill, so no ledger row either.
 local UNBILLED = {ring_timeout = true, never_started = true}
 
--- Flags of a call Gate ended without the switch's end: a later end may bill more.
-local SWEPT = {stale = true, lost_end = true}
+-- Flags of a call Gate ended without the switch's end: a later end may bill more
+-- (platform_cut: the platform suspended or closed the workspace, lua/call_cut_all-9.lua).
+local SWEPT = {stale = true, lost_end = true, platform_cut = true}
 
 -- Seconds a cut call was kept up past what it was granted (leakage; 0 when none).
 local function leak_of(c, duration)
@@ -313,8 +314,8 @@ local function call_row(c, duration, billable_s, cause)
 end
 
 -- Post the whole call as one ledger row, release its hold, forget it.
--- `flag` is '', 'unauthorized_call', 'stale', 'lost_end', 'no_rate', 'ring_timeout' or
--- 'never_started'; `clamped` is true when the switch's figure was cut to the gate's clock.
+-- `flag` is '', 'unauthorized_call', 'stale', 'lost_end', 'platform_cut', 'no_rate',
+-- 'ring_timeout' or 'never_started'; `clamped` is true when the switch's figure was cut to the gate's clock.
 -- Returns the MessagePack result kept for repeats.
 local function finish(c, duration, now_ms, cause, flag, clamped)
   reserve_allowance(c, duration)  -- allowance still left covers the call before money does

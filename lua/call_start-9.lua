@@ -2,7 +2,7 @@
 --
 -- KEYS[1] ws        hash    workspace record: max_concurrent_calls,
 --                           inbound_limit_threshold_micros, inbound_grace_s
--- KEYS[2] wallet    hash    balance, reserved, status, zero_since
+-- KEYS[2] wallet    hash    balance, reserved, status, zero_since, hold, hold_reason
 -- KEYS[3] calls     hash    call id -> MessagePack call record (see _call.lua)
 -- KEYS[4] due       zset    call id -> due ms for the ticker
 -- KEYS[5] cuts      set     ids of limited calls
@@ -40,7 +40,9 @@
 -- ARGV[24] reports       1: the switch promises heartbeats for this call, so their silence
 --                        (from the answer on) ends it as stale; 0: none promised
 -- Replies:
---   {0, record, balance, reserved}   allowed; record is the new call (MessagePack)
+--   {0, record, balance, reserved, fired}
+--                                    allowed; record is the new call (MessagePack); fired
+--                                    1 when the hold crossed a wallet threshold (_watch.lua)
 --   {1, record, balance, reserved}   the call started before: the first answer, nothing held
 --   {2}                              the call ended already
 --   {-1}                             no such workspace
@@ -49,6 +51,8 @@
 --   {-6, live, max}                  max_concurrent_calls reached, nothing held
 --   {-7, balance, reserved}          workspace suspended (balance <= 0 past the grace)
 --   {-10, late_ms}                   the deadline passed before the script ran; nothing done
+--   {-20, hold, reason}              the platform suspended or closed the workspace
+--                                    (lua/workspace_hold-5.lua); nothing held
 -- Side effects: wallet.reserved grows by the hold; call.limit for a limited inbound call;
 -- wallet.suspended when the suspension is first seen.
 local rcall = redis.call
@@ -73,7 +77,7 @@ local promised = ARGV[24] == '1'
 
 -- One read of the wallet serves the whole decision, the plan's cycle end included (nothing
 -- below writes the wallet before it is used); a cycle that ended is rolled first.
-local WALLET_READ = {'balance', 'reserved', 'status', 'zero_since', 'cy_end'}
+local WALLET_READ = {'balance', 'reserved', 'status', 'zero_since', 'cy_end', 'hold'}
 local w0 = rcall('HMGET', wallet, unpack(WALLET_READ))
 plan_end_cache = tonumber(w0[5])
 if plan_roll(now_ms) then w0 = rcall('HMGET', wallet, unpack(WALLET_READ)) end
@@ -82,6 +86,7 @@ local balance, reserved = tonumber(w0[1]), tonumber(w0[2])
 local existing = rcall('HGET', calls, call_id)
 if existing then return {1, existing, balance, reserved} end
 if rcall('HEXISTS', ended, call_id) == 1 then return {2} end
+if w0[6] then return {-20, w0[6], rcall('HGET', wallet, 'hold_reason') or ''} end
 if deadline_ms > 0 then
   local t = rcall('TIME')
   local wall_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -142,4 +147,4 @@ c.h0 = (c.ans ~= 0 and c.ans or c.t0) + (c.m0 >= 0 and c.m0 or c.g0) * 1000
 c.ha = c.h0
 save_call(c)
 schedule(c, now_ms)
-return {0, cmsgpack.pack(c), balance, reserved + c.held}
+return {0, cmsgpack.pack(c), balance, reserved + c.held, watch_fired}

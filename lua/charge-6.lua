@@ -23,6 +23,8 @@
 --                                   price (nothing changed)
 --   {-4, balance, reserved, money}  the money part exceeds the commitment and the available
 --                                   universal money (nothing changed)
+--   {-20, hold, reason}             the platform suspended or closed the workspace (nothing
+--                                   changed)
 -- Side effects: one ledger row (amount = the universal part; allowance_units,
 -- commitment_micros, universal_micros, cost_micros (money), price_micros (before the
 -- allowance), source and wallet_source name the buckets); a plan cycle that ended is rolled first (lua/_plan.lua).
@@ -50,6 +52,8 @@ if seen then
   end
   return {1, seen}
 end
+local hold = rcall('HMGET', wallet, 'hold', 'hold_reason')
+if hold[1] then return {-20, hold[1], hold[2] or ''} end
 
 plan_roll(now_ms)
 local used, cm_name, from_cm = 0, '', 0

@@ -53,10 +53,11 @@ for i = 1, #batch do
       if flush then next_ms = now_ms end
     end
     local dropped = false
-    -- A stale cut is sent by the sweeper as it ends the call: it must still be retried.
+    -- A stale or platform cut is sent as Gate ends the call: it must still be retried.
     local kind = field(entry, 'type') or ''
+    local reason = kind == 'call.cut' and field(entry, 'd:reason') or ''
     if owner ~= '' and attempts > 0 and string.sub(kind, 1, 5) == 'call.'
-        and not (kind == 'call.cut' and field(entry, 'd:reason') == 'stale') then
+        and reason ~= 'stale' and reason ~= 'platform' then
       local call_id = field(entry, 'd:call_id')
       if call_id and rcall('HEXISTS', ended, call_id) == 1 then
         rcall('HSET', outbox, 's:' .. id, 'ok')

@@ -206,3 +206,87 @@ async def test_alert_settings_bad_input(client: Client, redis: Redis) -> None:
         assert error["code"] == "validation_error"
         assert error["message"]
     assert await redis.hgetall(keys.for_workspace(ws["id"]).ws) == before
+
+
+class FailingMailer:
+    """A mail system that refuses every message (an SMTP server rejecting the account)."""
+
+    def __init__(self) -> None:
+        self.to: list[str] = []
+
+    async def send(self, message: Any) -> None:
+        self.to.append(str(message["To"]))
+        raise RuntimeError("550 mailbox unavailable")
+
+
+async def test_a_declined_recharge_mail_renders_and_later_mail_flows(
+    client: Client, smtp: tuple[Inbox, int]
+) -> None:
+    """Issue 20: render() built every kind's text, so the recharge_failed job (its detail is
+    the decline message, not an amount) crashed int() and wedged the workspace's mail."""
+    inbox, _ = smtp
+    ws = await new_workspace(client)
+    await alerts_on(client, ws, "3", "ops@acme.test")
+    body = {"payment_method_id": "pm_card_chargeDeclined",
+            "auto_recharge": {"enabled": True, "threshold_usd": 5, "topup_usd": 10}}  # fmt: skip
+    resp = await client.patch("/v1/wallet/settings", json=body, headers=auth(ws["key"]))
+    assert resp.status == 200, await resp.text()
+    await adjust(client, ws, "-6")  # $4: crosses the auto-recharge threshold; the card declines
+    await drain(client, ws)
+    await adjust(client, ws, "-2")  # $2: crosses the low-balance alert, a later mail
+    await drain(client, ws)
+    subjects = [m["Subject"] for _, m in inbox.mails]
+    assert subjects[0].startswith("Auto-recharge failed"), subjects
+    assert "Your card was declined." in parts(inbox.mails[0][1])["plain"]
+    assert subjects[1].startswith("Low balance"), subjects
+
+
+async def test_a_mail_that_keeps_failing_is_dead_lettered_and_retried_by_hand(
+    client: Client, smtp: tuple[Inbox, int], clock: ManualClock, redis: Redis
+) -> None:
+    from gate.delivery.mail import MAIL_TRIES, dead_mail, retry_dead
+
+    inbox, _ = smtp
+    ws = await new_workspace(client)
+    address = f"ops-{ws['id']}@acme.test"  # the session's other workspaces may mail too
+    await alerts_on(client, ws, "9.95", address)
+    automation = client.server.app[AUTOMATION]
+    working, failing = automation.mailer, FailingMailer()
+    automation.mailer = failing
+    metrics = await (await client.get("/metrics")).text()
+    dead_before = _counter(metrics, "gate_mail_dead_total")
+    await adjust(client, ws, "-1")
+    k = keys.for_workspace(ws["id"])
+    for _ in range(50):
+        await automation.run_once()
+        if int(await redis.hget(k.wallet, "mail_pending") or 0) == 0:
+            break  # out of the queue
+        clock.advance(3601)  # past the longest back-off
+        await automation.look_now(ws["id"])
+        await asyncio.sleep(0.01)
+    assert failing.to.count(address) == MAIL_TRIES
+    assert "mail.dead" in await event_types(redis, ws)
+    metrics = await (await client.get("/metrics")).text()
+    assert _counter(metrics, "gate_mail_dead_total") == dead_before + 1
+    ctx = automation.ctx
+    [dead] = await dead_mail(ctx, [ws["id"]])
+    assert dead["kind"] == "low_balance" and dead["tries"] == MAIL_TRIES
+    assert "550 mailbox unavailable" in dead["error"]
+    # Later mail of the workspace flows once the mail system works again.
+    automation.mailer = working
+    await adjust(client, ws, "-9")  # $0: depleted
+    await drain(client, ws)
+    assert [m["Subject"].split(":")[0] for _, m in inbox.mails] == ["Balance depleted"]
+    # The operator sends the dead one again.
+    assert not await retry_dead(ctx, f"{ws['id']}:999")
+    assert await retry_dead(ctx, dead["id"])
+    await drain(client, ws)
+    assert [m["Subject"].split(":")[0] for _, m in inbox.mails][-1] == "Low balance"
+    assert await dead_mail(ctx, [ws["id"]]) == []
+
+
+def _counter(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0

@@ -499,3 +499,20 @@ async def test_one_archived_row_by_id(client: Client, clock: ManualClock, redis:
         one = await resp.json()
         assert {k: one[k] for k in row} == row
         assert "details" in one
+
+
+async def test_the_audit_log_is_archived_once_with_the_ledger(client: Client) -> None:
+    ws = await new_workspace(client)
+    resp = await client.patch("/v1/workspace", json={"inbound_grace_s": 5},
+                              headers=auth(ws["key"]))  # fmt: skip
+    assert resp.status == 200
+    assert (await client.post("/v1/admin/rates/reload", headers=PLATFORM)).status == 200
+    archive = client.app[CTX].archive
+    assert archive is not None
+    for _ in range(2):  # a second pass copies nothing twice
+        await archive_pass(client)
+        rows = await archive.audit_rows(ws["id"])
+        assert [r["action"] for r in rows] == ["workspace.created", "workspace.updated"]
+    assert rows[1]["key_id"] == ws["key_id"] and rows[1]["after"] == '{"inbound_grace_s":"5"}'
+    platform = await archive.audit_rows("platform")
+    assert [r["action"] for r in platform] == ["rates.reloaded"]

@@ -14,7 +14,7 @@ from gate.clock import ManualClock
 from gate.store import keys
 from gate.wallet.automation import month_of
 from gate.wallet.payments import Payment, SandboxProvider
-from tests.conftest import PLATFORM, Client, MakeClient, auth, new_workspace
+from tests.conftest import PLATFORM, Client, MakeClient, auth, new_switch_key, new_workspace
 from tests.helpers import adjust, all_rows, wallet_json
 
 
@@ -322,3 +322,56 @@ async def test_topup_charged_but_not_credited_is_recovered_once(
     assert len(await recharges(client, ws)) == 1
     assert len(provider.charges) == 1
     assert await redis.hlen(f"{keys.for_workspace(ws['id']).ws}:pending_topups") == 0
+
+
+async def test_a_call_start_that_crosses_the_threshold_wakes_the_worker(
+    client: Client, provider: CountingProvider
+) -> None:
+    """Issue 20: call_start's hold crossed the threshold, but Calls.start never woke the
+    worker: the recharge waited for the rescan (~10 s) while later starts got 402."""
+    ws = await new_workspace(client)
+    await enable(client, ws, threshold_usd=5, topup_usd=20)
+    await adjust(client, ws, "-4.90")  # $5.10: above the threshold, nothing fires
+    await asyncio.sleep(0.5)
+    assert not provider.calls
+    switch = auth(await new_switch_key(client, ws["id"]))
+    start = {"call_id": "cross-1", "direction": "outbound", "from": "+14155550100",
+             "to": "+14155550123"}  # fmt: skip
+    resp = await client.post("/v1/calls", json=start, headers=switch)
+    assert resp.status == 201, await resp.text()
+    # The background worker alone (no rescan within this bound: its period is 30 s).
+    for _ in range(300):
+        if await recharges(client, ws):
+            break
+        await asyncio.sleep(0.01)
+    assert [r["amount_micros"] for r in await recharges(client, ws)] == [20_000_000]
+
+
+async def test_a_tick_that_crosses_the_threshold_wakes_the_worker(
+    client: Client, provider: CountingProvider, clock: ManualClock
+) -> None:
+    """The crossing may come from a tick of a live call, not only from its start."""
+    ws = await new_workspace(client)
+    await enable(client, ws, threshold_usd=5, topup_usd=20)
+    await adjust(client, ws, "-4.70")  # $5.30: a call's one-minute hold ($0.20) stays above
+    switch = auth(await new_switch_key(client, ws["id"]))
+    start = {"call_id": "tick-cross", "direction": "outbound", "from": "+14155550100",
+             "to": "+14155550123"}  # fmt: skip
+    resp = await client.post("/v1/calls", json=start, headers=switch)
+    assert resp.status == 201, await resp.text()
+    await asyncio.sleep(0.3)
+    assert not provider.calls, "nothing crossed yet"
+    ticker = client.server.app[TICKER]
+    for _ in range(12):  # two minutes of talk: $0.40 more is billed and held
+        clock.advance(10)
+        await ticker.run_once()
+    for _ in range(300):
+        if await recharges(client, ws):
+            break
+        await asyncio.sleep(0.01)
+    assert [r["amount_micros"] for r in await recharges(client, ws)] == [20_000_000]
+    resp = await client.post(
+        "/v1/calls/tick-cross/end", json={"duration_s": 120, "hangup_cause": "normal"},
+        headers=switch,
+    )  # fmt: skip
+    assert resp.status == 200, await resp.text()

@@ -825,3 +825,26 @@ async def test_spending_alert_can_be_dismissed_per_workspace(page: Watched, gate
     await call(gate, switch, "bigger", 300, user="dana")  # $4.00: the 100% mark, a new alert
     await p.reload()
     await expect(banner).to_contain_text("100% of your $4.00 budget")
+
+
+async def test_a_sign_in_link_signs_a_person_in_and_shows_the_activity(
+    page: Watched, gate: LiveGate
+) -> None:
+    p = page.page
+    ws = await gate.api("POST", "/v1/workspaces", json={"name": "People Inc"})
+    link = await gate.api("POST", f"/v1/workspaces/{ws['id']}/signin-links",
+                          json={"person": "alice@example.com", "base_url": gate.url})  # fmt: skip
+    await gate.api("PATCH", "/v1/workspace", ws["key"], json={"inbound_grace_s": 9})
+    await p.goto(link["url"])
+    await expect(p.locator("#who")).to_contain_text("alice@example.com, office admin")
+    assert "signin=" not in p.url  # the token left the address bar
+    rows = p.locator("#activity-table tbody tr")
+    await expect(rows.first).to_contain_text("key.created")  # Alice's own key, newest first
+    await expect(rows.first).to_contain_text("alice@example.com")
+    await expect(p.locator("#activity-table")).to_contain_text("inbound_grace_s: \u2013 \u2192 9")
+    # The link is used up: opened again, it says so and signs nobody in.
+    await p.evaluate("sessionStorage.clear()")
+    await p.goto("about:blank")  # a real load, not a jump to the link's fragment
+    await p.goto(link["url"])
+    await expect(p.locator("#signin-error")).to_contain_text("used already or has expired")
+    await expect(p.locator("#app")).to_be_hidden()

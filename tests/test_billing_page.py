@@ -7,8 +7,8 @@ import re
 from gate.web import pages
 from tests.conftest import Client
 
-ASSETS = ("app.js", "api.js", "live.js", "chart.js", "format.js", "billing.css", "connection.js",
-          "events-worker.js", "details.js", "words.js")  # fmt: skip
+ASSETS = ("app.js", "api.js", "live.js", "chart.js", "format.js", "people.js", "billing.css",
+          "connection.js", "events-worker.js", "details.js", "words.js")  # fmt: skip
 
 
 async def test_page_has_a_strict_content_security_policy(client: Client) -> None:

@@ -221,3 +221,24 @@ def test_invalid_setting_exits_2(env: dict[str, str], args: tuple[str, ...], var
     assert lines[0].startswith("gate: invalid setting: ")
     assert variable in lines[0]
     assert done.stdout == ""
+
+
+async def test_mail_list_dead_and_retry(session_env: dict[str, str], redis: Redis) -> None:
+    from gate.delivery.mail import dead_key
+
+    wid = run_json("workspace", "create", "Dead mail", env=session_env)["id"]
+    job = "low_balance|1800000000000|500000|500000|1000000"
+    record = {"job": job, "tries": 5, "error": "RuntimeError: 550", "dead_at_ms": 1}
+    await redis.hset(dead_key(wid), "7", orjson.dumps(record))
+    done = gate("mail", "list", "--dead", wid, env=session_env)
+    assert done.returncode == 0, done.stderr
+    [listed] = orjson.loads(done.stdout)
+    assert (listed["id"], listed["kind"], listed["tries"]) == (f"{wid}:7", "low_balance", 5)
+    missing = gate("mail", "retry", f"{wid}:8", env=session_env)
+    assert missing.returncode == 1 and "gate mail list --dead" in missing.stderr
+    done = gate("mail", "retry", f"{wid}:7", env=session_env)
+    assert done.returncode == 0, done.stderr
+    wallet = keys.for_workspace(wid).wallet
+    assert await redis.hget(wallet, "mail:7") == job.encode()
+    assert await redis.hget(wallet, "mail_pending") == b"1"
+    assert not await redis.exists(dead_key(wid))

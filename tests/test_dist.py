@@ -73,6 +73,9 @@ def test_wheel_and_sdist_carry_the_package_data(built: dict[str, Path]) -> None:
     )
     for wanted in wanted_files:
         assert wanted in names, sorted(n for n in names if not n.endswith(".py"))
+    packages = {str(p.relative_to(ROOT)) for p in (ROOT / "gate").rglob("__init__.py")}
+    missing = sorted(packages - names)
+    assert not missing, f"add them to [tool.setuptools] packages in pyproject.toml: {missing}"
     with tarfile.open(built["sdist"]) as sdist:
         members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
     assert {"lua/call_start-9.lua", "pyproject.toml", "gate/default_rates.toml"} <= members

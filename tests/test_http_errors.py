@@ -46,7 +46,10 @@ async def state(client: Client, redis: Redis, ws: dict[str, Any]) -> dict[str, A
 
 
 def _url(route: Route, ws: dict[str, Any]) -> str:
-    return route.path.format(workspace_id=ws["id"], call_id="call-bad-1", method_id="pm_card_visa")
+    return route.path.format(
+        workspace_id=ws["id"], call_id="call-bad-1", method_id="pm_card_visa",
+        topup_id="1800000000000-1",
+    )  # fmt: skip
 
 
 def _headers(route: Route, ws: dict[str, Any]) -> dict[str, str]:

@@ -143,6 +143,8 @@ def test_run_with_auto_recharge_reconciles_to_the_micro(tmp_path: Path) -> None:
     assert r["mismatched_micros"] == 0
     assert r["auto_recharges"] >= 1
     assert r["auto_recharged_micros"] == sum(w["auto_recharged_micros"] for w in rec["workspaces"])
+    # Issue 20: the harness measures the crossing -> credit latency of every recharge.
+    assert r["webhooks"]["auto_recharge_delay_ms"]["count"] >= 1
 
 
 def test_books_see_overspend_that_no_cut_grace_or_leak_explains() -> None:

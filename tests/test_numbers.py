@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from gate.api.http import NUMBERS
+from gate.app import create_app
 from gate.clock import ManualClock
+from gate.settings import Settings
 from gate.store import keys
+from gate.store.redis_proc import RedisClusterProcs
 from gate.wallet.numbers import add_months
 from tests.conftest import PLATFORM, Client, auth, new_workspace
 from tests.helpers import all_rows, wallet_json
 from tests.test_calls import credit, set_balance
 
 NUMBER = "+14155550199"
+
+
+@pytest.fixture(autouse=True)
+async def numbers_free(redis: Redis) -> AsyncIterator[None]:
+    """Each test rents its numbers from a fresh pool: the session's Redis outlives the
+    workspaces of earlier tests, which would hold them (a number has one tenant)."""
+    async for key in redis.scan_iter(match=keys.number_owner("*")):
+        await redis.delete(key)
+    yield
 
 
 def ms(text: str) -> int:
@@ -115,3 +130,55 @@ async def test_a_released_number_is_not_charged_again(client: Client, clock: Man
     clock.advance((add_months(rented, 2) - rented) / 1000)
     await client.server.app[NUMBERS].run_once()
     assert len(await all_rows(client, ws["key"], "type=number_rental")) == 1
+
+
+async def test_a_number_has_one_tenant(client: Client, redis: Redis) -> None:
+    """Issue 20: the same number rented by two workspaces, both paying monthly."""
+    x, y, z = [await new_workspace(client, n) for n in ("X", "Y", "Z")]
+    assert (await rent(client, x)).status == 201
+    taken = await rent(client, y)
+    assert taken.status == 409, await taken.text()
+    error = (await taken.json())["error"]
+    assert error["code"] == "number_taken" and error["number"] == NUMBER
+    assert "another number" in error["message"]
+    assert (await wallet_json(client, y["key"]))["balance_micros"] == 10_000_000
+    assert (await rent(client, x)).status == 409  # X's own repeat: invalid_state, still X's
+    assert await redis.ttl(keys.number_owner(NUMBER)) == -1  # held while rented
+    # A refused rental gives the claim back: Z has no money for it.
+    await set_balance(client, z, 0)
+    other = "+14155550198"
+    assert (await rent(client, z, other)).status == 402
+    assert await redis.get(keys.number_owner(other)) is None
+    assert (await rent(client, y, other)).status == 201
+    # Released by DELETE: then another workspace may rent it.
+    resp = await client.delete(f"/v1/numbers/{NUMBER}", headers=auth(x["key"]))
+    assert resp.status == 200, await resp.text()
+    assert (await rent(client, y)).status == 201
+    assert (await rent(client, x)).status == 409
+
+
+async def test_racing_rentals_of_one_number_one_wins(client: Client) -> None:
+    import asyncio
+
+    workspaces = [await new_workspace(client, f"r{i}") for i in range(8)]
+    answers = await asyncio.gather(*(rent(client, ws, "+14155550197") for ws in workspaces))
+    assert sorted(a.status for a in answers) == [201] + [409] * 7
+    charged = [ws for ws in workspaces if (await wallet_json(client, ws["key"]))["balance_micros"]
+               < 10_000_000]  # fmt: skip
+    assert len(charged) == 1
+
+
+@pytest.mark.cluster
+async def test_a_number_has_one_tenant_on_a_cluster(
+    aiohttp_client: Any, redis_cluster: RedisClusterProcs, settings: Settings, clock: ManualClock
+) -> None:
+    client = await aiohttp_client(
+        create_app(replace(settings, redis_url=redis_cluster.url), clock=clock)
+    )
+    number = f"+1415555{clock.now_ms() % 10_000:04d}"
+    workspaces = [await new_workspace(client, f"c{i}") for i in range(4)]  # different slots
+    answers = [await rent(client, ws, number) for ws in workspaces]
+    assert [a.status for a in answers] == [201, 409, 409, 409]
+    resp = await client.delete(f"/v1/numbers/{number}", headers=auth(workspaces[0]["key"]))
+    assert resp.status == 200, await resp.text()
+    assert (await rent(client, workspaces[3], number)).status == 201

@@ -11,6 +11,7 @@ from openapi_spec_validator import validate
 from gate.api import wallet as api_wallet
 from gate.api.openapi import HEADERS, QUERY
 from gate.api.routes import ROUTES, openapi_document
+from gate.history import ledger
 from tests.conftest import Client
 
 NO_REDIS = {"/healthz", "/openapi.json", "/metrics", "/billing", "/billing/assets/{name}"}
@@ -72,3 +73,10 @@ async def test_the_served_document_is_the_generated_one(client: Client) -> None:
         "workspace_id"
     )
     assert served == openapi_document()
+
+
+def test_the_service_filter_documents_exactly_the_values_the_ledger_takes() -> None:
+    """It listed row types (sms, chat, number_rental …), four of which answer 400."""
+    (service,) = [p for p in QUERY["transactions"] if p["name"] == "service"]
+    named = set(re.findall(r"\b(\w+)(?= \(|,| or )", service["description"]))
+    assert set(ledger.SERVICES) <= named, (named, service["description"])

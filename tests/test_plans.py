@@ -411,3 +411,16 @@ async def test_a_free_local_call_takes_no_allowance(
     result = await end(client, sw, "paid", 90)  # billable 90: 60 s allowance, 30 s money
     assert (result["cost_micros"], result["allowance_used_s"]) == (100_000, 60)
     assert not await check_workspace(redis, ws["id"])
+
+
+async def test_a_plan_change_is_on_the_audit_log(plan_client: Client) -> None:
+    client = plan_client
+    ws = await new_workspace(client)
+    url = f"/v1/workspaces/{ws['id']}/plan"
+    resp = await client.put(url, json={"plan": "small", "cycle_anchor": 3}, headers=PLATFORM)
+    assert resp.status == 200, await resp.text()
+    log = await (await client.get("/v1/audit?action=plan.set", headers=auth(ws["key"]))).json()
+    entry = log["data"][0]
+    assert (entry["key_id"], entry["target"]) == ("platform", "small")
+    assert entry["before"] == {"plan": None, "cycle_anchor": None}
+    assert entry["after"] == {"plan": "small", "cycle_anchor": 3}

@@ -49,12 +49,12 @@ def _header(text: str) -> list[str]:
 def test_there_are_scripts() -> None:
     names = {p.name for p in SCRIPT_FILES}
     for wallet_script in (
-        "workspace_create-5.lua",
-        "key_create-2.lua",
+        "workspace_create-6.lua",
+        "key_create-3.lua",
         "idem_claim-2.lua",
         "idem_fail-1.lua",
         "post-8.lua",
-        "workspace_update-2.lua",
+        "workspace_update-3.lua",
     ):
         assert wallet_script in names
 
@@ -210,7 +210,7 @@ async def test_workspace_create_refuses_an_existing_id(ctx: Context, ws: str, re
     before = (await redis.hgetall(k.ws), await redis.hgetall(k.wallet), await redis.xlen(k.ledger))
     reply = await ctx.scripts.call(
         "workspace_create",
-        [k.ws, k.wallet, k.keys, k.ledger, k.events],
+        [k.ws, k.wallet, k.keys, k.ledger, k.events, k.audit],
         [ctx.clock.now_ms(), ws, "Usurper", "", "whsec_x", 5_000_000, "f" * 64, "key_x"],
     )
     assert reply == [Code.NO_WORKSPACE]

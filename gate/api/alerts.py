@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gate.api.http import WORKSPACES, decode, json, principal
+from gate.api.http import WORKSPACES, actor, decode, json, principal
 from gate.api.schemas import SpendingAlerts
 from gate.errors import ValidationFailed
 from gate.history.alerts import AlertSettings
@@ -35,6 +35,8 @@ async def put_alerts(request: web.Request) -> web.StreamResponse:
         "sa_thresholds": ",".join(str(t) for t in sorted(set(body.thresholds_pct))),
         "sa_spike_factor": body.spike_factor,
     }
-    await request.app[WORKSPACES].update(workspace_id, fields)
+    await request.app[WORKSPACES].update(
+        workspace_id, fields, actor(request, who), "wallet.spending_alerts_updated"
+    )
     workspace = await request.app[WORKSPACES].get(workspace_id)
     return json(AlertSettings.from_record(workspace.raw).to_json())

@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 
+import orjson
 from aiohttp import web
 
 from gate import metrics
@@ -17,7 +18,7 @@ from gate.api.call_schemas import (
     StartCall,
     SyncCalls,
 )
-from gate.api.http import CALLS, CHARGES, CTX, RATES, decode, json, principal, query_int
+from gate.api.http import CALLS, CHARGES, CTX, RATES, actor, decode, json, principal, query_int
 from gate.calls.numbers import to_e164
 from gate.calls.owners import CallOwners
 from gate.calls.service import RateCardError, StartParams
@@ -190,12 +191,21 @@ async def list_calls(request: web.Request) -> web.StreamResponse:
 
 
 async def reload_rates(request: web.Request) -> web.StreamResponse:
-    await principal(request, Role.platform)
+    who = await principal(request, Role.platform)
     book = request.app[RATES]
+    before = {"source": book.source, "rates": len(book.card.rates)}
     try:
         card = book.reload()
     except RateCardError as err:
         raise ValidationFailed(f"rate card not reloaded, the old one stays: {err}") from err
+    ctx = request.app[CTX]
+    after = {"source": book.source, "rates": len(card.rates)}
+    await ctx.scripts.call(
+        "audit_append",
+        [keys.PLATFORM_AUDIT],
+        [ctx.clock.now_ms(), "rates.reloaded", *actor(request, who).args(), "rate_card",
+         orjson.dumps(before).decode(), orjson.dumps(after).decode()],
+    )  # fmt: skip
     return json({"reloaded": True, "source": book.source, "rates": len(card.rates)})
 
 

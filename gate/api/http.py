@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -31,6 +32,7 @@ from gate.errors import (
     ValidationFailed,
 )
 from gate.store.circuit import Circuit
+from gate.tenancy.audit import Actor
 from gate.tenancy.auth import Authenticator, Principal, Role
 from gate.tenancy.limits import MUTATING, KeyLimiter
 from gate.tenancy.workspaces import Workspaces
@@ -97,6 +99,24 @@ async def principal(request: web.Request, role: Role) -> Principal:
         if limiter is not None:
             limiter.take(who.key_id)
     return who
+
+
+async def csv_download(request: web.Request, name: str) -> web.StreamResponse:
+    """A CSV attachment named `<name>-<today by the gate's clock>.csv`, headers sent."""
+    today = datetime.fromtimestamp(request.app[CTX].clock.now_ms() / 1000, UTC).date()
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{name}-{today}.csv"',
+        }
+    )
+    await response.prepare(request)
+    return response
+
+
+def actor(request: web.Request, who: Principal) -> Actor:
+    """Who makes this change, for the audit log: key, person (when named) and address."""
+    return Actor(who.key_id, who.person, request.remote or "")
 
 
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -33,8 +33,10 @@ _WORKSPACE = _param(
 )
 _LEDGER_FILTERS = [
     _param("type", "query", "ledger row type: recharge, call, ai_agent, sms, mms, fax, chat, "
-           "number_rental, adjustment, refund, plan_cycle"),
-    _param("service", "query", "voice, ai_agent, sms, mms, fax, chat or number_rental"),
+           "number_rental, adjustment, refund, dispute, plan_cycle"),
+    _param("service", "query", "the seeds' Usage History services: calling or voice (call rows), "
+           "ai_agent, messaging (sms, mms, chat), fax, numbers (number_rental), credits "
+           "(recharge, adjustment, refund, dispute)"),
     _param("user", "query", "only rows of this user"),
     _param("group", "query", "only rows of this group"),
     _param("source", "query", "only rows drawn from this wallet source (credit bucket)"),
@@ -51,10 +53,19 @@ _PAGE = [
     _param("cursor", "query", "next_cursor of the previous page"),
 ]  # fmt: skip
 
+_AUDIT_FILTERS = [
+    _param("action", "query", "an action, or a prefix ending in '.' (key.)"),
+    _param("key_id", "query", "changes made with this key"),
+    _param("person", "query", "changes made by this person"),
+    _param("from", "query", "ISO 8601 date or time, inclusive"),
+    _param("to", "query", "ISO 8601 date or time; a bare date includes that whole day"),
+]
+
 QUERY: dict[str, list[dict[str, Any]]] = {
     "get_wallet": [_WORKSPACE],
     "list_methods": [_WORKSPACE],
     "topup": [_WORKSPACE],
+    "refund_topup": [_WORKSPACE],
     "patch_settings": [_WORKSPACE],
     "buckets": [_WORKSPACE],
     "get_alerts": [_WORKSPACE],
@@ -82,12 +93,38 @@ QUERY: dict[str, list[dict[str, Any]]] = {
                              pattern=WORKSPACE_ID.pattern)],
     "patch_workspace": [_param("id", "query", "the workspace, for the platform key",
                                pattern=WORKSPACE_ID.pattern)],
+    "list_workspaces": [
+        *_PAGE,
+        _param("q", "query", "a workspace id, or the start of a name (any case)"),
+        _param("organization_id", "query", "the offices of this organization"),
+        _param("number", "query", "the workspace renting this E.164 number"),
+        _param("call_id", "query", "the workspace of this call (service-wide switch key's "
+               "calls, and every call once archived)"),
+        _param("customer", "query", "the workspace of this payment provider customer"),
+        _param("state", "query", "the platform's hold",
+               enum=["active", "suspended", "closing", "closed"]),
+    ],
+    "list_organizations": _PAGE,
+    "audit_export": [
+        _param("workspace_id", "query", "as GET /v1/audit", pattern=WORKSPACE_ID.pattern),
+        *_AUDIT_FILTERS,
+    ],
+    "audit_entries": [
+        _param("workspace_id", "query", "the workspace (org_admin: an office; platform: any, "
+               "none for the platform's own log)", pattern=WORKSPACE_ID.pattern),
+        {**_param("limit", "query", "entries per page (1-500, default 50)"),
+         "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+        _param("cursor", "query", "next_cursor of the previous page (a short page may have "
+               "one: follow it until it is null)"),
+        *_AUDIT_FILTERS,
+    ],
 }  # fmt: skip
 
 HEADERS: dict[str, list[dict[str, Any]]] = {
     "get_wallet": [_param("If-None-Match", "header", "the ETag of a previous answer: 304")],
     "topup": [{**_param("Idempotency-Key", "header", "the same key returns the first answer"),
                "required": True}],
+    "refund_topup": [_param("Idempotency-Key", "header", "the same key returns the first answer")],
     "stream": [_param("Last-Event-ID", "header", "resume after this event id")],
     "stripe_webhook": [{**_param("Stripe-Signature", "header", "Stripe's signature"),
                         "required": True}],
@@ -102,6 +139,7 @@ PATH_PATTERNS = {
     "name": r"^[A-Za-z0-9._-]+$",
     "method_id": r"^[A-Za-z0-9._:@+-]+$",
     "organization_id": r"^org_[0-9a-f]{16}$",
+    "topup_id": r"^\d{1,16}-\d{1,16}$",
     "row_id": r"^\d{1,16}-\d{1,16}$",
 }
 
@@ -115,6 +153,9 @@ STATUSES: dict[str, dict[str, str]] = {
     "topup": {"201": "credited", "402": "the card was declined",
               "409": "Idempotency-Key reused with another body, or still in progress"},
     "patch_settings": {"409": "auto-recharge needs a payment method on file"},
+    "refund_topup": {"201": "the refund row", "402": "more than the unspent balance, or the "
+                     "provider refused", "404": "no such ledger row",
+                     "409": "another refund of the workspace is running, or the key is reused"},
     "stream": {"200": "text/event-stream", "429": "too many streams open for the key or "
                "workspace (too_many_streams)"},
     "start": {"201": "allowed: the call may start", "200": "a repeated start: the first answer",
@@ -137,7 +178,14 @@ STATUSES: dict[str, dict[str, str]] = {
     "stripe_webhook": {"400": "a bad or old Stripe-Signature",
                        "404": "Stripe is not this Gate's payment provider"},
     "create_organization": {"201": "created"},
+    "suspend": {"409": "the workspace is suspended, closing or closed already (its state)"},
+    "resume": {"409": "the workspace is not suspended (its state)"},
+    "close": {"409": "closed already, or a payment is in flight (run it again shortly)"},
     "billing": {"200": "text/html"},
+    "audit_export": {"200": "text/csv"},
+    "signin_link": {"201": "the link (send it to the person; it works once, for 15 minutes)"},
+    "redeem": {"201": "the person's key (shown once)",
+               "401": "the link was used, expired or never made"},
     "asset": {"200": "a script, style or page of the billing page"},
 }  # fmt: skip
 

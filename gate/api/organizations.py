@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from aiohttp import web
 
-from gate.api.http import CTX, RATES, WALLET, WORKSPACES, decode, json, principal
+from gate.api.http import CTX, RATES, WALLET, WORKSPACES, csv_download, decode, json, principal
 from gate.api.schemas import CreateOrganization
 from gate.errors import NotFound
 from gate.history import ledger, query
@@ -67,14 +65,7 @@ async def export(request: web.Request) -> web.StreamResponse:
             raise NotFound("no such workspace in this organization")
         members = [wanted]
     ctx = request.app[CTX]
-    today = datetime.fromtimestamp(ctx.clock.now_ms() / 1000, UTC).date()
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="usage-history-{today}.csv"',
-        }
-    )
-    await response.prepare(request)
+    response = await csv_download(request, "usage-history")
     await response.write(ledger.csv_header(with_workspace=True).encode())
     for workspace_id in members:
         office = (await request.app[WORKSPACES].get(workspace_id)).name

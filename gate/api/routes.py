@@ -11,14 +11,18 @@ from aiohttp import web
 
 from gate import __version__
 from gate.api import alerts as api_alerts
+from gate.api import audit as api_audit
 from gate.api import calls as api_calls
 from gate.api import events as api_events
 from gate.api import numbers as api_numbers
 from gate.api import openapi, schemas
+from gate.api import operator as api_operator
 from gate.api import ops as api_ops
 from gate.api import organizations as api_orgs
 from gate.api import payment_methods as api_methods
 from gate.api import providers as api_providers
+from gate.api import refunds as api_refunds
+from gate.api import signin as api_signin
 from gate.api import wallet as api_wallet
 from gate.api import workspaces as api_workspaces
 from gate.api.call_schemas import Charge, EndCall, Heartbeat, RentNumber, StartCall, SyncCalls
@@ -73,6 +77,9 @@ ROUTES = [
           "Make a payment method the default", "admin", schemas.PaymentMethodPatch),
     Route("DELETE", "/v1/wallet/payment_methods/{method_id}", api_methods.delete_method,
           "Delete a payment method", "admin"),
+    Route("POST", "/v1/wallet/topups/{topup_id}/refund", api_refunds.refund_topup,
+          "Refund a card top-up to the card (platform; admin within the window)", "admin",
+          schemas.RefundTopup),
     Route("POST", "/v1/providers/stripe/webhook", api_providers.stripe_webhook,
           "Stripe events, verified by Stripe-Signature"),
     Route("GET", "/v1/wallet/transactions", api_wallet.transactions,
@@ -116,6 +123,32 @@ ROUTES = [
           "Every office's wallet", "org_admin"),
     Route("GET", "/v1/organizations/{organization_id}/usage/export", api_orgs.export,
           "CSV of every office's matching rows, with a workspace column", "org_admin"),
+    Route("GET", "/v1/workspaces", api_operator.list_workspaces,
+          "Find workspaces: by name or id (q), organization, number, call, customer, state",
+          "platform"),
+    Route("GET", "/v1/workspaces/{workspace_id}", api_operator.show_workspace,
+          "One workspace as the operator sees it: money, state, keys, numbers, statement",
+          "platform"),
+    Route("POST", "/v1/workspaces/{workspace_id}/suspend", api_operator.suspend,
+          "Suspend a workspace: starts and charges refused, reads go on", "platform",
+          schemas.Suspend),
+    Route("POST", "/v1/workspaces/{workspace_id}/resume", api_operator.resume,
+          "Lift the platform's suspension", "platform"),
+    Route("POST", "/v1/workspaces/{workspace_id}/close", api_operator.close,
+          "Close a workspace: calls ended, numbers released, balance refunded, keys revoked",
+          "platform", schemas.Close),
+    Route("GET", "/v1/organizations", api_operator.list_organizations,
+          "Organizations with their offices", "platform"),
+    Route("GET", "/v1/audit", api_audit.audit_entries,
+          "The audit log: who changed what, when, from where, before and after", "admin"),
+    Route("GET", "/v1/audit/export", api_audit.audit_export, "CSV of every matching audit entry",
+          "admin"),
+    Route("POST", "/v1/workspaces/{workspace_id}/signin-links", api_signin.signin_link,
+          "A one-time sign-in link for one person: it mints a short-lived key named for them",
+          "platform", schemas.SigninLink),
+    Route("POST", "/v1/signin", api_signin.redeem,
+          "Redeem a sign-in link (once) for a person's short-lived key; no key needed", None,
+          schemas.Redeem),
     Route("GET", "/billing", web_pages.billing, "The billing page (sign in with a key)"),
     Route("GET", "/billing/assets/{name}", web_pages.asset, "A script or style of the page"),
 ]  # fmt: skip

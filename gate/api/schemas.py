@@ -43,11 +43,18 @@ class CreateKey(Body):
     role: Literal["org_admin", "admin", "switch", "agent"]
     # When the key stops working (RFC 3339 with a zone, e.g. "2027-01-01T00:00:00Z").
     expires_at: Annotated[datetime, Meta(tz=True)] | None = None
+    # The person the key is for (a platform with single sign-on mints one per session): the
+    # audit log names them, and revoking the key signs out that person only.
+    person: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
 
 
 class Topup(Body):
     amount_usd: Usd
     payment_method_id: Id | None = None  # None: the default payment method
+
+
+class RefundTopup(Body):
+    amount_usd: Usd | None = None  # None: what of the top-up is not refunded yet
 
 
 class AddPaymentMethod(Body):
@@ -113,3 +120,32 @@ class SpendingAlerts(Body):
         list[Annotated[int, Meta(ge=1, le=1000)]], Meta(min_length=1, max_length=10)
     ] = msgspec.field(default_factory=lambda: [50, 80, 100])
     spike_factor: Annotated[int, Meta(ge=2, le=100)] | None = None
+
+
+Reason = Annotated[str, Meta(min_length=1, max_length=500)]
+
+
+class Suspend(Body):
+    """The platform suspends a workspace; the reason is shown to its keys' refused starts."""
+
+    reason: Reason
+    live_calls: Literal["keep", "end"] = "keep"
+
+
+class Close(Body):
+    """The platform closes a workspace for good (its history is kept)."""
+
+    reason: Reason
+
+
+class SigninLink(Body):
+    """A one-time sign-in link for one person; the platform sends it to them."""
+
+    person: Annotated[str, Meta(min_length=1, max_length=200)]
+    role: Literal["admin", "agent"] = "admin"
+    key_ttl_s: Annotated[int, Meta(ge=60, le=7 * 86400)] = 8 * 3600
+    base_url: Url | None = None  # where the billing page is (default: this request's host)
+
+
+class Redeem(Body):
+    token: Annotated[str, Meta(min_length=1, max_length=200)]

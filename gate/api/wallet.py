@@ -15,6 +15,8 @@ from gate.api.http import (
     RATES,
     WALLET,
     WORKSPACES,
+    actor,
+    csv_download,
     decode,
     json,
     principal,
@@ -71,6 +73,8 @@ async def topup(request: web.Request) -> web.StreamResponse:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise ValidationFailed("Idempotency-Key must be 1 to 255 characters")
+    if key is not None and key.startswith("ar_"):  # the provider keys of auto-recharges
+        raise ValidationFailed("an Idempotency-Key may not start with ar_; choose another key")
     workspace_id = who.workspace(request.query.get("workspace_id"))  # org_admin: any office
     method = body.payment_method_id
     if method is None:
@@ -151,7 +155,9 @@ async def patch_settings(request: web.Request) -> web.StreamResponse:
             "low-balance alerts need an email address to write to: send low_balance_alert.email",
             field="low_balance_alert.email",
         )
-    await request.app[WORKSPACES].update(workspace_id, fields)
+    await request.app[WORKSPACES].update(
+        workspace_id, fields, actor(request, who), "wallet.settings_updated"
+    )
     if any(name.startswith("ar_") or name == "payment_method_id" for name in fields):
         # Enabled while already below the threshold, or a raised cap: charge now if needed.
         await request.app[AUTOMATION].look_now(workspace_id)
@@ -202,14 +208,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     workspace_id = who.workspace(request.query.get("workspace_id"))
     await request.app[WORKSPACES].get(workspace_id)
     filters = query.filters(request.query)
-    today = datetime.fromtimestamp(request.app[CTX].clock.now_ms() / 1000, UTC).date()
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="usage-history-{today}.csv"',
-        }
-    )
-    await response.prepare(request)
+    response = await csv_download(request, "usage-history")
     ctx = request.app[CTX]
     async for chunk in ledger.csv_chunks(ctx.client, workspace_id, filters, ctx.archive):
         await response.write(chunk.encode())

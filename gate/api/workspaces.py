@@ -7,7 +7,18 @@ import time
 from aiohttp import web
 from msgspec import UNSET
 
-from gate.api.http import AUTH, CTX, OUTBOX, PLANS, WALLET, WORKSPACES, decode, json, principal
+from gate.api.http import (
+    AUTH,
+    CTX,
+    OUTBOX,
+    PLANS,
+    WALLET,
+    WORKSPACES,
+    actor,
+    decode,
+    json,
+    principal,
+)
 from gate.api.schemas import Adjustment, CreateKey, CreateWorkspace, SetPlan, WorkspacePatch
 from gate.delivery.destinations import check_url
 from gate.errors import Forbidden, NotFound, ValidationFailed
@@ -15,15 +26,18 @@ from gate.money import parse_usd
 from gate.tenancy.apikeys import KeyRecord
 from gate.tenancy.auth import Role
 from gate.tenancy.organizations import Organizations
+from gate.tenancy.signin import check_person
 
 
 async def create_workspace(request: web.Request) -> web.StreamResponse:
-    await principal(request, Role.platform)
+    who = await principal(request, Role.platform)
     body = await decode(request, CreateWorkspace)
     orgs = Organizations(request.app[CTX])
     if body.organization_id is not None:
         await orgs.get(body.organization_id)  # 404 for an organization that does not exist
-    created = await request.app[WORKSPACES].create(body.name, body.organization_id)
+    created = await request.app[WORKSPACES].create(
+        body.name, body.organization_id, actor(request, who)
+    )
     if body.organization_id is not None:
         await orgs.add_workspace(body.organization_id, created.id)
     plans = request.app[PLANS]
@@ -64,8 +78,11 @@ async def create_key(request: web.Request) -> web.StreamResponse:
                 "that does not expire",
                 field="expires_at",
             )
-    key, key_id = await request.app[WORKSPACES].create_key(workspace_id, role, expires_ms)
-    record = KeyRecord(role.name, key_id, expires_ms).to_json()
+    person = check_person(body.person) if body.person is not None else ""
+    key, key_id = await request.app[WORKSPACES].create_key(
+        workspace_id, role, expires_ms, person=person, actor=actor(request, who)
+    )
+    record = KeyRecord(role.name, key_id, expires_ms, person).to_json()
     return json({"key": key, **record}, 201)
 
 
@@ -91,7 +108,7 @@ async def revoke_key(request: web.Request) -> web.StreamResponse:
     # Nobody revokes a key stronger than their own; switch keys are the platform's.
     role = Role[found[0].role]
     who.require(Role.platform if role is Role.switch else role)
-    await request.app[WORKSPACES].revoke_key(workspace_id, key_id)
+    await request.app[WORKSPACES].revoke_key(workspace_id, key_id, actor(request, who))
     request.app[AUTH].forget_workspace(workspace_id)  # this process at once; others by pub/sub
     return json({**found[0].to_json(), "revoked": True})
 
@@ -143,7 +160,7 @@ async def patch_workspace(request: web.Request) -> web.StreamResponse:
                 field="max_concurrent_calls",
             )
         fields["max_concurrent_calls"] = body.max_concurrent_calls
-    await request.app[WORKSPACES].update(workspace_id, fields)
+    await request.app[WORKSPACES].update(workspace_id, fields, actor(request, who))
     if "switch_webhook_url" in fields:
         request.app[OUTBOX].url_changed(workspace_id)
     return json((await request.app[WORKSPACES].get(workspace_id)).to_json())
@@ -172,5 +189,5 @@ async def set_plan(request: web.Request) -> web.StreamResponse:
     body = await decode(request, SetPlan)
     await request.app[WORKSPACES].get(workspace_id)
     plans = request.app[PLANS]
-    await plans.assign(workspace_id, body.plan, body.cycle_anchor)
+    await plans.assign(workspace_id, body.plan, body.cycle_anchor, actor(request, who))
     return json(await plans.buckets(workspace_id))

@@ -29,6 +29,7 @@ from gate.calls.rating import (
 from gate.context import Context
 from gate.errors import (
     GateTimeout,
+    HeldByPlatform,
     InsufficientBalance,
     InvalidState,
     NoRateFound,
@@ -353,7 +354,9 @@ class Calls:
             rec = _record.decode(as_bytes(reply[1]))
             if code == Code.OK:
                 self.ctx.notifier.ticks(workspace_id, _first_due(rec, now))
-                if rec.cut:
+                # The hold may have crossed the auto-recharge threshold: wake the worker now,
+                # not at its next rescan (one int read when nothing fired).
+                if rec.cut or int(reply[4]):
                     self.ctx.notifier.events(workspace_id)
             return code == Code.OK, self.first_answer(rec)
         if code == Code.INSUFFICIENT:
@@ -382,6 +385,8 @@ class Calls:
             )
         if code == Code.ENDED:
             raise InvalidState(f"call {p.call_id} has ended; use a new call_id for a new call")
+        if code == Code.HELD:
+            raise HeldByPlatform(text_of(reply[1]), text_of(reply[2]))
         raise NotFound("no such workspace")
 
     def _undo_if_committed(self, workspace_id: str, call: asyncio.Future[list[Any]]) -> None:
@@ -686,6 +691,22 @@ class Calls:
             if len(views) >= limit:
                 break
         return sorted(views, key=lambda v: v["call_id"])
+
+    async def end_all(self, workspace_id: str, cause: str) -> list[dict[str, Any]]:
+        """End every live call of the workspace now (the platform suspended or closed it):
+        each is billed to this moment by the gate's clock and sent a call.cut; the switch's
+        own end later bills any time it kept the call up after (lua/call_cut_all-9.lua)."""
+        k = keys.for_workspace(workspace_id)
+        reply = await self.ctx.scripts.call(
+            "call_cut_all", k.call_keys, [self.ctx.clock.now_ms(), cause]
+        )
+        if reply[0] == Code.NO_WORKSPACE:
+            raise NotFound("no such workspace")
+        ids = [text_of(i) for i in reply[1]]
+        if ids:
+            self.ctx.notifier.events(workspace_id)
+        return [self.ended_answer(i, _ended.decode(as_bytes(r)))
+                for i, r in zip(ids, reply[2], strict=True)]  # fmt: skip
 
 
 __all__ = ["Calls", "RateBook", "RateCardError", "Record", "StartParams"]

@@ -6,21 +6,29 @@ same atomic step. `deliver` (run by the automation worker, gate/wallet/automatio
 each job to the workspace's alert addresses and deletes it only after the SMTP server took
 it: at least once, retried with back-off, never blocking a debit. With no `GATE_SMTP_URL`,
 the mail is written to the log instead.
+
+A job cannot wedge the queue: each kind renders only its own fields; a job that cannot be
+rendered, or whose send failed MAIL_TRIES times, goes to the workspace's dead-letter hash
+(lua/mail_dead-3.lua: a `mail.dead` event, `gate_mail_dead_total`), and the jobs after it
+are sent all the same. `gate mail list --dead` shows them, `gate mail retry ID` re-queues one.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from html import escape
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
+import orjson
 
 from gate.context import Context
+from gate.metrics import MAIL_DEAD
 from gate.money import usd
 from gate.store import keys
 from gate.store.redis_client import text
@@ -28,7 +36,7 @@ from gate.store.redis_client import text
 log = logging.getLogger("gate.delivery.mail")
 
 RETRY_MS = (60_000, 300_000, 1_800_000, 3_600_000)  # then hourly
-GIVE_UP_MS = 24 * 3600 * 1000  # a job older than this is dropped (logged)
+MAIL_TRIES = 5  # sends that failed before a job goes to the dead-letter hash
 
 
 class Mailer(Protocol):
@@ -110,29 +118,36 @@ _SUBJECTS = {
 }
 
 
+def _usd(micros: str) -> str:
+    return f"${usd(int(micros)):,.2f}"
+
+
+# What each kind says: only its own fields are read (a decline message is no amount).
+_LINES: dict[str, Callable[[Job, str], str]] = {
+    "low_balance": lambda job, name: (
+        f"The available balance of {name} fell below your alert threshold of "
+        f"{_usd(job.detail or '0')}."
+    ),
+    "depleted": lambda job, name: f"{name} has no money left: new outbound calls are refused.",
+    "recharge_failed": lambda job, name: (
+        f"We could not charge your card for {name}'s auto-recharge: {job.detail} "
+        "We will try again later."
+    ),
+    "capped": lambda job, name: (
+        f"{name}'s automatic charges reached their monthly cap of {_usd(job.detail or '0')}; "
+        "auto-recharge stops until next month or until you raise the cap."
+    ),
+}
+
+
 def render(
     job: Job, workspace_name: str, recipients: list[str], minutes_left: int | None, sender: str
 ) -> EmailMessage:
     """The mail of one job: plain text and HTML, naming the workspace, the balance, the
-    minutes left and how to top up."""
+    minutes left and how to top up. Raises (KeyError, ValueError) for a malformed job."""
     available = f"${usd(job.available_micros):,.2f}"
     balance = f"${usd(job.balance_micros):,.2f}"
-    lines = {
-        "low_balance": (
-            f"The available balance of {workspace_name} fell below your alert threshold of "
-            f"${usd(int(job.detail or 0)):,.2f}."
-        ),
-        "depleted": f"{workspace_name} has no money left: new outbound calls are refused.",
-        "recharge_failed": (
-            f"We could not charge your card for {workspace_name}'s auto-recharge: "
-            f"{job.detail} We will try again later."
-        ),
-        "capped": (
-            f"{workspace_name}'s automatic charges reached their monthly cap of "
-            f"${usd(int(job.detail or 0)):,.2f}; auto-recharge stops until next month "
-            "or until you raise the cap."
-        ),
-    }
+    line = _LINES[job.kind](job, workspace_name)
     minutes = "unknown" if minutes_left is None else f"about {minutes_left}"
     how = (
         "To top up, open the Wallet page and choose Add funds, or POST /v1/wallet/topup "
@@ -145,13 +160,10 @@ def render(
         ("Available", available),
         ("Minutes left", minutes),
     ]
-    plain = "\n".join(
-        [lines[job.kind], "", *(f"{k}: {v}" for k, v in facts), "", how, "", "-- Gate"]
-    )
+    plain = "\n".join([line, "", *(f"{k}: {v}" for k, v in facts), "", how, "", "-- Gate"])
     rows = "".join(f"<tr><th align=left>{k}</th><td>{escape(v)}</td></tr>" for k, v in facts)
     html = (
-        f"<html><body><p>{escape(lines[job.kind])}</p><table>{rows}</table>"
-        f"<p>{escape(how)}</p></body></html>"
+        f"<html><body><p>{escape(line)}</p><table>{rows}</table><p>{escape(how)}</p></body></html>"
     )
     message = EmailMessage()
     message["Subject"] = _SUBJECTS[job.kind].format(name=workspace_name, available=available)
@@ -189,29 +201,82 @@ async def deliver(
         if not_before > now:
             next_due = not_before if next_due is None else min(next_due, not_before)
             continue
-        done = not recipients  # the address was removed: nobody to tell
-        if recipients:
-            minutes = None
-            if per_min_micros:
-                minutes = max(job.available_micros, 0) // per_min_micros
-            title = text(name) if name else workspace_id
+        if not recipients:  # the address was removed: nobody to tell
+            await _done(ctx, workspace_id, job.number)
+            continue
+        minutes = None
+        if per_min_micros:
+            minutes = max(job.available_micros, 0) // per_min_micros
+        title = text(name) if name else workspace_id
+        try:
             message = render(job, title, recipients, minutes, ctx.settings.mail_from)
-            try:
-                await mailer.send(message)
-                done = True
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
-                if now - job.at_ms >= GIVE_UP_MS:
-                    log.error("dropping alert mail %s of %s: %s", job.kind, workspace_id, err)
-                    done = True
-                else:
-                    delay = RETRY_MS[min(tries, len(RETRY_MS) - 1)]
-                    log.warning("alert mail of %s failed, retrying: %s", workspace_id, err)
-                    retry = f"{tries + 1}:{now + delay}"
-                    await ctx.client.hset(k.wallet, f"mtry:{job.number}", retry)
-                    next_due = now + delay if next_due is None else min(next_due, now + delay)
-        if done:
-            async with ctx.client.pipeline(transaction=True) as pipe:
-                pipe.hdel(k.wallet, f"mail:{job.number}", f"mtry:{job.number}")
-                pipe.hincrby(k.wallet, "mail_pending", -1)
-                await pipe.execute()
+        except (KeyError, ValueError) as err:  # retrying cannot fix a job that cannot render
+            await _dead(ctx, workspace_id, job, tries, f"cannot render: {err!r}")
+            continue
+        try:
+            await mailer.send(message)
+        except Exception as err:  # any failure of this one send is this job's alone
+            if tries + 1 >= MAIL_TRIES:
+                await _dead(ctx, workspace_id, job, tries + 1, f"{type(err).__name__}: {err}")
+                continue
+            delay = RETRY_MS[min(tries, len(RETRY_MS) - 1)]
+            log.warning("alert mail of %s failed, retrying: %s", workspace_id, err)
+            await ctx.client.hset(k.wallet, f"mtry:{job.number}", f"{tries + 1}:{now + delay}")
+            next_due = now + delay if next_due is None else min(next_due, now + delay)
+            continue
+        await _done(ctx, workspace_id, job.number)
     return next_due
+
+
+async def _done(ctx: Context, workspace_id: str, number: int) -> None:
+    k = keys.for_workspace(workspace_id)
+    async with ctx.client.pipeline(transaction=True) as pipe:
+        pipe.hdel(k.wallet, f"mail:{number}", f"mtry:{number}")
+        pipe.hincrby(k.wallet, "mail_pending", -1)
+        await pipe.execute()
+
+
+def dead_key(workspace_id: str) -> str:
+    """Hash of the workspace's dead-lettered mail jobs: n -> JSON (lua/mail_dead-3.lua)."""
+    return f"{keys.for_workspace(workspace_id).ws}:mail_dead"
+
+
+async def _dead(ctx: Context, workspace_id: str, job: Job, tries: int, error: str) -> None:
+    k = keys.for_workspace(workspace_id)
+    log.error("alert mail %s of %s is dead-lettered after %d tries: %s (gate mail retry "
+              "%s:%d sends it again)", job.kind, workspace_id, tries, error, workspace_id,
+              job.number)  # fmt: skip
+    reply = await ctx.scripts.call(
+        "mail_dead",
+        [k.wallet, dead_key(workspace_id), k.events],
+        [ctx.clock.now_ms(), job.number, tries, error[:500]],
+    )
+    if int(reply[0]) == 0:
+        MAIL_DEAD.inc()
+        ctx.notifier.events(workspace_id, automation=False)
+
+
+async def dead_mail(ctx: Context, workspace_ids: list[str]) -> list[dict[str, Any]]:
+    """The dead-lettered mail jobs of these workspaces, oldest first, each with its retry id."""
+    found = []
+    for workspace_id in workspace_ids:
+        for number, raw in (await ctx.client.hgetall(dead_key(workspace_id))).items():
+            record = orjson.loads(raw)
+            found.append(
+                {"id": f"{workspace_id}:{text(number)}", "kind": record["job"].split("|", 1)[0]}
+                | record
+            )
+    return sorted(found, key=lambda r: (r["dead_at_ms"], r["id"]))
+
+
+async def retry_dead(ctx: Context, mail_id: str) -> bool:
+    """Queue the dead-lettered job `<workspace>:<n>` again; False when there is none."""
+    workspace_id, _, number = mail_id.rpartition(":")
+    if not workspace_id or not number.isdigit():
+        return False
+    k = keys.for_workspace(workspace_id)
+    reply = await ctx.scripts.call("mail_retry", [k.wallet, dead_key(workspace_id)], [number])
+    if int(reply[0]) != 0:
+        return False
+    ctx.notifier.events(workspace_id)
+    return True

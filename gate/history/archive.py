@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from gate.history.ledger import Filters, Row
-from gate.history.schema import archive_cursor, ledger_rows
+from gate.history.schema import archive_cursor, audit_entries, ledger_rows
 
 log = logging.getLogger("gate.history.archive")
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -363,6 +363,43 @@ class Archive:
         async with self.engine.connect() as conn:
             r = (await conn.execute(q)).first()
         return None if r is None else from_record(r)
+
+    async def audit_cursor(self, owner: str) -> str | None:
+        """The newest audit entry archived of a workspace (or "platform"), as a stream id."""
+        a = audit_entries.c
+        q = (
+            select(a.stream_ms, a.stream_seq)
+            .where(a.workspace_id == owner)
+            .order_by(a.stream_ms.desc(), a.stream_seq.desc())
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(q)).first()
+        return None if r is None else f"{r[0]}-{r[1]}"
+
+    async def append_audit(self, owner: str, found: Sequence[dict[str, Any]]) -> int:
+        """Store audit entries (records of `audit_entries`); ones stored before are skipped."""
+        if not found:
+            return 0
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                self._insert()(audit_entries).on_conflict_do_nothing(),
+                [{"workspace_id": owner, **e} for e in found],
+            )
+        return max(int(result.rowcount or 0), 0)
+
+    async def audit_rows(self, owner: str) -> list[dict[str, Any]]:
+        """Every archived audit entry of a workspace, oldest first (tests, exports)."""
+        a = audit_entries.c
+        q = select(audit_entries).where(a.workspace_id == owner).order_by(a.stream_ms, a.stream_seq)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(q)]
+
+    async def workspaces_of_reference(self, reference: str, limit: int = 20) -> list[str]:
+        """The workspaces with an archived row naming `reference` (a call id, a payment id)."""
+        q = select(_C.workspace_id).where(_C.reference == reference).distinct().limit(limit)
+        async with self.engine.connect() as conn:
+            return sorted(str(r[0]) for r in await conn.execute(q))
 
     async def by_reference(
         self, workspace_id: str, reference: str, types: Sequence[str]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from gate import metrics
 from gate.context import Context
-from gate.history import alerts
+from gate.history import alerts, audit
 from gate.history.archive import Archive, Cursor
 from gate.history.ledger import Row
 from gate.store import keys
@@ -107,6 +107,8 @@ class Archiver:
         cursors = await self.archive.cursors()
         copied = trimmed = lag_rows = 0
         oldest_ms: int | None = None
+        for owner in [*workspace_ids, None]:  # None: the platform's own audit log
+            await self._audit(owner)
         for workspace_id in workspace_ids:
             done, removed, waiting, first_ms = await self._workspace(
                 workspace_id, cursors.get(workspace_id), now_ms
@@ -125,6 +127,24 @@ class Archiver:
         self.status.lag_rows = lag_rows
         self.status.lag_s = lag_s
         return Pass(copied, trimmed, lag_rows, lag_s)
+
+    async def _audit(self, workspace_id: str | None) -> int:
+        """Copy a workspace's new audit entries to SQL. The Redis stream is kept whole: the
+        audit API reads it there (entries are few next to ledger rows)."""
+        owner = workspace_id or "platform"
+        after = await self.archive.audit_cursor(owner)
+        stream = audit.stream_of(workspace_id)
+        copied = 0
+        while True:
+            low = f"({after}" if after else "-"
+            batch = entries(await self.ctx.client.xrange(stream, low, "+", count=self.batch))
+            if not batch:
+                return copied
+            found = [audit.Entry.parse(owner, i, raw) for i, raw in batch]
+            copied += await self.archive.append_audit(owner, [e.record() for e in found])
+            after = found[-1].id
+            if len(batch) < self.batch:
+                return copied
 
     async def _workspace(
         self, workspace_id: str, cursor: Cursor | None, now_ms: int

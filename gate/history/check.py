@@ -116,7 +116,16 @@ async def check_workspace(
         pipe.hgetall(k.live)
         pipe.xrevrange(k.ledger, "+", "-", count=1)
         pipe.hgetall(k.wallet)
-        (balance_raw, reserved_raw), live, newest, wallet_raw = await pipe.execute()
+        pipe.hlen(k.keys)
+        pipe.hlen(k.numbers)
+        (
+            (balance_raw, reserved_raw),
+            live,
+            newest,
+            wallet_raw,
+            n_keys,
+            n_numbers,
+        ) = await pipe.execute()
     if balance_raw is None or reserved_raw is None:
         return [f"{workspace_id}: registered but has no wallet"]
     balance, reserved = int(balance_raw), int(reserved_raw)
@@ -167,6 +176,14 @@ async def check_workspace(
         problems.append(f"{workspace_id}: reserved {reserved} != held by live calls {held}")
     if reserved < 0:
         problems.append(f"{workspace_id}: reserved {reserved} < 0")
+    if wallet.get("hold") == "closed":  # gate/operator/holds.py: nothing may be left running
+        for count, what in ((len(live), "live call(s)"), (n_keys, "API key(s)"),
+                            (n_numbers, "rented number(s)")):  # fmt: skip
+            if count:
+                problems.append(f"{workspace_id}: closed but still has {count} {what}")
+        if balance > 0:
+            problems.append(f"{workspace_id}: closed with {balance} micros neither refunded "
+                            "nor owed")  # fmt: skip
     return problems
 
 

@@ -35,6 +35,7 @@ ROW_TYPES = (
     "number_rental",
     "adjustment",
     "refund",
+    "dispute",  # a card payment disputed (debit), or the dispute won (credit)
     "plan_cycle",  # amount 0: a plan's cycle started; what expired unused (gate/wallet/plans.py)
 )
 SERVICES = {  # service filter -> row types (the seeds' Usage History services)
@@ -44,7 +45,7 @@ SERVICES = {  # service filter -> row types (the seeds' Usage History services)
     "messaging": {"sms", "mms", "chat"},
     "fax": {"fax"},
     "numbers": {"number_rental"},
-    "credits": {"recharge", "adjustment", "refund"},
+    "credits": {"recharge", "adjustment", "refund", "dispute"},
 }
 _STREAM_ID = re.compile(r"^\d{1,16}-\d{1,16}$")
 _INT_TEXT = re.compile(r"^-?\d{1,18}$")

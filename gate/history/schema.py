@@ -62,3 +62,25 @@ archive_cursor = Table(
     Column("balance_after_micros", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
 )
+
+# Any workspace's rows naming a reference: the operator finds the workspace behind a call id.
+Index("ix_ledger_rows_reference_any", ledger_rows.c.reference)
+
+# The audit log (gate/tenancy/audit.py) once it leaves Redis: every change that is not a
+# ledger row, keyed by workspace and stream id like the ledger, so a copy is a conflict.
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("workspace_id", String(40), primary_key=True),
+    Column("stream_ms", BigInteger, primary_key=True, autoincrement=False),
+    Column("stream_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("person", Text, nullable=False),
+    Column("ip", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("before", Text, nullable=False),
+    Column("after", Text, nullable=False),
+)
+Index("ix_audit_entries_action", audit_entries.c.workspace_id, audit_entries.c.action)

@@ -18,6 +18,32 @@ AUTOMATION_INDEX = f"{PREFIX}:due:wallet"  # zset workspace id -> auto-recharge/
 RENT_INDEX = f"{PREFIX}:due:rent"  # zset workspace id -> earliest number renewal ms
 CYCLE_INDEX = f"{PREFIX}:due:cycle"  # zset workspace id -> end ms of its plan's cycle
 KEYS_REVOKED = f"{PREFIX}:keys:revoked"  # pub/sub channel: a workspace whose key was revoked
+PLATFORM_AUDIT = f"{PREFIX}:{{platform}}:audit"  # stream: platform-wide changes (rate cards)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryKeys:
+    """The operator's indexes over every workspace (gate/operator/directory.py): sorted sets
+    of score 0 read by ZRANGEBYLEX, members "<term>\\0<workspace id>", on one slot."""
+
+    created: str  # "<created ms, 15 digits>\0<ws>": every workspace, newest last
+    names: str  # "<name, lower case>\0<ws>"
+    numbers: str  # "<E.164 number>\0<ws>": numbers rented
+    customers: str  # "<provider customer id>\0<ws>"
+    held: str  # "<ws>": workspaces the platform suspended or closed
+    organizations: str  # "<created ms, 15 digits>\0<org id>": every organization
+    backfilled: str  # string: the directory version the one-time backfill reached
+
+
+DIRECTORY = DirectoryKeys(
+    *(f"{PREFIX}:{{dir}}:{name}" for name in
+      ("created", "names", "numbers", "customers", "held", "organizations", "backfilled"))
+)  # fmt: skip
+
+
+def number_owner(number: str) -> str:
+    """string: the workspace renting an E.164 number, so one number has one tenant."""
+    return f"{PREFIX}:numberws:{number}"
 
 
 def call_owner(call_id: str) -> str:
@@ -44,6 +70,7 @@ class WsKeys:
     deadletter: str  # stream: events whose delivery gave up
     numbers: str  # hash: rented number -> JSON record (see lua/number_rent-7.lua)
     rent_due: str  # zset: rented number -> ms of its next renewal attempt
+    audit: str  # stream: the audit log, every change that is not a ledger row (_audit.lua)
 
     @property
     def call_keys(self) -> tuple[str, ...]:
@@ -103,6 +130,7 @@ def for_workspace(workspace_id: str) -> WsKeys:
         deadletter=f"{base}:deadletter",
         numbers=f"{base}:numbers",
         rent_due=f"{base}:rent_due",
+        audit=f"{base}:audit",
     )
 
 

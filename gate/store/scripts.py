@@ -51,6 +51,7 @@ class Code(IntEnum):
     INVALID_STATE = -8
     BALANCE_LIMIT = -9
     DEADLINE = -10
+    HELD = -20  # the platform suspended or closed the workspace (lua/workspace_hold-5.lua)
 
 
 @dataclass(frozen=True, slots=True)

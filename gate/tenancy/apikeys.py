@@ -1,7 +1,8 @@
 """API key records as stored, their expiry, and the revocation listener of each process.
 
-A workspace's keys hash maps sha256(key) -> "<role> <key id>[ <expires ms>]" (lua/key_create-2.lua).
-Revocation (lua/key_revoke-2.lua) deletes the field and publishes the workspace id on
+A workspace's keys hash maps sha256(key) -> "<role> <key id>[ <expires ms>[ <person>]]"
+(lua/key_create-3.lua; the person percent-encoded, so the record splits on spaces).
+Revocation (lua/key_revoke-3.lua) deletes the field and publishes the workspace id on
 `gate:keys:revoked`; every process listens (`listen_for_revocations`) and drops that
 workspace's keys from its authentication cache, so a revoked key stops working everywhere
 at once rather than after the cache's few seconds. On Redis Cluster the listener subscribes on
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, unquote
 
 from redis.asyncio import Redis, RedisCluster
 
@@ -31,16 +33,23 @@ log = logging.getLogger("gate.tenancy.apikeys")
 RETRY_S = 0.5  # between attempts to (re)subscribe while Redis is away
 
 
+def quote_person(person: str) -> str:
+    """A person's name as stored in a key record: no spaces, nothing lost."""
+    return quote(person, safe="@.+-_")
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     role: str
     id: str
     expires_ms: int  # 0: never
+    person: str = ""  # the person a short-lived key was issued to ("" a shared key)
 
     @classmethod
     def parse(cls, value: str) -> KeyRecord:
         role, key_id, *rest = value.split(" ")
-        return cls(role, key_id, int(rest[0]) if rest else 0)
+        person = unquote(rest[1]) if len(rest) > 1 else ""
+        return cls(role, key_id, int(rest[0]) if rest else 0, person)
 
     def expired(self, now_ms: int | None = None) -> bool:
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
@@ -56,6 +65,7 @@ class KeyRecord:
             "role": self.role,
             "expires_at": expires,
             "expired": self.expired(),
+            "person": self.person or None,
         }
 
 

@@ -15,6 +15,7 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -61,6 +62,7 @@ class Principal:
     # org_admin keys: their organization and its workspaces, read at authentication.
     organization_id: str | None = None
     org_workspaces: frozenset[str] = frozenset()
+    person: str = ""  # the person a short-lived key was issued to ("" a shared key)
 
     @property
     def every_workspace(self) -> bool:
@@ -129,6 +131,9 @@ class Authenticator:
         self.switch_key = switch_key
         self.cache_s = cache_s
         self._cache: dict[str, tuple[float, Principal]] = {}
+        # Called with (workspace id, key id) when a key is found past its expiry, so the key
+        # is deleted and the audit log says it expired (Workspaces.expire_key).
+        self.on_expired: Callable[[str, str], Awaitable[None]] | None = None
 
     async def authenticate(self, header: str | None) -> Principal:
         if not header or not header.startswith("Bearer "):
@@ -168,16 +173,18 @@ class Authenticator:
         stored = KeyRecord.parse(text(record))
         left_s = (stored.expires_ms / 1000 - time.time()) if stored.expires_ms else math.inf
         if left_s <= 0:
+            if self.on_expired is not None:
+                await self.on_expired(workspace_id, stored.id)
             raise Unauthorized("this API key has expired; create a new one")
         if Role[stored.role] is Role.org_admin:
-            return await self._org_admin(workspace_id, stored.id), left_s
-        return Principal(Role[stored.role], workspace_id, stored.id), left_s
+            return await self._org_admin(workspace_id, stored.id, stored.person), left_s
+        return Principal(Role[stored.role], workspace_id, stored.id, person=stored.person), left_s
 
-    async def _org_admin(self, workspace_id: str, key_id: str) -> Principal:
+    async def _org_admin(self, workspace_id: str, key_id: str, person: str) -> Principal:
         """An org_admin key with its organization's workspaces (none: its own only)."""
         org = await self.client.hget(keys.for_workspace(workspace_id).ws, "organization_id")
         if not org:
-            return Principal(Role.org_admin, workspace_id, key_id)
+            return Principal(Role.org_admin, workspace_id, key_id, person=person)
         members = await self.client.smembers(keys.for_organization(text(org)).workspaces)
         return Principal(
             Role.org_admin,
@@ -185,4 +192,5 @@ class Authenticator:
             key_id,
             organization_id=text(org),
             org_workspaces=frozenset(text(m) for m in members),
+            person=person,
         )

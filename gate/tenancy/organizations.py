@@ -16,6 +16,7 @@ from gate.context import Context
 from gate.errors import NotFound, ValidationFailed
 from gate.store import keys
 from gate.store.redis_client import text
+from gate.tenancy.directory import Directory
 
 ORGANIZATION_ID = re.compile(r"^org_[0-9a-f]{16}$")
 
@@ -35,6 +36,7 @@ class Organizations:
         if not name.strip() or len(name) > 200:
             raise ValidationFailed("name must be 1 to 200 characters", field="name")
         org = Organization(f"org_{secrets.token_hex(8)}", name, self.ctx.clock.now_ms())
+        await Directory(self.ctx).add_organization(org.id, org.created_ms)
         await self.ctx.client.hset(
             keys.for_organization(org.id).org,
             mapping={"id": org.id, "name": org.name, "created_ms": org.created_ms},

@@ -90,7 +90,7 @@ class Automation:
         self.payments = payments
         self.mailer = mailer
         self.per_min_micros = per_min_micros
-        self.recover = recover  # finishes top-ups that died between charge and credit
+        self.recover = recover  # finishes top-ups and refunds that died half-way
         self.index = DueIndex(ctx.scripts, keys.AUTOMATION_INDEX)
         self.owner = f"auto-{uuid.uuid4().hex[:12]}"
         self.lease_ms = lease_ms
@@ -154,13 +154,14 @@ class Automation:
             for workspace_id in ids:
                 pipe.hmget(keys.for_workspace(workspace_id).wallet, _WATCHED)
                 pipe.hlen(f"{keys.for_workspace(workspace_id).ws}:pending_topups")
+                pipe.hlen(f"{keys.for_workspace(workspace_id).ws}:pending_refunds")
             replies = await pipe.execute()
         now = self.ctx.clock.now_ms()
         due = {}
         for i, workspace_id in enumerate(ids):
-            at = due_of(replies[2 * i], now)
-            if replies[2 * i + 1] and self.recover is not None:
-                at = now  # a top-up between charge and credit, or one still running
+            at = due_of(replies[3 * i], now)
+            if (replies[3 * i + 1] or replies[3 * i + 2]) and self.recover is not None:
+                at = now  # a top-up or refund half-way (its request died, or still runs)
             if at is not None:
                 due[workspace_id] = at
         await self.index.notify_many(due)

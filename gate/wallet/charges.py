@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 from gate.calls.rating import NoRate, RateCard
 from gate.calls.segments import sms_segments
-from gate.errors import IdempotencyKeyReused, InsufficientBalance, NotFound, ValidationFailed
+from gate.errors import (
+    HeldByPlatform,
+    IdempotencyKeyReused,
+    InsufficientBalance,
+    NotFound,
+    ValidationFailed,
+)
 from gate.history import ledger
 from gate.money import usd
 from gate.store import keys
@@ -153,6 +159,8 @@ class Charges:
         code = Code(reply[0])
         if code == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
+        if code == Code.HELD:
+            raise HeldByPlatform(text(reply[1]), text(reply[2]))
         if code == Code.INSUFFICIENT:
             balance, reserved, money = int(reply[1]), int(reply[2]), int(reply[3])
             raise InsufficientBalance(

@@ -16,6 +16,8 @@ from gate.context import Context
 from gate.errors import Conflict, NotFound, PaymentDeclined, ValidationFailed
 from gate.store import keys
 from gate.store.redis_client import text
+from gate.store.scripts import Code
+from gate.tenancy.audit import SYSTEM, Actor
 from gate.tenancy.workspaces import Workspaces
 from gate.wallet.payments import PaymentError, PaymentProvider
 
@@ -43,7 +45,25 @@ class PaymentMethods:
         )
         return {"data": data, "default_payment_method_id": default}
 
-    async def add(self, workspace_id: str, payment_method_id: str, default: bool) -> dict[str, Any]:
+    async def _audited_set(
+        self, workspace_id: str, action: str, actor: Actor, method_id: str, value: str,
+        shown: dict[str, Any],
+    ) -> None:  # fmt: skip
+        """Store or delete a method with its audit entry (card brand and last 4 digits only)."""
+        k = keys.for_workspace(workspace_id)
+        before, after = ("{}", orjson.dumps(shown).decode()) if value else (
+            orjson.dumps(shown).decode(), "{}")  # fmt: skip
+        reply = await self.ctx.scripts.call(
+            "audited_set",
+            [k.ws, methods_key(workspace_id), k.audit],
+            [self.ctx.clock.now_ms(), action, *actor.args(), method_id, value, before, after],
+        )
+        if reply[0] == Code.NO_WORKSPACE:
+            raise NotFound("no such workspace")
+
+    async def add(
+        self, workspace_id: str, payment_method_id: str, default: bool, actor: Actor = SYSTEM
+    ) -> dict[str, Any]:
         """Verify the card with a small refunded charge, then keep it; 402 on a decline."""
         await self.workspaces.get(workspace_id)
         key = methods_key(workspace_id)
@@ -69,22 +89,32 @@ class PaymentMethods:
             "added_at_ms": self.ctx.clock.now_ms(),
             "_order": await self.ctx.client.hlen(key),  # ties of one millisecond
         }
-        await self.ctx.client.hset(key, info.id, orjson.dumps(record))
+        shown = {"id": info.id, "brand": info.brand, "last4": info.last4}
+        await self._audited_set(workspace_id, "payment_method.added", actor, info.id,
+                                orjson.dumps(record).decode(), shown)  # fmt: skip
         del record["_order"]
         current = (await self.workspaces.get(workspace_id)).payment_method_id
         if default or current is None or not await self._known(workspace_id, current):
-            await self.workspaces.update(workspace_id, {"payment_method_id": info.id})
+            await self.workspaces.update(
+                workspace_id, {"payment_method_id": info.id}, actor, "payment_method.default"
+            )
             current = info.id
         return record | {"default": current == info.id}
 
-    async def set_default(self, workspace_id: str, payment_method_id: str) -> dict[str, Any]:
+    async def set_default(
+        self, workspace_id: str, payment_method_id: str, actor: Actor = SYSTEM
+    ) -> dict[str, Any]:
         record = await self._get(workspace_id, payment_method_id)
-        await self.workspaces.update(workspace_id, {"payment_method_id": payment_method_id})
+        await self.workspaces.update(
+            workspace_id, {"payment_method_id": payment_method_id}, actor, "payment_method.default"
+        )
         return record | {"default": True}
 
-    async def delete(self, workspace_id: str, payment_method_id: str) -> None:
+    async def delete(
+        self, workspace_id: str, payment_method_id: str, actor: Actor = SYSTEM
+    ) -> None:
         ws = await self.workspaces.get(workspace_id)
-        await self._get(workspace_id, payment_method_id)
+        record = await self._get(workspace_id, payment_method_id)
         key = methods_key(workspace_id)
         others = [text(m) for m in await self.ctx.client.hkeys(key) if text(m) != payment_method_id]
         if not others and ws.raw.get("ar_enabled") == "1":
@@ -92,11 +122,17 @@ class PaymentMethods:
                 "this is the last payment method and auto-recharge is on: turn auto-recharge "
                 "off (PATCH /v1/wallet/settings) or add another method first"
             )
-        await self.ctx.client.hdel(key, payment_method_id)
+        shown = {n: record.get(n) for n in ("id", "brand", "last4")}
+        await self._audited_set(
+            workspace_id, "payment_method.deleted", actor, payment_method_id, "", shown
+        )
         if ws.payment_method_id == payment_method_id:
             # The newest remaining method becomes the default, or none is left.
             await self.workspaces.update(
-                workspace_id, {"payment_method_id": others[-1] if others else None}
+                workspace_id,
+                {"payment_method_id": others[-1] if others else None},
+                actor,
+                "payment_method.default",
             )
         # Gone from Gate either way; a provider that refuses keeps a harmless record.
         with contextlib.suppress(PaymentError):

@@ -5,6 +5,12 @@ later month on the rental's anniversary by the renewal worker, exactly once per 
 month (the month's ledger reference is remembered by the script), crash-safe (workspaces are
 leased from a global due index, as the ticker does). A renewal the wallet cannot cover emits
 `number.renewal_failed` and is tried again a day later; the number stays rented meanwhile.
+
+A number has one tenant: renting takes a global owner key (`gate:numberws:<number>`) with
+SET NX before the rental script runs, as call ownership does (the script's keys carry the
+workspace's hash tag, so on Redis Cluster it cannot look across workspaces itself). The claim
+holds for CLAIM_S until the script rents the number, then for as long as it is rented; a
+refused rental, or a process that died before the script, gives it back (DEL, or the TTL).
 """
 
 from __future__ import annotations
@@ -20,19 +26,21 @@ from gate.calls.rating import NoRate
 from gate.calls.service import RateBook
 from gate.clock import month_day
 from gate.context import Context
-from gate.errors import InsufficientBalance, InvalidState, NotFound, ValidationFailed
+from gate.errors import InsufficientBalance, InvalidState, NotFound, NumberTaken, ValidationFailed
 from gate.money import usd
 from gate.store import keys
 from gate.store.due import DueIndex
 from gate.store.redis_client import text
 from gate.store.scripts import Code
 from gate.tasks import Every
+from gate.tenancy.directory import Directory
 
 log = logging.getLogger("gate.wallet.numbers")
 
 DAY_MS = 86_400_000
 LEASE_MS = 60_000
 BATCH = 200
+CLAIM_S = 60  # an owner claim whose rental script never ran lapses after this
 
 
 def add_months(ms: int, months: int) -> int:
@@ -89,9 +97,15 @@ class Numbers:
         now = self.ctx.clock.now_ms()
         price = self._price()
         next_ms = add_months(now, 1)
+        claimed = await self._claim(workspace_id, number)
+        await Directory(self.ctx).add_number(workspace_id, number)  # before: never missing
         reply = await self.ctx.scripts.call("number_rent", k.rent_keys, [now, number, price,
                                                                           next_ms])  # fmt: skip
         code = reply[0]
+        if code in (Code.OK, Code.INVALID_STATE):  # rented: the claim holds until DELETE
+            await self.ctx.client.persist(keys.number_owner(number))
+        elif claimed:
+            await self._give_back(workspace_id, number)
         if code == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
         if code == Code.INVALID_STATE:
@@ -108,6 +122,29 @@ class Numbers:
         self.ctx.notifier.events(workspace_id)
         return Rented.parse(reply[1]).to_json()
 
+    async def _claim(self, workspace_id: str, number: str) -> bool:
+        """Take the number's global owner key; True if this call took it (409 if another
+        workspace holds it)."""
+        owner_key = keys.number_owner(number)
+        if await self.ctx.client.set(owner_key, workspace_id, nx=True, ex=CLAIM_S):
+            return True
+        owner = await self.ctx.client.get(owner_key)
+        if owner is not None and text(owner) != workspace_id:
+            raise NumberTaken(
+                f"{number} is rented by another workspace; choose another number",
+                number=number,
+            )
+        return False  # this workspace's own: rented already, or its claim is in flight
+
+    async def _give_back(self, workspace_id: str, number: str) -> None:
+        """Release the owner key unless the workspace rents the number (a racing rent of
+        its own may have won while this one was refused)."""
+        if await self.ctx.client.hexists(keys.for_workspace(workspace_id).numbers, number):
+            return
+        owner_key = keys.number_owner(number)
+        if text(await self.ctx.client.get(owner_key) or b"") == workspace_id:
+            await self.ctx.client.delete(owner_key)
+
     async def list(self, workspace_id: str) -> list[dict[str, Any]]:
         raw = await self.ctx.client.hgetall(keys.for_workspace(workspace_id).numbers)
         return sorted((Rented.parse(v).to_json() for v in raw.values()),
@@ -118,6 +155,8 @@ class Numbers:
         reply = await self.ctx.scripts.call("number_release", [k.numbers, k.rent_due], [number])
         if reply[0] == Code.NOT_FOUND:
             raise NotFound(f"this workspace does not rent {number}")
+        await self._give_back(workspace_id, number)
+        await Directory(self.ctx).drop_number(workspace_id, number)  # after: never missing
         return Rented.parse(reply[1]).to_json() | {"state": "released"}
 
     async def renew_workspace(self, workspace_id: str, now_ms: int) -> int | None:

@@ -58,6 +58,12 @@ class PaymentProvider(Protocol):
     async def detach(self, workspace_id: str, payment_method_id: str) -> None:
         """Forget the method at the provider (best effort)."""
 
+    async def refund(
+        self, workspace_id: str, payment_id: str, amount_micros: int, refund_id: str
+    ) -> str:
+        """Refund part of a payment to its card once per `refund_id`; returns the provider's
+        refund id; raise PaymentError when refused."""
+
 
 SANDBOX_SUCCEEDS = {"pm_card_visa", "pm_card_mastercard", "pm_card_amex", "pm_card_us"}
 SANDBOX_CARDS = {
@@ -106,3 +112,10 @@ class SandboxProvider:
 
     async def detach(self, workspace_id: str, payment_method_id: str) -> None:
         return None
+
+    async def refund(
+        self, workspace_id: str, payment_id: str, amount_micros: int, refund_id: str
+    ) -> str:
+        if not payment_id.startswith("pay_"):
+            raise PaymentError(f"the sandbox made no payment {payment_id!r}", declined=False)
+        return f"re_{hashlib.sha256(f'{workspace_id}:{refund_id}'.encode()).hexdigest()[:24]}"

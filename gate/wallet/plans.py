@@ -25,6 +25,7 @@ from gate.store.due import DueIndex
 from gate.store.redis_client import text
 from gate.store.scripts import Code
 from gate.tasks import Every
+from gate.tenancy.audit import SYSTEM, Actor
 
 log = logging.getLogger("gate.wallet.plans")
 DAY_MS = 86_400_000
@@ -188,25 +189,28 @@ class Plans:
             return None
         return setting or self.card().default_plan
 
-    async def assign(self, workspace_id: str, name: str | None, anchor: int | None) -> None:
-        """Give the workspace a plan (None: take it away) with a cycle starting now."""
+    async def assign(
+        self, workspace_id: str, name: str | None, anchor: int | None, actor: Actor = SYSTEM
+    ) -> None:
+        """Give the workspace a plan (None: take it away) with a cycle starting now; the
+        audit log says who, in the same step."""
         now = self.ctx.clock.now_ms()
         if anchor is None:
             anchor = datetime.fromtimestamp(now / 1000, UTC).day
         if not 1 <= anchor <= 31:
             raise ValidationFailed("cycle_anchor must be a day of the month, 1 to 31",
                                    field="cycle_anchor")  # fmt: skip
-        args: list[str | int] = [now, "", anchor, 0, 0, 0]
+        args: list[str | int] = [now, "", anchor, 0, 0, 0, *actor.args()]
         if name is not None:
             plan = self.resolve(name)
             start, end = cycle_bounds(now, anchor)
-            args = [now, plan.name, anchor, start, end, len(plan.allowances)]
+            args = [now, plan.name, anchor, start, end, len(plan.allowances), *actor.args()]
             for service, units in plan.allowances.items():
                 args += [service, units]
             for c in plan.commitments:
                 args += [c.name, c.micros, ",".join(c.services)]
         k = keys.for_workspace(workspace_id)
-        reply = await self.ctx.scripts.call("plan_set", k.call_keys, args)
+        reply = await self.ctx.scripts.call("plan_set", [*k.call_keys, k.audit], args)
         if Code(reply[0]) == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
         self.ctx.notifier.events(workspace_id)

@@ -14,6 +14,7 @@ import orjson
 from gate.context import Context
 from gate.delivery.events import iso_ms
 from gate.errors import (
+    HeldByPlatform,
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
     InsufficientBalance,
@@ -26,6 +27,7 @@ from gate.money import usd
 from gate.store import keys
 from gate.store.redis_client import text
 from gate.store.scripts import Code
+from gate.tenancy.audit import SYSTEM
 from gate.tenancy.workspaces import Workspace, Workspaces
 from gate.wallet.automation import month_of
 from gate.wallet.payments import PaymentError, PaymentProvider
@@ -128,7 +130,7 @@ class WalletView:
         return self.automation.get("_month", "")
 
 
-def _pending_key(workspace_id: str) -> str:
+def pending_topups_key(workspace_id: str) -> str:
     """Hash of top-ups charged or about to be: key -> JSON (amount, method, idem, digest)."""
     return f"{keys.for_workspace(workspace_id).ws}:pending_topups"
 
@@ -350,11 +352,23 @@ class Wallet:
             {"amount_micros": amount_micros, "pm": payment_method_id, "idem": idem,
              "digest": digest}
         )  # fmt: skip
-        await self.ctx.client.hset(_pending_key(workspace_id), key, pending)
+        await self.ctx.client.hset(pending_topups_key(workspace_id), key, pending)
+        # After the write-ahead record: a close that set its hold before this read finds it
+        # here, one that sets it after finds the record and waits (gate/operator/holds.py).
+        hold = await self.ctx.client.hmget(
+            keys.for_workspace(workspace_id).wallet, "hold", "hold_reason"
+        )
+        if hold[0] is not None and text(hold[0]) in ("closing", "closed"):
+            await self.ctx.client.hdel(pending_topups_key(workspace_id), key)
+            held = HeldByPlatform(text(hold[0]), text(hold[1] or b""))
+            await idem_fail(self.ctx, idem, orjson.dumps({"message": held.message}).decode())
+            raise held
         row = await self._charge_and_credit(
             workspace_id, amount_micros, payment_method_id, key, idem
         )
-        await self.workspaces.update(workspace_id, {"payment_method_id": payment_method_id})
+        await self.workspaces.update(
+            workspace_id, {"payment_method_id": payment_method_id}, SYSTEM, "payment_method.default"
+        )
         return row
 
     async def _charge_and_credit(
@@ -368,7 +382,7 @@ class Wallet:
         except PaymentError as err:
             message = str(err) + " Use another payment method, or try again later."
             await idem_fail(self.ctx, idem, orjson.dumps({"message": message}).decode())
-            await self.ctx.client.hdel(_pending_key(workspace_id), key)
+            await self.ctx.client.hdel(pending_topups_key(workspace_id), key)
             raise PaymentDeclined(message) from err
         posted = await post(
             self.ctx,
@@ -382,7 +396,7 @@ class Wallet:
             idem=idem,
             extra=[("source", "card"), ("payment_method_id", payment_method_id)],
         )
-        await self.ctx.client.hdel(_pending_key(workspace_id), key)
+        await self.ctx.client.hdel(pending_topups_key(workspace_id), key)
         if posted.code == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")
         self._posted(workspace_id, posted)
@@ -396,7 +410,7 @@ class Wallet:
         with the same key (the provider answers with the same payment) and credited once by
         payment id. Returns how many were credited now.
         """
-        pending = _pending_key(workspace_id)
+        pending = pending_topups_key(workspace_id)
         credited = 0
         for raw_key, raw in (await self.ctx.client.hgetall(pending)).items():
             key, record = text(raw_key), orjson.loads(raw)

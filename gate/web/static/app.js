@@ -7,6 +7,7 @@ import { SERVICES, spendChart } from "./chart.js";
 import { connect } from "./connection.js";
 import { openDetails, wireDetails } from "./details.js";
 import { cents, dollars, micros, paidFrom, seconds, typeName, usd, utc, when } from "./format.js";
+import { forgetPerson, loadActivity, redeemLink, storedPerson } from "./people.js";
 import { describe, plainError } from "./words.js";
 
 const $ = (id) => document.getElementById(id);
@@ -106,7 +107,8 @@ async function signIn(key, { quiet = false } = {}) {
   $("who").hidden = false;
   const name = (ws && ws.name) || "Workspace";
   const title = state.company ? "company admin" : role === "admin" ? "office admin" : "read-only (agent key)";
-  $("who").textContent = `${name} · ${title}`;
+  const person = storedPerson();  // who a sign-in link named
+  $("who").textContent = `${name} · ${person ? person + ", " : ""}${title}`;
   document.body.dataset.role = role;
   document.body.classList.toggle("company", state.company);
   for (const node of document.querySelectorAll(".admin-only")) node.hidden = role !== "admin";
@@ -116,6 +118,7 @@ async function signIn(key, { quiet = false } = {}) {
     "changing settings and exporting CSV need an admin key.";
   renderWallet(wallet.body, wallet.etag);
   startLive();
+  if (role === "admin") moreActivity(true);
   $("wallet-title").focus();  // where a screen reader and the keyboard start reading
   await loadMethods();  // first: the transactions name their cards
   await Promise.all([loadTx(true).catch(() => {}), checkSpendAlert(), loadCalls()]);
@@ -184,10 +187,23 @@ async function pickOffice() {
   if (visible) showView(visible);
 }
 
+async function moreActivity(first = false) {
+  const tbody = $("activity-table").tBodies[0];
+  if (first) { tbody.replaceChildren(); state.activityCursor = null; }
+  try {
+    state.activityCursor = await loadActivity(state.api, tbody, state.activityCursor);
+  } catch {
+    state.activityCursor = null;  // the view is a courtesy: the wallet works without it
+  }
+  $("activity-more").hidden = !state.activityCursor;
+}
+
 function signOut(message = "") {
   if (state.live) state.live.stop();
   clearInterval(state.poll);
   forgetKey();
+  forgetPerson();
+  $("activity-table").tBodies[0].replaceChildren();
   Object.assign(state, { api: null, role: null, etag: null, wallet: null, live: null, poll: null,
     txCursor: null, pending: null, settingsDirty: false, chart: null, usage: null, methods: [],
     own: null, office: null, offices: [], orgId: null, company: false, unavailable: false, alert: null });
@@ -1007,6 +1023,7 @@ function wire() {
     });
   }
   $("tx-more").addEventListener("click", () => loadTx(false).catch(() => {}));
+  $("activity-more").addEventListener("click", () => moreActivity());
   $("usage-more").addEventListener("click", () => loadUsage(false).catch((err) => showError($("filters"), "err-filters", err)));
   $("filters").addEventListener("submit", applyFilters);
   $("f-month").addEventListener("change", () => { if ($("f-month").value) { $("f-from").value = ""; $("f-to").value = ""; } });
@@ -1024,7 +1041,14 @@ function wire() {
 }
 
 wire();
-const saved = storedKey();
-if (saved) {
-  signIn(saved, { quiet: true }).then((ok) => { if (!ok) forgetKey(); });
-}
+// A sign-in link first (it names its person), else the key this tab kept.
+redeemLink().then((linked) => {
+  if (linked) return signIn(linked.key);
+  const saved = storedKey();
+  if (saved) return signIn(saved, { quiet: true }).then((ok) => { if (!ok) forgetKey(); });
+  return null;
+}).catch((err) => {
+  $("signin-error").textContent = err.status === 401
+    ? "That sign-in link was used already or has expired; ask your platform for a new one."
+    : plainError(err);
+});

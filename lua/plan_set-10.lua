@@ -1,13 +1,15 @@
 -- plan_set: assign a plan to a workspace (or take it away), starting a new cycle now.
 --
 -- KEYS[1..9] ws, wallet, calls, due, cuts, ledger, events, ended, ended_at (as call_start)
+-- KEYS[10] audit  stream  the workspace's audit log: one plan.set entry (lua/_audit.lua)
 -- ARGV[1] now_ms     integer
 -- ARGV[2] plan       string   plan name; "" takes the plan away
 -- ARGV[3] anchor     integer  anchor day of month, 1..31
 -- ARGV[4] cy         integer  ms the new cycle started (the last anchor day at or before now)
 -- ARGV[5] cy_end     integer  ms the new cycle ends (the next anchor day after now)
 -- ARGV[6] n_al       integer  how many allowance pairs follow
--- ARGV[7..]          n_al pairs (service, units per cycle: seconds for calls), then
+-- ARGV[7..9]         who: key id, person, address of the caller
+-- ARGV[10..]         n_al pairs (service, units per cycle: seconds for calls), then
 --                    triples (commitment name, micros per cycle, services comma-separated)
 -- Replies:
 --   {0}   assigned
@@ -21,14 +23,21 @@ local ledger, events, ended, ended_at = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local now_ms = tonumber(ARGV[1])
 local name, anchor = ARGV[2], tonumber(ARGV[3])
 local cy, cy_end, n_al = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local audit_log, who = KEYS[10], {ARGV[7], ARGV[8], ARGV[9]}
 
 --!include _post.lua
 --!include _rating.lua
 --!include _plan.lua
+--!include _audit.lua
 
 local SERVICES = {'voice', 'ai_agent', 'sms', 'mms', 'fax', 'chat'}
 
 if rcall('EXISTS', ws) == 0 then return {-1} end
+local before = rcall('HMGET', wallet, 'plan', 'cy_anchor')
+audit(audit_log, now_ms, who, 'plan.set', ARGV[2] ~= '' and ARGV[2] or 'none',
+  cjson.encode({plan = before[1] or cjson.null, cycle_anchor = before[2] or cjson.null}),
+  cjson.encode({plan = name ~= '' and name or cjson.null,
+    cycle_anchor = name ~= '' and anchor or cjson.null}))
 plan_roll(now_ms)
 local extra, touched = {}, {}
 if plan_cycle_end() then extra, touched = plan_close(now_ms) end
@@ -50,7 +59,7 @@ if name == '' then
 end
 
 local al, cms = {}, {}
-local i = 7
+local i = 10
 for _ = 1, n_al do
   al[#al + 1] = ARGV[i]
   rcall('HSET', wallet, 'alt:' .. ARGV[i], ARGV[i + 1])
