@@ -81,4 +81,8 @@ MEANING: dict[str, str] = {
     "GATE_STRIPE_WEBHOOK_SECRET": "Verifies `Stripe-Signature` on "
     "`POST /v1/providers/stripe/webhook`. Unset: that route answers `404`.",
     "GATE_STRIPE_API_BASE": "Another Stripe API base URL (tests point it at localstripe).",
+    "GATE_REFUND_WINDOW_DAYS": "Days after a top-up during which a workspace admin may refund it "
+    "to the card (`POST /v1/wallet/topups/{id}/refund`); the platform key may at any time.",
+    "GATE_CRASH_AT": "Tests only: `payment_created` kills the process right after the provider "
+    "created a payment, to prove recovery charges once. Never set it in production.",
 }

@@ -24,6 +24,8 @@
 --   ha                   hangup_at ms the switch was last told (start, answer, heartbeat
 --                        answers, call.extended/call.limit events): it hangs up there
 --   clp                  1 when a heartbeat's elapsed_s was clamped to the gate's clock
+--   node                 the switch node that started it (absent when not named): a sync
+--                        naming a node ends only that node's calls
 -- Money never moves out of the balance while a call lives: ticks grow its hold, so
 -- `available` drops in real time, and call_end posts one ledger row for the whole call.
 

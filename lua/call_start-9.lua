@@ -39,6 +39,8 @@
 --                        the call's row splits its cost by them ("" = the rate is one part)
 -- ARGV[24] reports       1: the switch promises heartbeats for this call, so their silence
 --                        (from the answer on) ends it as stale; 0: none promised
+-- ARGV[25] node          the switch node carrying the call ("" = not named): a sync naming
+--                        a node ends only that node's calls (call_sync)
 -- Replies:
 --   {0, record, balance, reserved, fired}
 --                                    allowed; record is the new call (MessagePack); fired
@@ -108,6 +110,7 @@ local c = {id = call_id, dir = dir, svc = svc, from = ARGV[5], to = ARGV[6], use
   held = 0, cut = 0, lim = 0, cs = 0, hseq = 0, hms = 0, ring = ring_s, evm = 0,
   ha = 0, clp = 0, cmp = components, rep = promised and 1 or 0}
 if answered then c.ans, c.evm = now_ms, now_ms end
+if (ARGV[25] or '') ~= '' then c.node = ARGV[25] end
 local target = math.min(buffer_s, max_call_s)
 plan_attach(c)
 -- The plan allowance covers the first seconds (written below, once the call is allowed).

@@ -6,7 +6,9 @@
 -- ARGV[1]  now_ms     integer
 -- ARGV[2]  min_age_s  integer  calls started less than this long ago are left alone (the
 --                              switch may have listed its calls just before they started)
--- ARGV[3..] call ids the switch has up
+-- ARGV[3]  node       string   the switch node syncing: only calls started on it (c.node)
+--                              are candidates; "" = every call (one switch)
+-- ARGV[4..] call ids the switch has up
 -- Replies:
 --   {0, ended, results, not_live, woken}
 --     ended     ids of the calls ended now as lost
@@ -22,6 +24,7 @@ local rcall = redis.call
 local ws, wallet, calls, due, cuts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ledger, events, ended, ended_at = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local now_ms, min_age_ms = tonumber(ARGV[1]), tonumber(ARGV[2]) * 1000
+local node = ARGV[3]
 
 --!include _post.lua
 --!include _rating.lua
@@ -32,7 +35,7 @@ plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
 if rcall('EXISTS', ws) == 0 then return {-1} end
 local listed, not_live = {}, {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local id = ARGV[i]
   if not listed[id] then
     listed[id] = true
@@ -50,7 +53,7 @@ local lost, results, released = {}, {}, false
 for _, id in ipairs(rcall('HKEYS', calls)) do
   if not listed[id] then
     local c = load_call(id)
-    if now_ms - c.t0 >= min_age_ms then
+    if now_ms - c.t0 >= min_age_ms and (node == '' or c.node == node) then
       local duration, flag = 0, 'never_started'
       if c.ans > 0 then
         duration, flag = math.min(evidence_s(c), granted_s(c), c.max), 'lost_end'

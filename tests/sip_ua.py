@@ -5,9 +5,10 @@
                                                     {"to": uri, "at_ms": start, "hold_ms": n})
 
 Each call event is one JSON line on stdout: {"ua", "idx", "call_id", "event", "t_ms",
-"status", "by"}; event is "confirmed" or "disconnected", t_ms wall-clock ms, by "local"
-when this agent hung up. The uac exits when its calls are over. pjsua2 runs in this
-process's main thread only (threadCnt 0), which is why each agent is its own process.
+"status", "by"}; event is "incoming" (uas only), "confirmed" or "disconnected", t_ms
+wall-clock ms, by "local" when this agent hung up. The uac exits when its calls are over.
+pjsua2 runs in this process's main thread only (threadCnt 0), which is why each agent is
+its own process.
 """
 
 from __future__ import annotations
@@ -48,9 +49,13 @@ class Call(pj.Call):  # type: ignore[misc]
                  t_ms=self.confirmed_ms, status=200, by="")  # fmt: skip
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.done:
             self.done = True
+            # connect_ms: pjsip's own connect-to-disconnect time, taken in C as the states
+            # change (t_ms is when Python got here, which may be a few ms late)
+            connected = info.connectDuration.sec * 1000 + info.connectDuration.msec
             emit(ua=self.ua, idx=self.idx, call_id=info.callIdString, event="disconnected",
                  t_ms=now_ms(), status=info.lastStatusCode, reason=info.lastReason,
-                 by="local" if self.hung_up_here else "remote")  # fmt: skip
+                 by="local" if self.hung_up_here else "remote",
+                 connect_ms=connected if self.confirmed_ms else None)  # fmt: skip
 
 
 class Account(pj.Account):  # type: ignore[misc]
@@ -63,6 +68,8 @@ class Account(pj.Account):  # type: ignore[misc]
     def onIncomingCall(self, prm: Any) -> None:
         call = Call(self, self.ua, len(self.calls), prm.callId)
         self.calls.append(call)
+        emit(ua=self.ua, idx=call.idx, call_id=call.getInfo().callIdString, event="incoming",
+             t_ms=now_ms(), status=0, by="")  # fmt: skip
         ring = pj.CallOpParam()
         ring.statusCode = 180
         call.answer(ring)

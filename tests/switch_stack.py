@@ -4,6 +4,7 @@ prints, and pjsua2 user agents (tests/sip_ua.py), all on 127.0.0.1 and free port
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,9 @@ class Stack:
     carrier_port: int = 0
     workspace: dict[str, Any] = field(default_factory=dict)
     agents: list[subprocess.Popen[str]] = field(default_factory=list)
+    sync_s: int = 2
+    # a deliberately broken config for the tests of the test: the printed text, changed
+    mutate: Callable[[str], str] = lambda cfg: cfg
 
     # -- processes ---------------------------------------------------------------------
 
@@ -151,10 +156,12 @@ class Stack:
             sip_listen=f"udp:127.0.0.1:{self.sip_port}",
             http_listen=f"tcp:127.0.0.1:{self.http_port}",
             carrier=f"127.0.0.1:{self.carrier_port}",
-            sync_s=2,
+            sync_s=self.sync_s,
+            node="kam-a",
+            keepalive_s=2,
         )
         path = self.base / "kamailio.cfg"
-        path.write_text(cfg)
+        path.write_text(self.mutate(cfg))
         run_dir = self.base / "kamailio-run"
         run_dir.mkdir(exist_ok=True)
         debug = ["-A", "GATE_DEBUG"] if os.environ.get("GATE_E2E_DEBUG") else []
@@ -176,9 +183,39 @@ class Stack:
                 ],
                 stdout=log,
                 stderr=log,
+                start_new_session=True,  # its own process group: kill_kamailio gets them all
             )
         self.wait(lambda: self.http_ok("/gate/x", port=self.http_port, want=404), 20,
                   "kamailio did not start: see kamailio.log")  # fmt: skip
+
+    def kill_kamailio(self) -> None:
+        """Kamailio dies at once: SIGKILL to all its processes, no shutdown code runs."""
+        assert self.kamailio is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.kamailio.pid, signal.SIGKILL)
+        self.kamailio.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self._group_alive(self.kamailio.pid):
+            time.sleep(0.02)  # until its children are gone too (zombies hold no socket)
+        self.kamailio = None
+
+    @staticmethod
+    def _group_alive(pgid: int) -> bool:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    return True
+        return False
+
+    def pause_gate(self) -> None:
+        """Gate stalls (SIGSTOP): the kernel still accepts its connections, nothing answers."""
+        assert self.gate is not None
+        self.gate.send_signal(signal.SIGSTOP)
+
+    def resume_gate(self) -> None:
+        assert self.gate is not None
+        self.gate.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         for agent in self.agents:
@@ -188,6 +225,8 @@ class Stack:
             for pipe in (agent.stdin, agent.stdout):
                 if pipe is not None:
                     pipe.close()
+        if self.gate is not None:
+            self.resume_gate()  # a paused Gate cannot be stopped
         if self.kamailio is not None and self.kamailio.poll() is None:
             self.kamailio.terminate()
             try:

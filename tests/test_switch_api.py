@@ -269,3 +269,29 @@ async def test_one_switch_key_serves_every_workspace(
     assert made.status == 403
     assert await redis.get(keys.call_owner(cid)) == a["id"].encode()
     assert PLATFORM
+
+
+async def test_a_sync_from_one_switch_node_ends_only_that_nodes_calls(
+    make_client: MakeClient, clock: ManualClock
+) -> None:
+    """Two Kamailio nodes share the service-wide switch key: each syncs the calls it has up,
+    and a node's sync must not end the calls the other node carries."""
+    client = await make_client(switch_key=SERVICE_SWITCH)
+    sw = auth(SERVICE_SWITCH)
+    ws = await new_workspace(client, "A")
+    for cid, node in (("a-1", "kam-a"), ("a-2", "kam-a"), ("b-1", "kam-b"), ("old-1", None)):
+        body = call(cid) | {"workspace_id": ws["id"]} | ({"node": node} if node else {})
+        assert (await client.post("/v1/calls", json=body, headers=sw)).status == 201
+    clock.advance(6)  # older than GATE_SYNC_MIN_AGE_S
+    synced = await client.post("/v1/calls/sync", json={"call_ids": ["a-1"], "node": "kam-a"},
+                               headers=sw)  # fmt: skip
+    assert synced.status == 200, await synced.text()
+    assert [e["call_id"] for e in (await synced.json())["ended"]] == ["a-2"]
+    live = await (await client.get("/v1/calls", headers=auth(ws["key"]))).json()
+    assert sorted(c["call_id"] for c in live["data"]) == ["a-1", "b-1", "old-1"]
+
+    # a sync without a node is one switch's: every call it does not list is over
+    synced = await client.post("/v1/calls/sync", json={"call_ids": ["a-1"]}, headers=sw)
+    assert sorted(e["call_id"] for e in (await synced.json())["ended"]) == ["b-1", "old-1"]
+    bad = await client.post("/v1/calls/sync", json={"call_ids": [], "node": "a b"}, headers=sw)
+    assert bad.status == 400

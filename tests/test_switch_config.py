@@ -26,7 +26,8 @@ def test_the_cli_prints_the_config_with_the_values_filled_in() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "gate", "switch-config", "kamailio",
          "--gate-url", "http://gate.internal:8080/", "--key", "sw-key-123", "--secret", SECRET,
-         "--workspace", "ws_0123456789abcdef", "--inbound-fail", "closed", "--sync-s", "5"],
+         "--workspace", "ws_0123456789abcdef", "--inbound-fail", "closed", "--sync-s", "3",
+         "--node", "kam-a"],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     cfg = out.stdout
@@ -36,7 +37,8 @@ def test_the_cli_prints_the_config_with_the_values_filled_in() -> None:
     assert f'#!trydef GATE_SECRET "{SECRET}"' in cfg
     assert '#!trydef GATE_WORKSPACE "ws_0123456789abcdef"' in cfg
     assert "#!trydef INBOUND_FAIL_OPEN 0" in cfg
-    assert "name=gsync;interval=5;" in cfg
+    assert "name=gsync;interval=3;" in cfg
+    assert '#!trydef GATE_NODE "kam-a"' in cfg
     assert len(cfg.splitlines()) == len(template().splitlines())
 
 
@@ -48,6 +50,7 @@ def test_the_cli_prints_the_config_with_the_values_filled_in() -> None:
         ({"key": 'a"b'}, "--key"),
         ({"timeout_ms": 1500}, "--timeout-ms"),
         ({"sip_listen": "127.0.0.1"}, "--sip-listen"),
+        ({"node": "kam a"}, "--node"),
     ],
 )
 def test_values_kamailio_cannot_take_are_refused(flags: dict[str, object], message: str) -> None:
@@ -84,3 +87,26 @@ def test_kamailio_accepts_the_config_as_shipped(tmp_path: Path) -> None:
     check = subprocess.run([KAMAILIO, "-c", "-f", str(path)], capture_output=True, text=True,
                            timeout=60)  # fmt: skip
     assert check.returncode == 0, check.stderr[-3000:]
+
+
+@needs_kamailio
+def test_kamailio_accepts_the_config_without_heartbeats(tmp_path: Path) -> None:
+    """GATE_HEARTBEATS 0 (documented: a switch with thousands of calls) once named a route
+    too, so the config it printed did not start."""
+    assert KAMAILIO is not None
+    path = tmp_path / "kamailio.cfg"
+    path.write_text(template().replace("#!trydef GATE_HEARTBEATS 1", "#!trydef GATE_HEARTBEATS 0"))
+    check = subprocess.run([KAMAILIO, "-c", "-f", str(path)], capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert check.returncode == 0, check.stderr[-3000:]
+
+
+def test_the_default_config_gives_gate_evidence_every_5_s() -> None:
+    """A lost end is billed to the last evidence: the sync (each listed call is evidence) and
+    the heartbeats run every 5 s by default (10 s billed a 5 s call 0 s), keepalives every
+    10 s, and the proxy names its node when told."""
+    cfg = render(gate_url="http://g", key="k", secret=SECRET)
+    assert "name=gsync;interval=5;" in cfg
+    assert "#!trydef GATE_HEARTBEATS 1" in cfg
+    assert "#!trydef GATE_KA_S 10" in cfg
+    assert '#!trydef GATE_NODE ""' in cfg

@@ -18,6 +18,9 @@ SwitchNumber = Annotated[
     str, Meta(min_length=1, max_length=256, description="E.164, digits, 00..., or sip:/tel: URI")
 ]
 WorkspaceId = Annotated[str, Meta(pattern=r"^ws_[0-9a-f]{16}$")]
+NodeId = Annotated[
+    str, Meta(pattern=r"^[A-Za-z0-9._:@+-]{1,64}$", description="a switch node's name")
+]
 Duration = Annotated[int, Meta(ge=0, le=7 * 86400, description="whole seconds")]
 
 
@@ -39,6 +42,8 @@ class StartCall(Body):
     # The switch promises heartbeats for this call (every heartbeat_s): their silence for
     # GATE_STALE_AFTER_S, even before the first one, then ends the call as a lost end.
     heartbeat_s: Annotated[int, Meta(ge=1, le=3600)] | None = None
+    # The switch node that carries the call: a sync naming this node ends only its calls.
+    node: NodeId | None = None
 
 
 class Heartbeat(Body):
@@ -85,6 +90,9 @@ class SyncCalls(Body):
     call_ids: Annotated[list[CallId], Meta(max_length=100_000)]
     # With the service-wide switch key: sync one workspace (default: every workspace).
     workspace_id: WorkspaceId | None = None
+    # A switch node (as named in its starts): only that node's unlisted calls are ended;
+    # without one every unlisted call is (one switch).
+    node: NodeId | None = None
 
 
 class Charge(Body):

@@ -108,6 +108,7 @@ async def start(request: web.Request) -> web.StreamResponse:
             body.answered,
             timeout_ms,
             body.heartbeat_s,
+            body.node,
         ),
         deadline_ms=arrival + timeout_ms - _commit_margin_ms(timeout_ms),
         expires_at=started + timeout_ms / 1000,
@@ -120,7 +121,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
     body = await decode(request, SyncCalls)
     calls = request.app[CALLS]
     if not who.every_workspace or body.workspace_id is not None:
-        return json(await calls.sync(who.workspace(body.workspace_id), body.call_ids))
+        return json(await calls.sync(who.workspace(body.workspace_id), body.call_ids, body.node))
     # The service-wide switch lists the calls of all its tenants: sync each workspace that
     # has live calls against the whole list (a call of another workspace is simply absent).
     client = request.app[CTX].client
@@ -130,7 +131,7 @@ async def sync(request: web.Request) -> web.StreamResponse:
         workspace_id = text(member)
         if not await client.hlen(keys.for_workspace(workspace_id).live):
             continue
-        one = await calls.sync(workspace_id, body.call_ids)
+        one = await calls.sync(workspace_id, body.call_ids, body.node)
         ended += one["ended"]
         listed -= set(body.call_ids) - set(one["not_live"])
     return json({"ended": ended, "not_live": sorted(listed), "listed": len(set(body.call_ids))})

@@ -229,6 +229,7 @@ class StartParams:
     answered: bool
     timeout_ms: int | None = None
     heartbeat_s: int | None = None
+    node: str | None = None  # the switch node carrying it (node-scoped sync)
 
 
 class Calls:
@@ -328,6 +329,7 @@ class Calls:
                 s.ring_timeout_s,
                 _components(rate),
                 0 if p.heartbeat_s is None else 1,
+                p.node or "",
             ],
         )
         try:
@@ -586,13 +588,16 @@ class Calls:
         return [*who, rate.per_min_micros, rate.connect_fee_micros, rate.increment.first,
                 rate.increment.next, nt or rate.number_type, 0, _components(rate)]  # fmt: skip
 
-    async def sync(self, workspace_id: str, call_ids: list[str]) -> dict[str, Any]:
+    async def sync(
+        self, workspace_id: str, call_ids: list[str], node: str | None = None
+    ) -> dict[str, Any]:
         """The switch's list of the calls it has up: every other live call (older than
-        sync_min_age_s) is ended as a lost end, billed to the last evidence it was up."""
+        sync_min_age_s) is ended as a lost end, billed to the last evidence it was up. With a
+        node, only the calls started on that node are candidates (several switch nodes)."""
         k = keys.for_workspace(workspace_id)
         now = self.ctx.clock.now_ms()
         reply = await self.ctx.scripts.call(
-            "call_sync", k.call_keys, [now, self.ctx.settings.sync_min_age_s, *call_ids]
+            "call_sync", k.call_keys, [now, self.ctx.settings.sync_min_age_s, node or "", *call_ids]
         )
         if reply[0] == Code.NO_WORKSPACE:
             raise NotFound("no such workspace")

@@ -37,7 +37,9 @@ def render(
     timeout_ms: int = 800,
     inbound_fail_open: bool = True,
     max_call_s: int = 14400,
-    sync_s: int = 10,
+    sync_s: int = 5,
+    node: str = "",
+    keepalive_s: int = 10,
 ) -> str:
     """The config with these values; ValueError names a value Kamailio could not take."""
     if not gate_url.startswith(("http://", "https://")):
@@ -46,6 +48,10 @@ def render(
         raise ValueError("--secret must be the Standard Webhooks secret, whsec_...")
     if not 50 <= timeout_ms <= 900:
         raise ValueError("--timeout-ms must be 50 to 900: Kamailio's HTTP timeout is 1 s")
+    if not 1 <= keepalive_s <= 3600:
+        raise ValueError("--keepalive-s must be 1 to 3600 seconds")
+    if node and not re.match(r"^[A-Za-z0-9._:@+-]{1,64}$", node):
+        raise ValueError("--node must be 1 to 64 of A-Z a-z 0-9 . _ : @ + -")
     for name, listen in (("--sip-listen", sip_listen), ("--http-listen", http_listen)):
         if not re.match(r"^(udp|tcp|tls):[^\s\"]+:\d+$", listen):
             raise ValueError(f"{name} must look like proto:address:port")
@@ -60,6 +66,8 @@ def render(
         "GATE_TIMEOUT_MS": str(timeout_ms),
         "INBOUND_FAIL_OPEN": "1" if inbound_fail_open else "0",
         "GATE_MAX_CALL_S": str(max_call_s),
+        "GATE_NODE": _quoted("--node", node),
+        "GATE_KA_S": str(keepalive_s),
     }
     text = template()
     for name, value in values.items():
@@ -97,7 +105,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout-ms", type=int, default=800)
     parser.add_argument("--inbound-fail", choices=["open", "closed"], default="open")
     parser.add_argument("--max-call-s", type=int, default=14400)
-    parser.add_argument("--sync-s", type=int, default=10)
+    parser.add_argument("--sync-s", type=int, default=5,
+                        help="call sync (and heartbeat) interval: a lost end is billed at "
+                        "most this much short")  # fmt: skip
+    parser.add_argument("--node", default="",
+                        help="this proxy's name, when several share one switch key: its "
+                        "syncs end only the calls it started")  # fmt: skip
+    parser.add_argument("--keepalive-s", type=int, default=10,
+                        help="OPTIONS to both legs of each call this often: a vanished phone's "
+                        "call ends within this + 5 s")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         text = render(
@@ -112,6 +128,8 @@ def main(argv: list[str]) -> int:
             inbound_fail_open=args.inbound_fail == "open",
             max_call_s=args.max_call_s,
             sync_s=args.sync_s,
+            node=args.node,
+            keepalive_s=args.keepalive_s,
         )
     except ValueError as err:
         sys.stderr.write(f"gate switch-config: {err}\n")
