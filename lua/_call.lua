@@ -30,6 +30,10 @@
 -- `available` drops in real time, and call_end posts one ledger row for the whole call.
 
 local ENDED_KEEP_MS = 24 * 3600 * 1000
+-- What the switch or agent runtime said of a call at its end (call quality, an AI agent's
+-- mode, skills, actions, sessions): field/value pairs for its ledger row. call_end sets them;
+-- the ends Gate makes itself (cuts, lost ends) have none.
+local end_facts = {}
 
 -- Seconds of talk time the gate's own clock allows: since answer (or start, for a call not
 -- yet answered), rounded up, plus the tolerance for the switch's clock; never past max.
@@ -338,6 +342,7 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
     sources = bucket_fields(c.svc, used, prior, 's', c.cmn, from_cm, amount - from_cm)
   end
   for i = 1, #sources do extra[#extra + 1] = sources[i] end
+  for i = 1, #end_facts do extra[#extra + 1] = end_facts[i] end
   if leak > 0 then extra[#extra + 1] = 'leak_s'; extra[#extra + 1] = leak end
   if flag ~= '' then extra[#extra + 1] = 'flag'; extra[#extra + 1] = flag end
   if c.nr == 1 then extra[#extra + 1] = 'no_rate'; extra[#extra + 1] = 'true' end

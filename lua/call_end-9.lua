@@ -10,7 +10,9 @@
 --                                duration_s beyond the gate's time since answer plus this
 --                                (or beyond max_call_s) is clamped and flagged
 -- ARGV[6]  max_call_s   integer  the longest call, for calls the gate never saw
--- ARGV[7..19] optional: how to rate a call the gate never saw (billed as unauthorized_call),
+-- ARGV[7]  facts        string   what the switch said of the call, for its row: field and
+--                                value pairs separated by tabs ("quality_mos\t4.2"), "" none
+-- ARGV[8..20] optional: how to rate a call the gate never saw (billed as unauthorized_call),
 --   sent only after a {-5} reply, so a normal end carries no rating: direction,
 --   service, from, to, user, group, rate, fee, first, next, number_type, no_rate
 --   (1 when no rate matched: recorded at zero for review, never dropped), components
@@ -21,7 +23,7 @@
 --                       gave the automation worker work (a recharge attempt or a mail job);
 --                       url = 1/0 the workspace has a webhook URL of its own or not, -1 unknown
 --   {1, result}   ended before: the same result, nothing billed again
---   {-5}          the gate never saw this call and ARGV[5..15] were not sent: send them
+--   {-5}          the gate never saw this call and ARGV[8..20] were not sent: send them
 --   {-1}          no such workspace
 -- Side effects: one ledger row (call or ai_agent, flag unauthorized_call for unknown calls;
 -- may take the balance below zero: usage is never lost); limited calls woken by the
@@ -40,6 +42,9 @@ local tolerance_s, max_call_s = tonumber(ARGV[5]), tonumber(ARGV[6])
 --!include _plan.lua
 --!include _call.lua
 
+for part in string.gmatch(ARGV[7] or '', '[^\t]+') do end_facts[#end_facts + 1] = part end
+if #end_facts % 2 == 1 then end_facts[#end_facts] = nil end  -- a field without its value
+
 prime_wallet()  -- one wallet read for the plan's cycle end and post()'s fields
 plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
@@ -52,12 +57,12 @@ if c then
   local bound = clock_bound(c, now_ms, tolerance_s)
   if duration > bound then duration, clamped = bound, true end
 else
-  if #ARGV < 19 then return {-5} end
+  if #ARGV < 20 then return {-5} end
   flag = duration == 0 and 'never_started' or 'unauthorized_call'
-  c = {id = call_id, dir = ARGV[7], svc = ARGV[8], from = ARGV[9], to = ARGV[10],
-    user = ARGV[11], grp = ARGV[12], rate = tonumber(ARGV[13]), fee = tonumber(ARGV[14]),
-    f = tonumber(ARGV[15]), n = tonumber(ARGV[16]), nt = ARGV[17], held = 0, hz = 0, cut = 0,
-    grace = 0, nr = tonumber(ARGV[18]), cmp = ARGV[19] or ''}
+  c = {id = call_id, dir = ARGV[8], svc = ARGV[9], from = ARGV[10], to = ARGV[11],
+    user = ARGV[12], grp = ARGV[13], rate = tonumber(ARGV[14]), fee = tonumber(ARGV[15]),
+    f = tonumber(ARGV[16]), n = tonumber(ARGV[17]), nt = ARGV[18], held = 0, hz = 0, cut = 0,
+    grace = 0, nr = tonumber(ARGV[19]), cmp = ARGV[20] or ''}
   if duration > max_call_s then duration, clamped = max_call_s, true end
   plan_attach(c)  -- under a plan, the allowance and commitment come first here too
   reserve_allowance(c, duration)

@@ -487,6 +487,20 @@ async def test_the_usage_summary_counts_archived_rows(client: Client, clock: Man
     assert await (await client.get(url, headers=auth(ws["key"]))).json() == before
 
 
+async def test_one_archived_row_by_id(client: Client, clock: ManualClock, redis: Redis) -> None:
+    """The billing page's details panel opens rows Redis no longer holds."""
+    ws = await filled(client, clock, 8)
+    before = await all_rows(client, ws["key"])
+    await archive_pass(client)
+    assert await redis.xlen(keys.for_workspace(ws["id"]).ledger) == 0
+    for row in (before[0], before[-1]):
+        resp = await client.get(f"/v1/wallet/transactions/{row['id']}", headers=auth(ws["key"]))
+        assert resp.status == 200, await resp.text()
+        one = await resp.json()
+        assert {k: one[k] for k in row} == row
+        assert "details" in one
+
+
 async def test_the_audit_log_is_archived_once_with_the_ledger(client: Client) -> None:
     ws = await new_workspace(client)
     resp = await client.patch("/v1/workspace", json={"inbound_grace_s": 5},

@@ -64,6 +64,24 @@ class EndCall(Body):
     number_type: Literal["local", "toll_free", "international"] | None = None
     # With the service-wide switch key, for a call Gate never saw: its workspace.
     workspace_id: WorkspaceId | None = None
+    # What the switch or agent runtime knows of the call, kept on its ledger row for the
+    # billing page's details (seed 001); none of it changes what the call costs.
+    quality_mos: Annotated[float, Meta(ge=1, le=5, description="mean opinion score")] | None = None
+    ai_mode: Literal["voice", "digital"] | None = None
+    skills: Annotated[list[Id], Meta(max_length=50)] | None = None
+    actions: Annotated[int, Meta(ge=0, le=100_000)] | None = None
+    sessions: Annotated[int, Meta(ge=0, le=100_000)] | None = None
+
+    def facts(self) -> list[tuple[str, str]]:
+        """The row's extra fields for what was sent (an AI agent's skills comma-separated)."""
+        given = {
+            "quality_mos": None if self.quality_mos is None else f"{self.quality_mos:.1f}",
+            "ai_mode": self.ai_mode,
+            "skills": None if self.skills is None else ",".join(self.skills),
+            "actions": None if self.actions is None else str(self.actions),
+            "sessions": None if self.sessions is None else str(self.sessions),
+        }
+        return [(name, value) for name, value in given.items() if value]
 
 
 class SyncCalls(Body):
@@ -92,6 +110,8 @@ class Charge(Body):
     user: Id | None = None
     group: Id | None = None
     message_id: Id | None = None
+    # What the carrier said of it when charged: an SMS's delivery status, a fax's status.
+    status: Literal["sent", "delivered", "undelivered", "failed", "received"] | None = None
     # With the service-wide switch key: the workspace the usage is billed to.
     workspace_id: WorkspaceId | None = None
 

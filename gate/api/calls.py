@@ -169,7 +169,7 @@ async def end(request: web.Request) -> web.StreamResponse:
         True,
     )
     _, result = await request.app[CALLS].end(
-        workspace_id, call_id, body.duration_s, body.hangup_cause, fallback
+        workspace_id, call_id, body.duration_s, body.hangup_cause, fallback, body.facts()
     )
     return json(result, 200)
 
@@ -229,6 +229,7 @@ async def charge(request: web.Request) -> web.StreamResponse:
             user=body.user,
             group=body.group,
             message_id=body.message_id,
+            status=body.status,
         ),
     )
     return json(row.to_json(), 201 if new else 200)

@@ -72,6 +72,7 @@ QUERY: dict[str, list[dict[str, Any]]] = {
     "put_alerts": [_WORKSPACE],
     "transactions": [_WORKSPACE, *_PAGE, *_LEDGER_FILTERS],
     "export": [_WORKSPACE, *_LEDGER_FILTERS],
+    "transaction": [_WORKSPACE],
     "stream": [
         _WORKSPACE,
         _param("last_event_id", "query", "resume after this event id (as Last-Event-ID)"),
@@ -139,6 +140,7 @@ PATH_PATTERNS = {
     "method_id": r"^[A-Za-z0-9._:@+-]+$",
     "organization_id": r"^org_[0-9a-f]{16}$",
     "topup_id": r"^\d{1,16}-\d{1,16}$",
+    "row_id": r"^\d{1,16}-\d{1,16}$",
 }
 
 # Statuses beyond the 200 and the errors every route shares (see `complete`).

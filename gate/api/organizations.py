@@ -68,10 +68,10 @@ async def export(request: web.Request) -> web.StreamResponse:
     response = await csv_download(request, "usage-history")
     await response.write(ledger.csv_header(with_workspace=True).encode())
     for workspace_id in members:
-        await request.app[WORKSPACES].get(workspace_id)
+        office = (await request.app[WORKSPACES].get(workspace_id)).name
         chunk: list[str] = []
         async for row in ledger.scan(ctx.client, workspace_id, filters, archive=ctx.archive):
-            chunk.extend(ledger.csv_lines([row], workspace_column=workspace_id))
+            chunk.extend(ledger.csv_lines([row], workspace_column=workspace_id, office=office))
             if len(chunk) >= 500:
                 await response.write("".join(chunk).encode())
                 chunk.clear()

@@ -84,6 +84,8 @@ ROUTES = [
           "Stripe events, verified by Stripe-Signature"),
     Route("GET", "/v1/wallet/transactions", api_wallet.transactions,
           "Ledger rows, newest first", "agent"),
+    Route("GET", "/v1/wallet/transactions/{row_id}", api_wallet.transaction,
+          "One ledger row with its details (also once archived)", "agent"),
     Route("GET", "/v1/usage/export", api_wallet.export, "CSV of all matching rows", "admin"),
     Route("GET", "/v1/usage/summary", api_wallet.usage_summary,
           "The month's spend per service, counts, top users and groups", "agent"),

@@ -23,8 +23,8 @@ from gate.api.http import (
     query_int,
 )
 from gate.api.schemas import Topup, WalletSettings
-from gate.errors import ValidationFailed
-from gate.history import ledger, query
+from gate.errors import NotFound, ValidationFailed
+from gate.history import details, ledger, query
 from gate.history.summary import monthly
 from gate.history.summary import to_csv as summary_csv
 from gate.money import parse_usd
@@ -182,6 +182,24 @@ async def transactions(request: web.Request) -> web.StreamResponse:
         ctx.client, workspace_id, query.filters(request.query), limit, cursor, ctx.archive
     )
     return json({"data": [r.to_json() for r in rows], "next_cursor": next_cursor})
+
+
+async def transaction(request: web.Request) -> web.StreamResponse:
+    """GET /v1/wallet/transactions/{row_id}: one row, still in Redis or archived."""
+    who = await principal(request, Role.agent)
+    query.check_params(request.query, ("workspace_id",))
+    workspace_id = who.workspace(request.query.get("workspace_id"))
+    await request.app[WORKSPACES].get(workspace_id)
+    row_id = request.match_info["row_id"]
+    if not ledger.is_row_id(row_id):
+        raise NotFound("no such transaction: its id looks like 1765100000000-0, as listed by "
+                       "GET /v1/wallet/transactions")  # fmt: skip
+    ctx = request.app[CTX]
+    row = await ledger.one(ctx.client, workspace_id, row_id, ctx.archive)
+    if row is None:
+        raise NotFound("no such transaction in this workspace; list them with GET "
+                       "/v1/wallet/transactions")  # fmt: skip
+    return json(details.of(row))
 
 
 async def export(request: web.Request) -> web.StreamResponse:

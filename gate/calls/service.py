@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -523,8 +524,12 @@ class Calls:
         duration_s: int,
         cause: str | None,
         fallback: StartParams,
+        facts: Sequence[tuple[str, str]] = (),
     ) -> tuple[bool, dict[str, Any]]:
         """Bill the whole call; returns (new?, result). Unknown calls are billed anyway.
+
+        `facts` are what the switch said of the call (quality, an AI agent's skills...): they
+        go into its ledger row as they are, never into what it costs.
 
         A known call ends in one round trip; only a call the gate never saw needs a second,
         carrying how to rate it.
@@ -538,6 +543,7 @@ class Calls:
             cause or "",
             s.clock_tolerance_s,
             s.max_call_s,
+            "\t".join(part for pair in facts for part in pair),
         ]
         reply = await self.ctx.scripts.call("call_end", k.call_keys, args)
         if reply[0] == Code.NOT_FOUND and (

@@ -62,6 +62,10 @@ _INT_EXTRAS = {
 }
 _BATCH = 500
 _ARCHIVE_BATCH = 2000
+# Rows a person's usage made (what the seeds call usage records); credits and plan rows are not.
+USAGE_TYPES = frozenset({"call", "ai_agent", "sms", "mms", "fax", "chat", "number_rental"})
+_UNIT = {"sms": "segment", "mms": "message", "chat": "message", "fax": "page"}
+_ALLOWANCE = re.compile(r"^plan_allowance:([\w-]+)=(\d+)([a-z_]*)$")
 
 
 def iso_ms(ms: int) -> str:
@@ -106,6 +110,10 @@ class Row:
             "balance_after_micros": self.balance_after_micros,
             "reference": self.reference,
         }
+        cost = self.cost_micros()
+        if cost is not None:
+            body["cost_usd"], body["cost_micros"] = usd(cost), cost
+            body["paid_from"] = self.paid_from()
         for name, value in self.extra.items():
             if _is_int_extra(name) and _INT_TEXT.match(value):
                 body[name] = int(value)
@@ -116,6 +124,41 @@ class Row:
             else:
                 body[name] = value
         return body
+
+    def cost_micros(self) -> int | None:
+        """What a usage row cost in money, whichever credits paid it (seed 001's Cost).
+
+        Commitment dollars do not move the wallet's balance, so a call a commitment paid has
+        amount 0 and a cost: the rows that carry `cost_micros` say so; the others cost what
+        they took from the wallet. Time a plan allowance covered costs nothing here: it shows
+        in `paid_from` as allowance units.
+        """
+        if self.type not in USAGE_TYPES:
+            return None
+        given = self.extra.get("cost_micros", "")
+        return int(given) if _INT_TEXT.match(given) else max(-self.amount_micros, 0)
+
+    def paid_from(self) -> list[dict[str, Any]]:
+        """Which credits paid a usage row: plan allowance units, commitment and universal
+        dollars, in the order Gate drew them (seed 001's Wallet Source)."""
+        detail = self.extra.get("wallet_source")
+        if not detail:
+            cost = self.cost_micros() or 0
+            return [{"source": "universal", "usd": usd(cost), "micros": cost}]
+        parts: list[dict[str, Any]] = []
+        for item in detail.split(","):
+            name, _, value = item.partition("=")
+            if m := _ALLOWANCE.match(item):
+                parts.append({"source": "plan_allowance", "service": m[1], "units": int(m[2]),
+                              "unit": m[3] or _UNIT.get(m[1], "unit")})  # fmt: skip
+            elif _INT_TEXT.match(value):
+                kind, _, bucket = name.partition(":")
+                part: dict[str, Any] = {"source": kind, "usd": usd(int(value)),
+                                        "micros": int(value)}  # fmt: skip
+                if bucket:
+                    part["name"] = bucket
+                parts.append(part)
+        return parts
 
 
 def _is_int_extra(name: str) -> bool:
@@ -167,6 +210,10 @@ class Filters:
         if self.min_micros is not None and size < self.min_micros:
             return False
         return not (self.max_micros is not None and size > self.max_micros)
+
+
+def is_row_id(text: str) -> bool:
+    return bool(_STREAM_ID.match(text))
 
 
 def check_cursor(cursor: str) -> str:
@@ -265,6 +312,19 @@ def _id_key(row_id: str) -> tuple[int, int]:
     return int(at_ms), int(seq)
 
 
+async def one(
+    client: Redis | RedisCluster,
+    workspace_id: str,
+    row_id: str,
+    archive: Archive | None = None,
+) -> Row | None:
+    """One row by its id, from Redis or (once archived) from the archive."""
+    stream = keys.for_workspace(workspace_id).ledger
+    for entry_id, raw in entries(await client.xrange(stream, row_id, row_id, count=1)):
+        return Row.parse(entry_id, raw)
+    return await archive.row(workspace_id, row_id) if archive is not None else None
+
+
 async def page(
     client: Redis | RedisCluster,
     workspace_id: str,
@@ -301,13 +361,17 @@ CSV_COLUMNS = (
     "rate_per_min_usd",
     "increment",
     "source",
+    "cost_usd",
+    "allowance_units",
+    "commitment_usd",
+    "universal_usd",
 )
 
 
 # OWASP "CSV injection": a spreadsheet runs a cell that starts with one of these as a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # Columns Gate formats itself as numbers: left as they are, so a spreadsheet can sum them.
-_NUMERIC_COLUMNS = frozenset({4, 5, 15})
+_NUMERIC_COLUMNS = frozenset({4, 5, 15, 18, 19, 20, 21})
 
 
 def safe_cell(value: str) -> str:
@@ -315,8 +379,29 @@ def safe_cell(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
-def csv_lines(rows: Iterable[Row], workspace_column: str | None = None) -> Iterable[str]:
-    """CSV lines for rows; every cell that came from outside is guarded against injection."""
+def _money_cells(row: Row) -> list[str]:
+    """cost_usd, allowance_units, commitment_usd, universal_usd: what a usage row cost and
+    which credits paid it (empty for credits and plan rows)."""
+    cost = row.cost_micros()
+    if cost is None:
+        return ["", "", "", ""]
+    units = commitment = universal = 0
+    for part in row.paid_from():
+        if part["source"] == "plan_allowance":
+            units += part["units"]
+        elif part["source"] == "commitment":
+            commitment += part["micros"]
+        else:
+            universal += part["micros"]
+    return [usd_str(cost), str(units), usd_str(commitment), usd_str(universal)]
+
+
+def csv_lines(
+    rows: Iterable[Row], workspace_column: str | None = None, office: str | None = None
+) -> Iterable[str]:
+    """CSV lines for rows; every cell that came from outside is guarded against injection.
+
+    An organization's export starts each line with the workspace id and the office's name."""
     buf = io.StringIO()
     # "\r\n" makes the writer quote cells holding a carriage return (with "\n" it leaves
     # them bare and a lone \r splits the row in two); each line still ends in "\n".
@@ -335,10 +420,11 @@ def csv_lines(rows: Iterable[Row], workspace_column: str | None = None) -> Itera
             usd_str(int(rate)) if rate else "",
             row.extra.get("increment", ""),
             row.extra.get("source", ""),
+            *_money_cells(row),
         ]
         values = [v if i in _NUMERIC_COLUMNS else safe_cell(v) for i, v in enumerate(values)]
         if workspace_column is not None:
-            values.insert(0, safe_cell(workspace_column))
+            values[:0] = [safe_cell(workspace_column), safe_cell(office or "")]
         writer.writerow(values)
         yield buf.getvalue()[:-2] + "\n"
         buf.seek(0)
@@ -346,7 +432,7 @@ def csv_lines(rows: Iterable[Row], workspace_column: str | None = None) -> Itera
 
 
 def csv_header(with_workspace: bool = False) -> str:
-    cols = ("workspace", *CSV_COLUMNS) if with_workspace else CSV_COLUMNS
+    cols = ("workspace", "office", *CSV_COLUMNS) if with_workspace else CSV_COLUMNS
     return ",".join(cols) + "\n"
 
 

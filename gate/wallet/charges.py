@@ -53,6 +53,7 @@ class ChargeRequest:
     user: str | None = None
     group: str | None = None
     message_id: str | None = None
+    status: str | None = None  # delivery status (sms, mms, chat) or fax status
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,7 @@ def price(card: RateCard, req: ChargeRequest) -> Priced:
     facts.append(("unit_price_micros", str(unit)))
     for name, value in (("direction", req.direction), ("from", req.from_), ("to", req.to),
                         ("user", req.user), ("group", req.group),
-                        ("message_id", req.message_id)):  # fmt: skip
+                        ("message_id", req.message_id), ("status", req.status)):  # fmt: skip
         if value:
             facts.append((name, value))
     return Priced(quantity, unit, tuple(facts))
