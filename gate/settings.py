@@ -42,6 +42,12 @@ class Settings:
     start_timeout_ms: int = 500
     ring_timeout_s: int = 120
     inbound_grace_max_s: int = 60
+    # Money at risk below zero per workspace (docs/reliability-exposure.md): debt plus the
+    # grace of every live inbound call; a workspace's negative_limit_usd overrides it.
+    negative_limit_micros: int = 5_000_000
+    # A live call with no evidence (answer, heartbeat, sync listing) for this long is ended
+    # as lost_end, billed to its last evidence plus one tick.
+    evidence_max_s: int = 3600
     max_concurrent_calls_max: int = 100_000
     clock_tolerance_s: int = 5
     sync_min_age_s: int = 5
@@ -88,6 +94,7 @@ _INT_FIELDS = {
     "start_timeout_ms": (50, 60_000),
     "ring_timeout_s": (1, 86400),
     "inbound_grace_max_s": (0, 3600),
+    "evidence_max_s": (10, 7 * 86400),
     "max_concurrent_calls_max": (1, 1_000_000),
     "clock_tolerance_s": (0, 300),
     "sync_min_age_s": (0, 3600),
@@ -122,6 +129,8 @@ ENV = {
     "start_timeout_ms": "GATE_START_TIMEOUT_MS",
     "ring_timeout_s": "GATE_RING_TIMEOUT_S",
     "inbound_grace_max_s": "GATE_INBOUND_GRACE_MAX_S",
+    "negative_limit_micros": "GATE_NEGATIVE_LIMIT_USD",
+    "evidence_max_s": "GATE_EVIDENCE_MAX_S",
     "max_concurrent_calls_max": "GATE_MAX_CONCURRENT_CALLS_MAX",
     "clock_tolerance_s": "GATE_CLOCK_TOLERANCE_S",
     "sync_min_age_s": "GATE_SYNC_MIN_AGE_S",
@@ -164,7 +173,7 @@ def _parse(name: str, raw: str) -> Any:
         if not low <= value <= high:
             raise SettingsError(f"{var}={raw!r}: expected a number from {low} to {high}")
         return value
-    if name == "signup_credit_micros":
+    if name in ("signup_credit_micros", "negative_limit_micros"):
         try:
             return parse_usd(raw, var)
         except ValidationFailed as err:

@@ -24,6 +24,8 @@
 --   ha                   hangup_at ms the switch was last told (start, answer, heartbeat
 --                        answers, call.extended/call.limit events): it hangs up there
 --   clp                  1 when a heartbeat's elapsed_s was clamped to the gate's clock
+--   xp                   exposure: micros the call may still cost beyond its hold (a limited
+--                        inbound call's grace); wallet.exposure = sum of xp over live calls
 -- Money never moves out of the balance while a call lives: ticks grow its hold, so
 -- `available` drops in real time, and call_end posts one ledger row for the whole call.
 
@@ -68,7 +70,26 @@ local function not_live(id)
   return {-5}
 end
 
+-- Money a live call may still cost beyond what is held for it: a limited inbound call's
+-- grace, billed below zero (its cut is hz + grace). 0 for every other call: an outbound or
+-- unlimited call is cut where its hold ends.
+local function exposure_of(c)
+  if c.cut == 0 or c.dir ~= 'inbound' or c.grace == 0 then return 0 end
+  return math.max(cost(c, math.min(c.hz + c.grace, c.max)) - c.held - (c.ch or 0), 0)
+end
+
+-- Keep wallet.exposure (the sum of its live calls' xp, checked by call_start against the
+-- workspace's negative limit) in step with the call's; a command only when it changes.
+local function track_exposure(c, x)
+  local d = x - (c.xp or 0)
+  if d ~= 0 then
+    rcall('HINCRBY', wallet, 'exposure', d)
+    c.xp = x
+  end
+end
+
 local function save_call(c)
+  track_exposure(c, exposure_of(c))
   rcall('HSET', calls, c.id, cmsgpack.pack(c))
 end
 
@@ -323,6 +344,7 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
     if c.aw > used then rcall('HINCRBY', wallet, 'al:' .. c.svc, c.aw - used) end
   end
   hold(c, 0)
+  track_exposure(c, 0)
   local from_cm = 0
   if c.cmn and c.cmn ~= '' and amount > 0 then
     from_cm = math.min(amount, commitment_free(c.cmn))

@@ -326,6 +326,7 @@ class Calls:
                 s.ring_timeout_s,
                 _components(rate),
                 0 if p.heartbeat_s is None else 1,
+                s.negative_limit_micros,
             ],
         )
         try:
@@ -375,7 +376,8 @@ class Calls:
             balance, reserved = int(reply[1]), int(reply[2])
             raise WorkspaceSuspended(
                 "the workspace is suspended: its balance stayed at or below zero past the "
-                "grace period; top up to resume calls",
+                "grace period, or nothing is available and its live calls' grace already "
+                "reaches its negative limit; top up to resume calls",
                 balance_usd=usd(balance),
                 available_usd=usd(balance - reserved),
             )
