@@ -141,6 +141,11 @@ local function hangup_ms(c)
   return (c.ans > 0 and c.ans or c.t0) + c.hz * 1000
 end
 
+-- A call with no evidence for this long (ms, GATE_EVIDENCE_MAX_S) is ended as lost_end; set
+-- by the scripts that take it (call_tick), 0 = no ceiling. No call.extended moves a call's
+-- hangup_at past its last evidence plus this: nobody vouches for the call beyond it.
+local evidence_max_ms = 0
+
 -- Keep the switch's own timer (armed at hangup_at) ahead of a healthy call: a call.extended
 -- event once less than half the buffer (and at least two ticks, so a tick's lateness and a
 -- switch timer rounded to the second never meet it) is left before what the switch was last
@@ -150,6 +155,7 @@ end
 local function announce(c, now_ms)
   if c.ans == 0 then return end
   local h = hangup_ms(c)
+  if evidence_max_ms > 0 then h = math.min(h, evidence_ms(c) + evidence_max_ms) end
   local told = c.ha or 0
   if h <= told then return end
   if c.cut ~= 0 or told - now_ms <= math.max(c.buf * 500, c.tk * 2000) then
@@ -440,12 +446,12 @@ local function late_end(packed, duration, now_ms, cause, tolerance_s)
   return {0, result, 0, watch_fired, watch_url()}
 end
 
--- How long a call the switch went silent on is billed: to the last evidence that it was up
--- plus one tick, never its whole horizon; for a switch that reports nothing (no heartbeats,
--- no syncs) the last tick is all the evidence there is. Never past what was granted, the
--- gate's own clock or max_call_s.
-local function stale_duration(c, e)
-  local base = c.bs
-  if reports(c) then base = evidence_s(c) end
-  return math.max(math.min(base + c.tk, e, granted_s(c), c.max), 0)
+-- How long a call Gate ends without the switch's end is billed (a stale sweep, an ignored
+-- cut, a sync that did not list it, no evidence for GATE_EVIDENCE_MAX_S): to the last
+-- evidence that it was up (answer, heartbeat, sync listing) plus one tick, never its whole
+-- horizon nor the money it held: for a switch that reports nothing the answer is all the
+-- evidence there is, and its late end bills the rest. Never past what was granted, the
+-- gate's own clock (`e`, seconds since answer) or max_call_s.
+local function lost_duration(c, e)
+  return math.max(math.min(evidence_s(c) + c.tk, e, granted_s(c), c.max), 0)
 end

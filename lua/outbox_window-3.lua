@@ -53,10 +53,12 @@ for i = 1, #batch do
       if flush then next_ms = now_ms end
     end
     local dropped = false
-    -- A stale cut is sent by the sweeper as it ends the call: it must still be retried.
+    -- A stale or lost_end cut is sent by the sweeper as it ends the call: it must still be
+    -- retried.
     local kind = field(entry, 'type') or ''
-    if owner ~= '' and attempts > 0 and string.sub(kind, 1, 5) == 'call.'
-        and not (kind == 'call.cut' and field(entry, 'd:reason') == 'stale') then
+    local swept = kind == 'call.cut' and (field(entry, 'd:reason') == 'stale'
+      or field(entry, 'd:reason') == 'lost_end')
+    if owner ~= '' and attempts > 0 and string.sub(kind, 1, 5) == 'call.' and not swept then
       local call_id = field(entry, 'd:call_id')
       if call_id and rcall('HEXISTS', ended, call_id) == 1 then
         rcall('HSET', outbox, 's:' .. id, 'ok')

@@ -172,7 +172,13 @@ class Books:
             if c.id in listed or now - c.t0 < self.cfg.sync_min_age_s * 1000:
                 continue
             if c.ans:
-                duration = min(self._evidence_s(c), self._granted(c), self.cfg.max_call_s)
+                # to the last evidence plus one tick, never past the gate's clock (issue 21)
+                e = max((now - c.ans) // 1000, 0)
+                duration = max(
+                    min(self._evidence_s(c) + self.cfg.tick_s, e, self._granted(c),
+                        self.cfg.max_call_s),
+                    0,
+                )  # fmt: skip
                 flag = "lost_end"
             else:
                 duration, flag = 0, "never_started"
@@ -251,8 +257,9 @@ class Books:
         return (self._evidence_ms(c) - c.ans) // 1000 if c.ans else 0
 
     def _stale_duration(self, c: Call, e: int) -> int:
-        """To the last evidence plus one tick, never past what was granted (DESIGN §4)."""
-        base = self._evidence_s(c) if c.reports else c.billed_s
+        """To the last evidence plus one tick, never past what was granted (DESIGN §4); a
+        switch that reports nothing has its answer as its only evidence (issue 21)."""
+        base = self._evidence_s(c)
         return max(min(base + self.cfg.tick_s, e, self._granted(c), self.cfg.max_call_s), 0)
 
     def _set_cut(self, c: Call, now: int, *, limited: bool) -> None:
