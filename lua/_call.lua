@@ -24,12 +24,15 @@
 --   ha                   hangup_at ms the switch was last told (start, answer, heartbeat
 --                        answers, call.extended/call.limit events): it hangs up there
 --   clp                  1 when a heartbeat's elapsed_s was clamped to the gate's clock
+--   hb                   the most talk time a heartbeat reported (elapsed_s, clamped): an end
+--                        claiming less is billed this much (flag duration_raised)
+--   rzs                  set by call_end on such an end: the duration_s it claimed
 --   xp                   exposure: micros the call may still cost beyond its hold (a limited
 --                        inbound call's grace); wallet.exposure = sum of xp over live calls
 -- Money never moves out of the balance while a call lives: ticks grow its hold, so
 -- `available` drops in real time, and call_end posts one ledger row for the whole call.
 
-local ENDED_KEEP_MS = 24 * 3600 * 1000
+local ENDED_KEEP_MS = 24 * 3600 * 1000  -- and until the call's ledger row is archived
 
 -- Seconds of talk time the gate's own clock allows: since answer (or start, for a call not
 -- yet answered), rounded up, plus the tolerance for the switch's clock; never past max.
@@ -280,11 +283,41 @@ local function send_cut(c, now_ms, reason)
     'cut_at_ms', c.cut ~= 0 and c.cut or now_ms, 'direction', c.dir})
 end
 
+-- Whether ledger row `id` ("<ms>-<n>") sorts before `first` (the oldest row in Redis).
+local function row_before(id, first)
+  local a, n = string.match(id, '^(%d+)-(%d+)$')
+  local fa, fn = string.match(first, '^(%d+)-(%d+)$')
+  a, n, fa, fn = tonumber(a), tonumber(n), tonumber(fa), tonumber(fn)
+  return a < fa or (a == fa and n < fn)
+end
+
+-- Forget ended results kept 24 h, but never one whose ledger row is still in Redis: rows
+-- leave Redis only once archived (lua/ledger_trim-1.lua), so until then the archive may
+-- not have the row a replayed end is checked against, and forgetting it would bill the
+-- call again however far the archiver lags. Results end in ledger order, so the first one
+-- still needed stops the trim.
 local function trim_ended(now_ms)
-  local old = rcall('ZRANGEBYSCORE', ended_at, '-inf', now_ms - ENDED_KEEP_MS, 'LIMIT', 0, 20)
-  if #old > 0 then
-    rcall('HDEL', ended, unpack(old))
-    rcall('ZREM', ended_at, unpack(old))
+  local old = rcall('ZRANGEBYSCORE', ended_at, '-inf', now_ms - ENDED_KEEP_MS, 'WITHSCORES',
+    'LIMIT', 0, 20)
+  if #old == 0 then return end
+  local head = rcall('XRANGE', ledger, '-', '+', 'COUNT', 1)[1]
+  local first = head and head[1]
+  local first_ms = first and tonumber(string.match(first, '^(%d+)-'))
+  local gone = {}
+  for i = 1, #old, 2 do
+    local id = old[i]
+    if first then
+      -- its row was written at or after its end: a row not older than the oldest in Redis
+      if tonumber(old[i + 1]) >= first_ms then break end
+      local r = cmsgpack.unpack(rcall('HGET', ended, id) or cmsgpack.pack({}))
+      local row = r.late_row or r.row or ''  -- a late end's row is the newer of its two
+      if row ~= '' and not row_before(row, first) then break end
+    end
+    gone[#gone + 1] = id
+  end
+  if #gone > 0 then
+    rcall('HDEL', ended, unpack(gone))
+    rcall('ZREM', ended_at, unpack(gone))
   end
 end
 
@@ -371,6 +404,11 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   for i = 1, #split do extra[#extra + 1] = split[i] end
   clamped = clamped or c.clp == 1
   if clamped then extra[#extra + 1] = 'duration_clamped'; extra[#extra + 1] = 'true' end
+  if c.rzs then
+    for _, v in ipairs({'duration_raised', 'true', 'claimed_duration_s', c.rzs}) do
+      extra[#extra + 1] = v
+    end
+  end
   local id, balance = '', nil
   if UNBILLED[flag] and amount == 0 then
     balance = balance_now()
@@ -383,7 +421,8 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   rcall('SREM', cuts, c.id)
   local r = {cost = amount, row = id, balance = balance,
     duration = duration, leak = leak, flag = flag, clamped = clamped and 1 or 0,
-    parts = split, pl = c.aw and 1 or 0, al = used, alp = prior, cm = from_cm}
+    parts = split, pl = c.aw and 1 or 0, al = used, alp = prior, cm = from_cm,
+    rz = c.rzs and 1 or 0}
   -- A call Gate ended on its own may still get the switch's end: keep what rates it, so
   -- time the switch kept it up after that is billed then (late_end), never dropped.
   if SWEPT[flag] then

@@ -44,6 +44,7 @@ class Call:
     limit_told: bool = False  # an inbound limit was announced (call.limit)
     hseq: int = 0
     beat_ms: int = 0  # last heartbeat
+    heartbeat_s: int = 0  # the most talk time a heartbeat reported (clamped)
     evidence_ms: int = 0  # last moment the switch showed the call up
     reports: bool = False  # the switch reports liveness (promised heartbeats, or a sync)
     clamped: bool = False
@@ -147,6 +148,7 @@ class Books:
             if not c.ans:  # a heartbeat of a ringing call: it was answered elapsed_s ago
                 c.ans = max(now - elapsed_s * 1000, c.t0)
             c.hseq, c.beat_ms, c.evidence_ms, c.reports = seq, now, now, True
+            c.heartbeat_s = max(c.heartbeat_s, elapsed_s)
             self._grow(c, elapsed_s, now)
             self._schedule(c, now)
         limit = c.horizon_s + self._grace(c)
@@ -157,7 +159,9 @@ class Books:
         bound = self._clock_bound(c, now)
         clamped = duration_s > bound
         had_hold = c.held > 0
-        result = self._finish(c, min(duration_s, bound), now, None, clamped)
+        # never below what the switch's own heartbeats showed (issue 21)
+        duration_s = max(min(duration_s, bound), c.heartbeat_s)
+        result = self._finish(c, duration_s, now, None, clamped)
         if had_hold:
             self._wake_limited(now)
         return result

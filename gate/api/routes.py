@@ -134,7 +134,12 @@ def _aiohttp_path(path: str) -> str:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_routes([web.route(r.method, _aiohttp_path(r.path), r.handler) for r in ROUTES])
+    app.router.add_routes(
+        [
+            web.route(r.method, _aiohttp_path(r.path), openapi.strict_query(r.handler))
+            for r in ROUTES
+        ]
+    )
 
 
 @cache

@@ -141,6 +141,7 @@ class Ended(msgspec.Struct, frozen=True):
     allowance_s: int = msgspec.field(default=0, name="al")  # this cycle's allowance used
     prior_allowance_s: int = msgspec.field(default=0, name="alp")  # earlier cycles'
     commitment_micros: int = msgspec.field(default=0, name="cm")
+    raised: int = msgspec.field(default=0, name="rz")  # 1: billed the heartbeats' time
 
     def components(self) -> dict[str, int]:
         """The cost by the rate's components, micros (empty for a one-part rate)."""
@@ -628,6 +629,7 @@ class Calls:
             "stale": ended.flag == "stale",
             "lost_end": ended.flag == "lost_end",
             "duration_clamped": bool(ended.clamped),
+            "duration_raised": bool(ended.raised),
             "flag": ended.flag or None,
             "components": {
                 name: {"cost_usd": usd(micros), "cost_micros": micros}
