@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -27,6 +28,45 @@ from aiohttp.web_request import BaseRequest
 from gate.settings import Settings
 
 log = logging.getLogger("gate.api.protocol")
+
+# What a request line or header may carry that must never reach a log: aiohttp quotes the
+# raw bytes it could not parse (b'Bearer gk_...'), and key or secret shapes anywhere.
+_RAW_BYTES = re.compile(r"""b(['"]).*?(?:\1|$)""")
+_SECRET_SHAPES = re.compile(
+    r"(?i)(bearer\s+\S+|gk_\w+|whsec_\S+|[sr]k_(?:live|test)_\w+|authorization:\s*\S+)"
+)
+
+
+def redact(text: str) -> str:
+    """`text` without raw request bytes or anything shaped like a key or a secret."""
+    return _SECRET_SHAPES.sub("<redacted>", _RAW_BYTES.sub("<request bytes>", text))
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts aiohttp's own log records (protocol errors quote the request's bytes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            if redact(str(exc)) != str(exc):  # the traceback would quote them again
+                clean += f" ({type(exc).__name__}: {redact(str(exc))})"
+                record.exc_info = None
+                record.exc_text = None
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def redact_aiohttp_logs() -> None:
+    """Install the filter on every logger aiohttp writes to (idempotent)."""
+    for name in ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.internal"):
+        logging.getLogger(name).addFilter(_FILTER)
+
 
 _TIMEOUT_BODY = orjson.dumps(
     {
@@ -85,7 +125,7 @@ class GateProtocol(RequestHandler):
     ) -> web.StreamResponse:
         if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
-        reason = (message or exc.message or type(exc).__name__).splitlines()[0][:200]
+        reason = redact((message or exc.message or type(exc).__name__).splitlines()[0])[:200]
         log.info("malformed request from %s: %s", request.remote, reason)
         body = {
             "error": {
@@ -117,6 +157,7 @@ class GateRunner(web.AppRunner):
 
 def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     """The runner `gate serve` uses: the settings' timeouts, no access log."""
+    redact_aiohttp_logs()
     return GateRunner(
         app,
         access_log=None,
