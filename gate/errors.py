@@ -25,7 +25,8 @@ GateError
 │   └── TooManyStreams (429 too_many_streams)
 └── Unavailable (503 unavailable)
     ├── GateTimeout (503 gate_timeout)
-    └── GateUnavailable (503 gate_unavailable)
+    ├── GateUnavailable (503 gate_unavailable)
+    └── ArchiveUnavailable (503 archive_unavailable)
 """
 
 from __future__ import annotations
@@ -159,6 +160,13 @@ class GateUnavailable(Unavailable):
     """Redis did not answer in time or is unreachable: nothing was done, retry shortly."""
 
     code = "gate_unavailable"
+
+
+class ArchiveUnavailable(Unavailable):
+    """The SQL ledger archive does not answer: history, summary and replays that need it
+    cannot be answered truthfully now (never a partial page, never a second charge)."""
+
+    code = "archive_unavailable"
 
 
 class RateLimited(TooManyRequests):

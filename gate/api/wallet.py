@@ -21,7 +21,7 @@ from gate.api.http import (
     query_int,
 )
 from gate.api.schemas import Topup, WalletSettings
-from gate.errors import ValidationFailed
+from gate.errors import Unavailable, ValidationFailed
 from gate.history import ledger, query
 from gate.history.summary import monthly
 from gate.history.summary import to_csv as summary_csv
@@ -178,6 +178,10 @@ async def transactions(request: web.Request) -> web.StreamResponse:
     return json({"data": [r.to_json() for r in rows], "next_cursor": next_cursor})
 
 
+# The last line of an export that broke after its headers were sent (docs/reliability-exposure.md)
+EXPORT_BROKEN = "# export incomplete:"
+
+
 async def export(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.admin)
     query.check_params(request.query, query.FILTER_PARAMS)
@@ -185,6 +189,9 @@ async def export(request: web.Request) -> web.StreamResponse:
     await request.app[WORKSPACES].get(workspace_id)
     filters = query.filters(request.query)
     today = datetime.fromtimestamp(request.app[CTX].clock.now_ms() / 1000, UTC).date()
+    ctx = request.app[CTX]
+    if ctx.archive is not None:
+        await ctx.archive.cursor(workspace_id)  # 503 archive_unavailable before any header
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/csv; charset=utf-8",
@@ -192,9 +199,11 @@ async def export(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    ctx = request.app[CTX]
-    async for chunk in ledger.csv_chunks(ctx.client, workspace_id, filters, ctx.archive):
-        await response.write(chunk.encode())
+    try:
+        async for chunk in ledger.csv_chunks(ctx.client, workspace_id, filters, ctx.archive):
+            await response.write(chunk.encode())
+    except Unavailable as err:  # too late for a status: say so in the file's last line
+        await response.write(f"{EXPORT_BROKEN} {err.code}: {err.message}\n".encode())
     await response.write_eof()
     return response
 
