@@ -17,6 +17,8 @@ GateError
 │   ├── IdempotencyKeyReused (409 idempotency_key_reused)
 │   ├── IdempotencyKeyInProgress (409 idempotency_key_in_progress)
 │   └── InvalidState (409 invalid_state)
+├── RequestTimeout (408 request_timeout; the connection is closed)
+├── ClientGone (499 client_disconnected; nobody reads the answer)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── Unprocessable (422)
 │   └── NoRateFound (422 no_rate)
@@ -160,6 +162,20 @@ class GateUnavailable(Unavailable):
     """Redis did not answer in time or is unreachable: nothing was done, retry shortly."""
 
     code = "gate_unavailable"
+
+
+class RequestTimeout(GateError):
+    """The request body did not arrive within its route's deadline."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class ClientGone(GateError):
+    """The client closed the connection before its body arrived: nothing was done."""
+
+    status = 499
+    code = "client_disconnected"
 
 
 class ArchiveUnavailable(Unavailable):

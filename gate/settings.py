@@ -71,6 +71,12 @@ class Settings:
     redis_timeout_ms: int = 250
     header_timeout_s: int = 10
     keepalive_timeout_s: int = 75
+    # Every byte has a deadline (issue 21): a request body must arrive within this after
+    # its headers; unauthenticated routes (provider webhooks) get less and a size cap.
+    body_timeout_s: int = 10
+    unauthenticated_body_timeout_s: int = 2
+    unauthenticated_body_max_bytes: int = 65536
+    listen_backlog: int = 1024
     webhook_allow_private: bool = False
     rate_limit_per_s: int = 50
     rate_limit_burst: int = 200
@@ -101,6 +107,10 @@ _INT_FIELDS = {
     "redis_timeout_ms": (5, 60_000),
     "header_timeout_s": (1, 3600),
     "keepalive_timeout_s": (1, 86400),
+    "body_timeout_s": (1, 3600),
+    "unauthenticated_body_timeout_s": (1, 3600),
+    "unauthenticated_body_max_bytes": (1024, 16 * 1024 * 1024),
+    "listen_backlog": (16, 65535),
     "rate_limit_per_s": (0, 1_000_000),
     "rate_limit_burst": (1, 1_000_000),
     "sse_max_per_key": (1, 100_000),
@@ -139,6 +149,10 @@ ENV = {
     "redis_timeout_ms": "GATE_REDIS_TIMEOUT_MS",
     "header_timeout_s": "GATE_HEADER_TIMEOUT_S",
     "keepalive_timeout_s": "GATE_KEEPALIVE_TIMEOUT_S",
+    "body_timeout_s": "GATE_BODY_TIMEOUT_S",
+    "unauthenticated_body_timeout_s": "GATE_UNAUTHENTICATED_BODY_TIMEOUT_S",
+    "unauthenticated_body_max_bytes": "GATE_UNAUTHENTICATED_BODY_MAX_BYTES",
+    "listen_backlog": "GATE_LISTEN_BACKLOG",
     "webhook_allow_private": "GATE_WEBHOOK_ALLOW_PRIVATE",
     "rate_limit_per_s": "GATE_RATE_LIMIT_PER_S",
     "rate_limit_burst": "GATE_RATE_LIMIT_BURST",

@@ -90,17 +90,30 @@ class GateProtocol(RequestHandler):
         super().__init__(manager, **kwargs)
         self.header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        self._armed_at = 0  # requests whose headers were in when the timer was armed
+
+    def _arm(self) -> None:
+        if self.header_timeout > 0:
+            self._armed_at = self._request_count
+            self._header_timer = self._loop.call_later(self.header_timeout, self._headers_late)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self.header_timeout > 0:
-            self._header_timer = self._loop.call_later(self.header_timeout, self._headers_late)
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._header_timer is not None and self._request_count > 0:
-            self._header_timer.cancel()  # the first request's headers are in
+        if self._header_timer is not None and self._request_count > self._armed_at:
+            self._header_timer.cancel()  # the request's headers are in
             self._header_timer = None
+        elif self._header_timer is None and data and self._idle():
+            # the first bytes of a next request on a kept-alive connection: its headers have
+            # the same deadline as the first request's, not the idle keep-alive timeout
+            self._arm()
+
+    def _idle(self) -> bool:
+        """No request is being handled or waits to be (the next bytes start a new one)."""
+        return self._current_request is None and not self._messages and not self._force_close
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._header_timer is not None:
@@ -111,7 +124,7 @@ class GateProtocol(RequestHandler):
     def _headers_late(self) -> None:
         self._header_timer = None
         transport = self.transport
-        if transport is not None and self._request_count == 0:
+        if transport is not None and self._request_count == self._armed_at and self._idle():
             log.info("closed a connection whose request headers took over %gs", self.header_timeout)
             transport.write(_TIMEOUT_RESPONSE)
             self.force_close()
