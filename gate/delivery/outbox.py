@@ -39,7 +39,7 @@ from standardwebhooks.webhooks import Webhook
 from gate import __version__, metrics
 from gate.context import Context
 from gate.delivery import events
-from gate.delivery.destinations import PublicResolver, check_literal
+from gate.delivery.destinations import PublicConnector, PublicResolver, check_literal
 from gate.store import keys
 from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
@@ -179,7 +179,7 @@ class Outbox:
         # Tenants' URLs may reach public addresses only (gate/delivery/destinations.py); the
         # operator's GATE_SWITCH_WEBHOOK_URL is trusted and goes through a session of its own.
         guard = not self.ctx.settings.webhook_allow_private
-        self._session = self._new_session(PublicResolver() if guard else None)
+        self._session = self._new_session(PublicResolver() if guard else None, guard)
         self._operator_session = self._new_session(None) if guard else self._session
         self._tasks = [
             asyncio.create_task(self._loop(), name="gate-outbox"),
@@ -222,12 +222,13 @@ class Outbox:
             await self._session.close()
             self._session = None
 
-    def _new_session(self, resolver: PublicResolver | None) -> aiohttp.ClientSession:
+    def _new_session(
+        self, resolver: PublicResolver | None, public_only: bool = False
+    ) -> aiohttp.ClientSession:
+        connector = PublicConnector if public_only else aiohttp.TCPConnector
         return aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            connector=aiohttp.TCPConnector(
-                limit=self.max_workspaces * self.in_flight, resolver=resolver
-            ),
+            connector=connector(limit=self.max_workspaces * self.in_flight, resolver=resolver),
             headers={"User-Agent": f"gate/{__version__}"},
         )
 
