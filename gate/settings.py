@@ -82,6 +82,10 @@ class Settings:
     rate_limit_burst: int = 200
     sse_max_per_key: int = 10
     sse_max_per_workspace: int = 50
+    # Fair shares of the loop (issue 21): events a workspace's streams replay per second in
+    # this process, and stream opens per key per second (burst: 5 seconds' worth).
+    sse_replay_rows_per_s: int = 2000
+    sse_opens_per_s: int = 2
     # Test and chaos only: this process's clock runs this many ms off the wall clock.
     clock_skew_ms: int = 0
 
@@ -115,6 +119,8 @@ _INT_FIELDS = {
     "rate_limit_burst": (1, 1_000_000),
     "sse_max_per_key": (1, 100_000),
     "sse_max_per_workspace": (1, 100_000),
+    "sse_replay_rows_per_s": (100, 10_000_000),
+    "sse_opens_per_s": (1, 100_000),
     "clock_skew_ms": (-3_600_000, 3_600_000),
 }
 ENV = {
@@ -158,6 +164,8 @@ ENV = {
     "rate_limit_burst": "GATE_RATE_LIMIT_BURST",
     "sse_max_per_key": "GATE_SSE_MAX_PER_KEY",
     "sse_max_per_workspace": "GATE_SSE_MAX_PER_WORKSPACE",
+    "sse_replay_rows_per_s": "GATE_SSE_REPLAY_ROWS_PER_S",
+    "sse_opens_per_s": "GATE_SSE_OPENS_PER_S",
     "clock_skew_ms": "GATE_CLOCK_SKEW_MS",
     "database_url": "GATE_DATABASE_URL",
     "ledger_keep_s": "GATE_LEDGER_KEEP_S",
