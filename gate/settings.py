@@ -84,7 +84,7 @@ class Settings:
     sse_max_per_workspace: int = 50
     # Fair shares of the loop (issue 21): events a workspace's streams replay per second in
     # this process, and stream opens per key per second (burst: 5 seconds' worth).
-    sse_replay_rows_per_s: int = 2000
+    sse_replay_rows_per_s: int = 1000
     sse_opens_per_s: int = 2
     # Test and chaos only: this process's clock runs this many ms off the wall clock.
     clock_skew_ms: int = 0

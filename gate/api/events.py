@@ -157,20 +157,24 @@ async def _serve(
             await response.write(resync)
         last_write = loop.time()
         woken_up = True  # read once at the start: catch up from the cursor
+        replaying = True  # a full batch may be waiting: pay for it before reading it
         while True:
             transport = request.transport
             if transport is None or transport.is_closing():
                 break
             got = []
             if woken_up:
+                if replaying:  # paid up front, so the workspace's streams take turns
+                    await streams.spend_rows(workspace_id, BATCH, settings)
                 subscriber.wake.clear()  # before the read: a wake during it means read again
                 got = entries(await streams_redis.xrange(k.events, f"({cursor}", "+", count=BATCH))
+                if not replaying and got:  # live events: paid as they come
+                    await streams.spend_rows(workspace_id, len(got), settings)
+                replaying = len(got) == BATCH
             if got:
                 cursor = text(got[-1][0])
                 await response.write(b"".join(_frame(workspace_id, text(i), f) for i, f in got))
                 last_write = loop.time()
-                # every batch is paid from the workspace's budget, and yields the loop
-                await streams.spend_rows(workspace_id, len(got), settings)
                 if len(got) == BATCH:
                     continue  # more are waiting
             elif loop.time() >= last_write + KEEPALIVE_S:
