@@ -27,8 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import TCPConnector
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from aiohttp.abc import ResolveResult
 from yarl import URL
 
 from gate.errors import ValidationFailed
@@ -121,25 +120,3 @@ class PublicConnector(TCPConnector):
                     f"refused to deliver: {host} is {reason}; set a public webhook URL"
                 )
         return results
-
-
-class PublicResolver(AbstractResolver):
-    """aiohttp's resolver, refusing a name when any of its addresses is not public."""
-
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        for result in results:
-            reason = non_public(result["host"])
-            if reason is not None:
-                raise RefusedDestination(
-                    f"refused to deliver: {host} resolves to {reason}; set a public webhook URL"
-                )
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
