@@ -506,7 +506,7 @@ class Outbox:
         assert session is not None
         try:
             if tenants and not self.ctx.settings.webhook_allow_private:
-                check_literal(url)  # names are checked by the session's resolver
+                check_literal(url)  # and every address again by the session's connector
             async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
             error = f"HTTP {status}"
