@@ -69,7 +69,13 @@ async def _serve_process(
     app = create_app(settings)
     runner = make_runner(app, settings)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.workers > 1)
+    site = web.TCPSite(
+        runner,
+        settings.host,
+        settings.port,
+        reuse_port=settings.workers > 1,
+        backlog=settings.listen_backlog,  # a reconnect storm's SYNs are not dropped at 128
+    )
     await site.start()
     _settle_heap()
     log.info("gate listening on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())

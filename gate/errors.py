@@ -20,6 +20,8 @@ GateError
 │   ├── InvalidState (409 invalid_state)
 │   ├── PaymentInFlight (409 payment_in_flight)
 │   └── NumberTaken (409 number_taken)
+├── RequestTimeout (408 request_timeout; the connection is closed)
+├── ClientGone (499 client_disconnected; nobody reads the answer)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── Unprocessable (422)
 │   └── NoRateFound (422 no_rate)
@@ -28,7 +30,8 @@ GateError
 │   └── TooManyStreams (429 too_many_streams)
 └── Unavailable (503 unavailable)
     ├── GateTimeout (503 gate_timeout)
-    └── GateUnavailable (503 gate_unavailable)
+    ├── GateUnavailable (503 gate_unavailable)
+    └── ArchiveUnavailable (503 archive_unavailable)
 """
 
 from __future__ import annotations
@@ -184,6 +187,27 @@ class GateUnavailable(Unavailable):
     """Redis did not answer in time or is unreachable: nothing was done, retry shortly."""
 
     code = "gate_unavailable"
+
+
+class RequestTimeout(GateError):
+    """The request body did not arrive within its route's deadline."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class ClientGone(GateError):
+    """The client closed the connection before its body arrived: nothing was done."""
+
+    status = 499
+    code = "client_disconnected"
+
+
+class ArchiveUnavailable(Unavailable):
+    """The SQL ledger archive does not answer: history, summary and replays that need it
+    cannot be answered truthfully now (never a partial page, never a second charge)."""
+
+    code = "archive_unavailable"
 
 
 class RateLimited(TooManyRequests):

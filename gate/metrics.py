@@ -37,6 +37,16 @@ CALL_ENDINGS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+CLIENT_DISCONNECTS = Counter(
+    "gate_client_disconnects_total",
+    "Requests whose client went away before its body arrived (logged at DEBUG only)",
+    registry=REGISTRY,
+)
+BODY_TIMEOUTS = Counter(
+    "gate_body_timeouts_total",
+    "Requests whose body did not arrive within the route's deadline (408, connection closed)",
+    registry=REGISTRY,
+)
 START_TIMEOUTS = Counter(
     "gate_call_start_timeouts_total",
     "Call starts answered 503 gate_timeout: not decided before the switch's deadline",

@@ -42,6 +42,12 @@ class Settings:
     start_timeout_ms: int = 500
     ring_timeout_s: int = 120
     inbound_grace_max_s: int = 60
+    # Money at risk below zero per workspace (docs/reliability-exposure.md): debt plus the
+    # grace of every live inbound call; a workspace's negative_limit_usd overrides it.
+    negative_limit_micros: int = 5_000_000
+    # A live call with no evidence (answer, heartbeat, sync listing) for this long is ended
+    # as lost_end, billed to its last evidence plus one tick.
+    evidence_max_s: int = 3600
     max_concurrent_calls_max: int = 100_000
     clock_tolerance_s: int = 5
     sync_min_age_s: int = 5
@@ -65,11 +71,21 @@ class Settings:
     redis_timeout_ms: int = 250
     header_timeout_s: int = 10
     keepalive_timeout_s: int = 75
+    # Every byte has a deadline (issue 21): a request body must arrive within this after
+    # its headers; unauthenticated routes (provider webhooks) get less and a size cap.
+    body_timeout_s: int = 10
+    unauthenticated_body_timeout_s: int = 2
+    unauthenticated_body_max_bytes: int = 65536
+    listen_backlog: int = 1024
     webhook_allow_private: bool = False
     rate_limit_per_s: int = 50
     rate_limit_burst: int = 200
     sse_max_per_key: int = 10
     sse_max_per_workspace: int = 50
+    # Fair shares of the loop (issue 21): events a workspace's streams replay per second in
+    # this process, and stream opens per key per second (burst: 5 seconds' worth).
+    sse_replay_rows_per_s: int = 1000
+    sse_opens_per_s: int = 2
     # Test and chaos only: this process's clock runs this many ms off the wall clock.
     clock_skew_ms: int = 0
     # A workspace admin may refund a card top-up this many days after it (the platform: always).
@@ -92,16 +108,23 @@ _INT_FIELDS = {
     "start_timeout_ms": (50, 60_000),
     "ring_timeout_s": (1, 86400),
     "inbound_grace_max_s": (0, 3600),
+    "evidence_max_s": (10, 7 * 86400),
     "max_concurrent_calls_max": (1, 1_000_000),
     "clock_tolerance_s": (0, 300),
     "sync_min_age_s": (0, 3600),
     "redis_timeout_ms": (5, 60_000),
     "header_timeout_s": (1, 3600),
     "keepalive_timeout_s": (1, 86400),
+    "body_timeout_s": (1, 3600),
+    "unauthenticated_body_timeout_s": (1, 3600),
+    "unauthenticated_body_max_bytes": (1024, 16 * 1024 * 1024),
+    "listen_backlog": (16, 65535),
     "rate_limit_per_s": (0, 1_000_000),
     "rate_limit_burst": (1, 1_000_000),
     "sse_max_per_key": (1, 100_000),
     "sse_max_per_workspace": (1, 100_000),
+    "sse_replay_rows_per_s": (100, 10_000_000),
+    "sse_opens_per_s": (1, 100_000),
     "clock_skew_ms": (-3_600_000, 3_600_000),
     "refund_window_days": (0, 3650),
 }
@@ -127,6 +150,8 @@ ENV = {
     "start_timeout_ms": "GATE_START_TIMEOUT_MS",
     "ring_timeout_s": "GATE_RING_TIMEOUT_S",
     "inbound_grace_max_s": "GATE_INBOUND_GRACE_MAX_S",
+    "negative_limit_micros": "GATE_NEGATIVE_LIMIT_USD",
+    "evidence_max_s": "GATE_EVIDENCE_MAX_S",
     "max_concurrent_calls_max": "GATE_MAX_CONCURRENT_CALLS_MAX",
     "clock_tolerance_s": "GATE_CLOCK_TOLERANCE_S",
     "sync_min_age_s": "GATE_SYNC_MIN_AGE_S",
@@ -135,11 +160,17 @@ ENV = {
     "redis_timeout_ms": "GATE_REDIS_TIMEOUT_MS",
     "header_timeout_s": "GATE_HEADER_TIMEOUT_S",
     "keepalive_timeout_s": "GATE_KEEPALIVE_TIMEOUT_S",
+    "body_timeout_s": "GATE_BODY_TIMEOUT_S",
+    "unauthenticated_body_timeout_s": "GATE_UNAUTHENTICATED_BODY_TIMEOUT_S",
+    "unauthenticated_body_max_bytes": "GATE_UNAUTHENTICATED_BODY_MAX_BYTES",
+    "listen_backlog": "GATE_LISTEN_BACKLOG",
     "webhook_allow_private": "GATE_WEBHOOK_ALLOW_PRIVATE",
     "rate_limit_per_s": "GATE_RATE_LIMIT_PER_S",
     "rate_limit_burst": "GATE_RATE_LIMIT_BURST",
     "sse_max_per_key": "GATE_SSE_MAX_PER_KEY",
     "sse_max_per_workspace": "GATE_SSE_MAX_PER_WORKSPACE",
+    "sse_replay_rows_per_s": "GATE_SSE_REPLAY_ROWS_PER_S",
+    "sse_opens_per_s": "GATE_SSE_OPENS_PER_S",
     "clock_skew_ms": "GATE_CLOCK_SKEW_MS",
     "crash_at": "GATE_CRASH_AT",
     "refund_window_days": "GATE_REFUND_WINDOW_DAYS",
@@ -171,7 +202,7 @@ def _parse(name: str, raw: str) -> Any:
         if not low <= value <= high:
             raise SettingsError(f"{var}={raw!r}: expected a number from {low} to {high}")
         return value
-    if name == "signup_credit_micros":
+    if name in ("signup_credit_micros", "negative_limit_micros"):
         try:
             return parse_usd(raw, var)
         except ValidationFailed as err:

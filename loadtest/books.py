@@ -63,9 +63,9 @@ class LostEnds:
     problems: list[str] = field(default_factory=list)
 
     def add(self, e: CallEntry, tick_s: int, sync_s: float) -> None:
-        """Check one lost end: a sync bills at most the true duration and at least the last
-        evidence, so true - billed <= sync interval + 1 s; a stale sweep bills the last
-        evidence plus one tick (DESIGN §4), never more."""
+        """Check one lost end: a sync bills the last evidence plus one tick (issue 21), never
+        more, and at least the last evidence, so true - billed <= sync interval + 1 s; a stale
+        sweep bills the last evidence plus one tick (DESIGN §4), never more."""
         self.count += 1
         how = e.ended_by or "unresolved"
         self.by[how] = self.by.get(how, 0) + 1
@@ -88,12 +88,12 @@ class LostEnds:
         )
         lo, hi = e.evidence_s
         if how == "sync":
-            if billed > min(true, hi):
+            if billed > hi + tick_s:
                 self.problems.append(
-                    f"lost end {e.call_id}: billed {billed} s, more than it lasted ({true} s) "
-                    f"or than the evidence shows ({hi} s)"
+                    f"lost end {e.call_id}: billed {billed} s, more than the evidence shows "
+                    f"({hi} s) plus one tick ({tick_s} s)"
                 )
-            elif billed < lo:
+            elif billed < min(lo, true):
                 self.problems.append(
                     f"lost end {e.call_id}: billed {billed} s, less than the evidence ({lo} s)"
                 )

@@ -51,7 +51,7 @@ from gate.delivery.events import event_id
 from gate.store import keys
 from gate.store.redis_client import connect, entries, text
 from gate.store.redis_proc import RedisServer
-from loadtest import report, tenants
+from loadtest import isolation, report, tenants
 from loadtest.api import REFUSALS, Answer, Api
 from loadtest.books import CallEntry, WsBooks, reconcile
 from loadtest.driver import Fleet
@@ -685,6 +685,12 @@ PHASES: list[tuple[str, str, Inject]] = [
     (f"clock -{SKEW_MS // 1000} s on a second Gate",
      "as above, the other way",
      lambda c, o: c.skewed(o, -SKEW_MS)),
+    (f"{isolation.STREAMS} event streams replaying {isolation.BACKLOG:,} events (one tenant)",
+     "call start p99 while it lasts at most 2x idle; books exact",
+     isolation.stream_replay),
+    (f"{isolation.SLOW_CONNECTIONS:,}-connection slowloris",
+     "call start p99 while it lasts at most 2x idle; slow heads closed at the deadline",
+     isolation.slowloris),
 ]  # fmt: skip
 
 

@@ -26,10 +26,15 @@
 --   clp                  1 when a heartbeat's elapsed_s was clamped to the gate's clock
 --   node                 the switch node that started it (absent when not named): a sync
 --                        naming a node ends only that node's calls
+--   hb                   the most talk time a heartbeat reported (elapsed_s, clamped): an end
+--                        claiming less is billed this much (flag duration_raised)
+--   rzs                  set by call_end on such an end: the duration_s it claimed
+--   xp                   exposure: micros the call may still cost beyond its hold (a limited
+--                        inbound call's grace); wallet.exposure = sum of xp over live calls
 -- Money never moves out of the balance while a call lives: ticks grow its hold, so
 -- `available` drops in real time, and call_end posts one ledger row for the whole call.
 
-local ENDED_KEEP_MS = 24 * 3600 * 1000
+local ENDED_KEEP_MS = 24 * 3600 * 1000  -- and until the call's ledger row is archived
 -- What the switch or agent runtime said of a call at its end (call quality, an AI agent's
 -- mode, skills, actions, sessions): field/value pairs for its ledger row. call_end sets them;
 -- the ends Gate makes itself (cuts, lost ends) have none.
@@ -74,7 +79,26 @@ local function not_live(id)
   return {-5}
 end
 
+-- Money a live call may still cost beyond what is held for it: a limited inbound call's
+-- grace, billed below zero (its cut is hz + grace). 0 for every other call: an outbound or
+-- unlimited call is cut where its hold ends.
+local function exposure_of(c)
+  if c.cut == 0 or c.dir ~= 'inbound' or c.grace == 0 then return 0 end
+  return math.max(cost(c, math.min(c.hz + c.grace, c.max)) - c.held - (c.ch or 0), 0)
+end
+
+-- Keep wallet.exposure (the sum of its live calls' xp, checked by call_start against the
+-- workspace's negative limit) in step with the call's; a command only when it changes.
+local function track_exposure(c, x)
+  local d = x - (c.xp or 0)
+  if d ~= 0 then
+    rcall('HINCRBY', wallet, 'exposure', d)
+    c.xp = x
+  end
+end
+
 local function save_call(c)
+  track_exposure(c, exposure_of(c))
   rcall('HSET', calls, c.id, cmsgpack.pack(c))
 end
 
@@ -126,6 +150,11 @@ local function hangup_ms(c)
   return (c.ans > 0 and c.ans or c.t0) + c.hz * 1000
 end
 
+-- A call with no evidence for this long (ms, GATE_EVIDENCE_MAX_S) is ended as lost_end; set
+-- by the scripts that take it (call_tick), 0 = no ceiling. No call.extended moves a call's
+-- hangup_at past its last evidence plus this: nobody vouches for the call beyond it.
+local evidence_max_ms = 0
+
 -- Keep the switch's own timer (armed at hangup_at) ahead of a healthy call: a call.extended
 -- event once less than half the buffer (and at least two ticks, so a tick's lateness and a
 -- switch timer rounded to the second never meet it) is left before what the switch was last
@@ -135,6 +164,7 @@ end
 local function announce(c, now_ms)
   if c.ans == 0 then return end
   local h = hangup_ms(c)
+  if evidence_max_ms > 0 then h = math.min(h, evidence_ms(c) + evidence_max_ms) end
   local told = c.ha or 0
   if h <= told then return end
   if c.cut ~= 0 or told - now_ms <= math.max(c.buf * 500, c.tk * 2000) then
@@ -259,11 +289,41 @@ local function send_cut(c, now_ms, reason)
     'cut_at_ms', c.cut ~= 0 and c.cut or now_ms, 'direction', c.dir})
 end
 
+-- Whether ledger row `id` ("<ms>-<n>") sorts before `first` (the oldest row in Redis).
+local function row_before(id, first)
+  local a, n = string.match(id, '^(%d+)-(%d+)$')
+  local fa, fn = string.match(first, '^(%d+)-(%d+)$')
+  a, n, fa, fn = tonumber(a), tonumber(n), tonumber(fa), tonumber(fn)
+  return a < fa or (a == fa and n < fn)
+end
+
+-- Forget ended results kept 24 h, but never one whose ledger row is still in Redis: rows
+-- leave Redis only once archived (lua/ledger_trim-1.lua), so until then the archive may
+-- not have the row a replayed end is checked against, and forgetting it would bill the
+-- call again however far the archiver lags. Results end in ledger order, so the first one
+-- still needed stops the trim.
 local function trim_ended(now_ms)
-  local old = rcall('ZRANGEBYSCORE', ended_at, '-inf', now_ms - ENDED_KEEP_MS, 'LIMIT', 0, 20)
-  if #old > 0 then
-    rcall('HDEL', ended, unpack(old))
-    rcall('ZREM', ended_at, unpack(old))
+  local old = rcall('ZRANGEBYSCORE', ended_at, '-inf', now_ms - ENDED_KEEP_MS, 'WITHSCORES',
+    'LIMIT', 0, 20)
+  if #old == 0 then return end
+  local head = rcall('XRANGE', ledger, '-', '+', 'COUNT', 1)[1]
+  local first = head and head[1]
+  local first_ms = first and tonumber(string.match(first, '^(%d+)-'))
+  local gone = {}
+  for i = 1, #old, 2 do
+    local id = old[i]
+    if first then
+      -- its row was written at or after its end: a row not older than the oldest in Redis
+      if tonumber(old[i + 1]) >= first_ms then break end
+      local r = cmsgpack.unpack(rcall('HGET', ended, id) or cmsgpack.pack({}))
+      local row = r.late_row or r.row or ''  -- a late end's row is the newer of its two
+      if row ~= '' and not row_before(row, first) then break end
+    end
+    gone[#gone + 1] = id
+  end
+  if #gone > 0 then
+    rcall('HDEL', ended, unpack(gone))
+    rcall('ZREM', ended_at, unpack(gone))
   end
 end
 
@@ -330,6 +390,7 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
     if c.aw > used then rcall('HINCRBY', wallet, 'al:' .. c.svc, c.aw - used) end
   end
   hold(c, 0)
+  track_exposure(c, 0)
   local from_cm = 0
   if c.cmn and c.cmn ~= '' and amount > 0 then
     from_cm = math.min(amount, commitment_free(c.cmn))
@@ -351,6 +412,11 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   for i = 1, #split do extra[#extra + 1] = split[i] end
   clamped = clamped or c.clp == 1
   if clamped then extra[#extra + 1] = 'duration_clamped'; extra[#extra + 1] = 'true' end
+  if c.rzs then
+    for _, v in ipairs({'duration_raised', 'true', 'claimed_duration_s', c.rzs}) do
+      extra[#extra + 1] = v
+    end
+  end
   local id, balance = '', nil
   if UNBILLED[flag] and amount == 0 then
     balance = balance_now()
@@ -363,7 +429,8 @@ local function finish(c, duration, now_ms, cause, flag, clamped)
   rcall('SREM', cuts, c.id)
   local r = {cost = amount, row = id, balance = balance,
     duration = duration, leak = leak, flag = flag, clamped = clamped and 1 or 0,
-    parts = split, pl = c.aw and 1 or 0, al = used, alp = prior, cm = from_cm}
+    parts = split, pl = c.aw and 1 or 0, al = used, alp = prior, cm = from_cm,
+    rz = c.rzs and 1 or 0}
   -- A call Gate ended on its own may still get the switch's end: keep what rates it, so
   -- time the switch kept it up after that is billed then (late_end), never dropped.
   if SWEPT[flag] then
@@ -426,12 +493,12 @@ local function late_end(packed, duration, now_ms, cause, tolerance_s)
   return {0, result, 0, watch_fired, watch_url()}
 end
 
--- How long a call the switch went silent on is billed: to the last evidence that it was up
--- plus one tick, never its whole horizon; for a switch that reports nothing (no heartbeats,
--- no syncs) the last tick is all the evidence there is. Never past what was granted, the
--- gate's own clock or max_call_s.
-local function stale_duration(c, e)
-  local base = c.bs
-  if reports(c) then base = evidence_s(c) end
-  return math.max(math.min(base + c.tk, e, granted_s(c), c.max), 0)
+-- How long a call Gate ends without the switch's end is billed (a stale sweep, an ignored
+-- cut, a sync that did not list it, no evidence for GATE_EVIDENCE_MAX_S): to the last
+-- evidence that it was up (answer, heartbeat, sync listing) plus one tick, never its whole
+-- horizon nor the money it held: for a switch that reports nothing the answer is all the
+-- evidence there is, and its late end bills the rest. Never past what was granted, the
+-- gate's own clock (`e`, seconds since answer) or max_call_s.
+local function lost_duration(c, e)
+  return math.max(math.min(evidence_s(c) + c.tk, e, granted_s(c), c.max), 0)
 end

@@ -28,6 +28,7 @@ local c = load_call(call_id)
 if not c or c.t0 ~= t0_ms or c.hseq > 0 or (c.ans ~= 0 and c.ans ~= c.t0) then return {1} end
 local had_hold = c.held > 0
 hold(c, 0)
+track_exposure(c, 0)
 if c.aw and c.aw > 0 then rcall('HINCRBY', wallet, 'al:' .. c.svc, c.aw) end
 rcall('HDEL', calls, call_id)
 rcall('ZREM', due, call_id)

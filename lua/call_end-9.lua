@@ -18,7 +18,8 @@
 --   (1 when no rate matched: recorded at zero for review, never dropped), components
 -- Replies:
 --   {0, result, woken, fired, url}  billed now; result = MessagePack {cost, row, balance,
---                       duration, leak, flag, clamped}; woken = limited calls made due now by
+--                       duration, leak, flag, clamped, rz (1: duration_s was below what
+--                       the call's heartbeats reported, billed that instead)}; woken = limited calls made due now by
 --                       the released hold; fired = 1 when the wallet's watch (lua/_watch.lua)
 --                       gave the automation worker work (a recharge attempt or a mail job);
 --                       url = 1/0 the workspace has a webhook URL of its own or not, -1 unknown
@@ -56,6 +57,9 @@ local flag, clamped = '', false
 if c then
   local bound = clock_bound(c, now_ms, tolerance_s)
   if duration > bound then duration, clamped = bound, true end
+  -- the switch's own heartbeats showed the call up this long: an end claiming less bills
+  -- what they showed, flagged, never less (a bad CDR must not erase billed time)
+  if c.hb and duration < c.hb then c.rzs, duration = duration, c.hb end
 else
   if #ARGV < 20 then return {-5} end
   flag = duration == 0 and 'never_started' or 'unauthorized_call'

@@ -41,6 +41,7 @@ if seq > c.hseq then
   if elapsed > bound then elapsed, clamped, c.clp = bound, 1, 1 end
   if c.ans == 0 then c.ans = math.max(now_ms - elapsed * 1000, c.t0) end
   c.hseq, c.hms, c.evm, c.rep = seq, now_ms, now_ms, 1
+  if elapsed > (c.hb or 0) then c.hb = elapsed end
   grow(c, elapsed, now_ms)
   c.ha = hangup_ms(c)
   save_call(c)

@@ -1,8 +1,11 @@
 -- call_start: decide whether a call may start and hold its one-minute buffer, in one step.
 --
 -- KEYS[1] ws        hash    workspace record: max_concurrent_calls,
---                           inbound_limit_threshold_micros, inbound_grace_s
--- KEYS[2] wallet    hash    balance, reserved, status, zero_since, hold, hold_reason
+--                           inbound_limit_threshold_micros, inbound_grace_s,
+--                           negative_limit_micros (the platform's override)
+-- KEYS[2] wallet    hash    balance, reserved, status, zero_since, hold, hold_reason,
+--                           exposure (the sum of the live calls' grace money beyond their
+--                           holds, _call.lua xp)
 -- KEYS[3] calls     hash    call id -> MessagePack call record (see _call.lua)
 -- KEYS[4] due       zset    call id -> due ms for the ticker
 -- KEYS[5] cuts      set     ids of limited calls
@@ -41,6 +44,10 @@
 --                        (from the answer on) ends it as stale; 0: none promised
 -- ARGV[25] node          the switch node carrying the call ("" = not named): a sync naming
 --                        a node ends only that node's calls (call_sync)
+-- ARGV[26] negative_limit  micros: the service's ceiling on money at risk below zero (the
+--                        workspace's negative_limit_micros overrides it): any debt already
+--                        there plus every live call's exposure plus this call's grace money
+--                        stays within it; a call gets the grace that fits
 -- Replies:
 --   {0, record, balance, reserved, fired}
 --                                    allowed; record is the new call (MessagePack); fired
@@ -51,7 +58,9 @@
 --   {-4, balance, reserved, needed}  outbound and available < buffer cost, or an inbound
 --                                    call the money and the grace would give 0 seconds
 --   {-6, live, max}                  max_concurrent_calls reached, nothing held
---   {-7, balance, reserved}          workspace suspended (balance <= 0 past the grace)
+--   {-7, balance, reserved}          workspace suspended (balance <= 0 past the grace, or
+--                                    nothing available and no room left under the
+--                                    negative limit: suspended at once)
 --   {-10, late_ms}                   the deadline passed before the script ran; nothing done
 --   {-20, hold, reason}              the platform suspended or closed the workspace
 --                                    (lua/workspace_hold-5.lua); nothing held
@@ -71,6 +80,7 @@ local deadline_ms, grace_max = tonumber(ARGV[19]), tonumber(ARGV[20])
 local live_max, ring_s = tonumber(ARGV[21]), tonumber(ARGV[22])
 local components = ARGV[23] or ''
 local promised = ARGV[24] == '1'
+local negative_limit = tonumber(ARGV[26]) or 0
 
 --!include _post.lua
 --!include _rating.lua
@@ -79,7 +89,8 @@ local promised = ARGV[24] == '1'
 
 -- One read of the wallet serves the whole decision, the plan's cycle end included (nothing
 -- below writes the wallet before it is used); a cycle that ended is rolled first.
-local WALLET_READ = {'balance', 'reserved', 'status', 'zero_since', 'cy_end', 'hold'}
+local WALLET_READ = {'balance', 'reserved', 'status', 'zero_since', 'cy_end', 'hold',
+  'exposure'}
 local w0 = rcall('HMGET', wallet, unpack(WALLET_READ))
 plan_end_cache = tonumber(w0[5])
 if plan_roll(now_ms) then w0 = rcall('HMGET', wallet, unpack(WALLET_READ)) end
@@ -95,7 +106,7 @@ if deadline_ms > 0 then
   if wall_ms > deadline_ms then return {-10, wall_ms - deadline_ms} end
 end
 local s = rcall('HMGET', ws, 'id', 'max_concurrent_calls', 'inbound_limit_threshold_micros',
-  'inbound_grace_s')
+  'inbound_grace_s', 'negative_limit_micros')
 if not s[1] then return {-1} end
 local max_live = tonumber(s[2])
 if live_max > 0 and (not max_live or max_live > live_max) then max_live = live_max end
@@ -103,6 +114,7 @@ if max_live and rcall('HLEN', calls) >= max_live then
   return {-6, rcall('HLEN', calls), max_live}
 end
 local grace = math.min(tonumber(s[4]) or default_grace, grace_max)
+negative_limit = tonumber(s[5]) or negative_limit
 
 local c = {id = call_id, dir = dir, svc = svc, from = ARGV[5], to = ARGV[6], user = ARGV[7],
   grp = ARGV[8], nt = ARGV[9], rate = rate, fee = fee, f = first, n = nxt, buf = buffer_s,
@@ -117,6 +129,11 @@ plan_attach(c)
 if c.aw and rate > 0 then c.aw = math.min(num('al:' .. svc), billable(c, target)) end
 local needed = cost(c, target)
 
+local function suspend(balance)
+  rcall('HSET', wallet, 'status', 'suspended')
+  emit(events, wallet, now_ms, 'wallet.suspended', {'balance_micros', balance})
+end
+
 local avail = balance - reserved + commitment_free(c.cmn)
 if needed > 0 then
   if dir == 'outbound' and avail < needed then return {-4, balance, reserved, needed} end
@@ -124,8 +141,7 @@ if needed > 0 then
   if status ~= 'suspended' and w0[4] and balance <= 0
       and now_ms - tonumber(w0[4]) > grace * 1000 then
     status = 'suspended'
-    rcall('HSET', wallet, 'status', status)
-    emit(events, wallet, now_ms, 'wallet.suspended', {'balance_micros', balance})
+    suspend(balance)
   end
   if status == 'suspended' then return {-7, balance, reserved} end
 end
@@ -137,8 +153,22 @@ if avail >= needed and (dir == 'outbound' or avail >= threshold) then
 else
   -- inbound below the threshold: hold what there is, limit the call to it plus the grace
   c.hz = paid_seconds(c, math.max(avail, 0), max_call_s)
+  -- The grace is money at risk below zero: with any debt already there and the other live
+  -- calls' grace (wallet.exposure), it stays within the negative limit. A call gets the
+  -- grace that fits; none fitting when the money pays no second suspends the wallet now,
+  -- not at the next end that posts below zero.
+  local paid = cost(c, c.hz)
+  local room = negative_limit - math.max(-avail, 0) - (tonumber(w0[7]) or 0)
+  local reach = math.min(c.hz + grace, max_call_s)
+  if grace > 0 and cost(c, reach) - paid > room then
+    c.grace = math.max(paid_seconds(c, paid + math.max(room, 0), reach) - c.hz, 0)
+    if c.hz + c.grace <= 0 then
+      suspend(balance)
+      return {-7, balance, reserved}
+    end
+  end
   -- an allow for 0 seconds is no allow: the switch could only hang up at once
-  if c.hz + grace <= 0 then return {-4, balance, reserved, needed} end
+  if c.hz + c.grace <= 0 then return {-4, balance, reserved, needed} end
   hold(c, cost(c, c.hz))
   set_cut(c, now_ms, true)
 end

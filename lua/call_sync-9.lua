@@ -1,6 +1,7 @@
 -- call_sync: the switch lists the calls it has up right now (as CGRateS' channel sync); every
 -- live call of the workspace it does not list, and that is older than min_age_s, is over:
--- billed to the last evidence the gate has that it was up, flagged lost_end, hold released.
+-- billed to the last evidence the gate has that it was up plus one tick (never past the
+-- gate's own clock), flagged lost_end, hold released.
 --
 -- KEYS[1..9] ws, wallet, calls, due, cuts, ledger, events, ended, ended_at (as call_start)
 -- ARGV[1]  now_ms     integer
@@ -56,7 +57,8 @@ for _, id in ipairs(rcall('HKEYS', calls)) do
     if now_ms - c.t0 >= min_age_ms and (node == '' or c.node == node) then
       local duration, flag = 0, 'never_started'
       if c.ans > 0 then
-        duration, flag = math.min(evidence_s(c), granted_s(c), c.max), 'lost_end'
+        local e = math.max(math.floor((now_ms - c.ans) / 1000), 0)
+        duration, flag = lost_duration(c, e), 'lost_end'
       end
       released = released or c.held > 0
       lost[#lost + 1] = id

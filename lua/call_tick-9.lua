@@ -7,14 +7,18 @@
 -- ARGV[3] stale_after_s  integer  silence of a reporting switch (heartbeats or syncs), or
 --                                  time a call stays up past a cut it was sent, after which
 --                                  the call is finalized
+-- ARGV[4] evidence_max_s integer  optional (0 = none): a call with no evidence (answer,
+--                                  heartbeat, sync listing) for this long is ended as
+--                                  lost_end, billed to its last evidence plus one tick
 -- Replies:
 --   {0, handled, next_due_ms, cuts_sent, events, lag_ms...}  next_due_ms = -1 when no call
 --     is scheduled any more; events = how many events were written; one lag (now - due)
 --     per handled call
 -- Side effects: holds grow (wallet.reserved); call.limit, call.extended, call.cut and
 -- wallet.depleted events; stale calls get call.cut (reason stale) and one ledger row each,
--- billed to the last evidence plus one tick (_call.lua stale_duration); unanswered calls
--- past their ring timeout end unbilled, with no ledger row.
+-- billed to the last evidence plus one tick (_call.lua lost_duration); unanswered calls
+-- past their ring timeout end unbilled, with no ledger row; unvouched calls (ARGV[4]) get
+-- call.cut (reason lost_end) and one ledger row flagged lost_end.
 local rcall = redis.call
 local ws, wallet, calls, due, cuts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ledger, events, ended, ended_at = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -26,6 +30,7 @@ local batch, stale_ms = tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
 --!include _plan.lua
 --!include _call.lua
 
+evidence_max_ms = (tonumber(ARGV[4]) or 0) * 1000
 prime_wallet()  -- one wallet read for the plan's cycle end, the money and event_seq
 plan_roll(now_ms)  -- a cycle that ended is rolled before anything is billed
 
@@ -59,7 +64,10 @@ for i = 1, #items, 2 do
       local ignored_cut = c.cs == 1 and c.cut ~= 0 and now_ms - c.cut > stale_ms
       if silent or ignored_cut or e >= c.max then
         send_cut(c, now_ms, 'stale')
-        finish(c, stale_duration(c, e), now_ms, 'stale', 'stale')
+        finish(c, lost_duration(c, e), now_ms, 'stale', 'stale')
+      elseif evidence_max_ms > 0 and now_ms - evidence_ms(c) > evidence_max_ms then
+        send_cut(c, now_ms, 'lost_end')
+        finish(c, lost_duration(c, e), now_ms, 'lost_end', 'lost_end')
       else
         extend(c, e, now_ms)
         if c.cut ~= 0 and c.cs == 0 and now_ms >= c.cut then

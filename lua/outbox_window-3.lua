@@ -53,11 +53,12 @@ for i = 1, #batch do
       if flush then next_ms = now_ms end
     end
     local dropped = false
-    -- A stale or platform cut is sent as Gate ends the call: it must still be retried.
+    -- A stale, lost_end or platform cut is sent as Gate ends the call: it must still be
+    -- retried.
     local kind = field(entry, 'type') or ''
     local reason = kind == 'call.cut' and field(entry, 'd:reason') or ''
-    if owner ~= '' and attempts > 0 and string.sub(kind, 1, 5) == 'call.'
-        and reason ~= 'stale' and reason ~= 'platform' then
+    local swept = reason == 'stale' or reason == 'lost_end' or reason == 'platform'
+    if owner ~= '' and attempts > 0 and string.sub(kind, 1, 5) == 'call.' and not swept then
       local call_id = field(entry, 'd:call_id')
       if call_id and rcall('HEXISTS', ended, call_id) == 1 then
         rcall('HSET', outbox, 's:' .. id, 'ok')

@@ -44,6 +44,7 @@ class Call:
     limit_told: bool = False  # an inbound limit was announced (call.limit)
     hseq: int = 0
     beat_ms: int = 0  # last heartbeat
+    heartbeat_s: int = 0  # the most talk time a heartbeat reported (clamped)
     evidence_ms: int = 0  # last moment the switch showed the call up
     reports: bool = False  # the switch reports liveness (promised heartbeats, or a sync)
     clamped: bool = False
@@ -147,6 +148,7 @@ class Books:
             if not c.ans:  # a heartbeat of a ringing call: it was answered elapsed_s ago
                 c.ans = max(now - elapsed_s * 1000, c.t0)
             c.hseq, c.beat_ms, c.evidence_ms, c.reports = seq, now, now, True
+            c.heartbeat_s = max(c.heartbeat_s, elapsed_s)
             self._grow(c, elapsed_s, now)
             self._schedule(c, now)
         limit = c.horizon_s + self._grace(c)
@@ -157,7 +159,9 @@ class Books:
         bound = self._clock_bound(c, now)
         clamped = duration_s > bound
         had_hold = c.held > 0
-        result = self._finish(c, min(duration_s, bound), now, None, clamped)
+        # never below what the switch's own heartbeats showed (issue 21)
+        duration_s = max(min(duration_s, bound), c.heartbeat_s)
+        result = self._finish(c, duration_s, now, None, clamped)
         if had_hold:
             self._wake_limited(now)
         return result
@@ -172,7 +176,13 @@ class Books:
             if c.id in listed or now - c.t0 < self.cfg.sync_min_age_s * 1000:
                 continue
             if c.ans:
-                duration = min(self._evidence_s(c), self._granted(c), self.cfg.max_call_s)
+                # to the last evidence plus one tick, never past the gate's clock (issue 21)
+                e = max((now - c.ans) // 1000, 0)
+                duration = max(
+                    min(self._evidence_s(c) + self.cfg.tick_s, e, self._granted(c),
+                        self.cfg.max_call_s),
+                    0,
+                )  # fmt: skip
                 flag = "lost_end"
             else:
                 duration, flag = 0, "never_started"
@@ -251,8 +261,9 @@ class Books:
         return (self._evidence_ms(c) - c.ans) // 1000 if c.ans else 0
 
     def _stale_duration(self, c: Call, e: int) -> int:
-        """To the last evidence plus one tick, never past what was granted (DESIGN §4)."""
-        base = self._evidence_s(c) if c.reports else c.billed_s
+        """To the last evidence plus one tick, never past what was granted (DESIGN §4); a
+        switch that reports nothing has its answer as its only evidence (issue 21)."""
+        base = self._evidence_s(c)
         return max(min(base + self.cfg.tick_s, e, self._granted(c), self.cfg.max_call_s), 0)
 
     def _set_cut(self, c: Call, now: int, *, limited: bool) -> None:

@@ -59,6 +59,7 @@ SHORT = (
     "--chaos", "--workspaces", "4", "--balance", "0.5,5", "--rate", "15",
     "--mean-call-s", "2", "--max-call-s", "4", "--buffer-s", "3", "--grace-s", "2",
     "--chaos-phase-s", "3", "--chaos-outage-s", "1.5", "--drain-s", "6",
+    "--chaos-faults", "1,2,3,4,5,6,7",  # the isolation phases (8, 9) run on their own
 )  # fmt: skip
 
 

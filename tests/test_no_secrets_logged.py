@@ -8,6 +8,7 @@ malformed requests, a Redis outage, shutdown.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 from pathlib import Path
 
@@ -121,6 +122,14 @@ async def test_a_full_run_logs_no_secret(tmp_path: Path) -> None:
             )
             await reader.read()
             await close_writer(writer)
+            # A header over aiohttp's 8,190-byte limit: it quoted its first bytes at INFO.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            long_auth = f"Bearer {ws['key']}" + "x" * 9000
+            writer.write(f"GET /v1/wallet HTTP/1.1\r\nAuthorization: {long_auth}\r\n\r\n".encode())
+            answer = await reader.read()
+            await close_writer(writer)
+            assert b" 400 " in answer[:20], answer[:100]
+            assert ws["key"].encode() not in answer  # nor echoed back
             # A Redis outage while requests arrive.
             redis.stop()
             async with http.get(f"{base}/v1/wallet", headers=admin) as resp:
@@ -137,3 +146,5 @@ async def test_a_full_run_logs_no_secret(tmp_path: Path) -> None:
     assert "redis unavailable" in text  # the run did go through the outage, at DEBUG
     leaked = [s for s in secrets if s in text]
     assert not leaked, f"secrets in the log: {leaked}\n{text}"
+    shapes = re.findall(r"gk_\w{8,}|whsec_\w{8,}|[sr]k_(?:live|test)_\w{8,}|Bearer \S{8,}", text)
+    assert not shapes, f"key or secret shapes in the log: {shapes}"

@@ -40,13 +40,14 @@ async def test_an_end_replayed_after_redis_forgot_the_call_answers_the_first_res
     assert first.status == 200
     first_body = await first.json()
     assert first_body["cost_micros"] == 320_000  # 95 s bills 96 s (60/6) at $0.20/min
-    # A day later another call ends: that trims c1's ended record out of Redis.
+    # A day later the rows move to SQL and leave Redis; the next call's end then trims
+    # c1's ended record out of Redis (kept until its row was archived).
     clock.advance(25 * 3600)
+    await archive_pass(client)
+    assert await redis.xlen(keys.for_workspace(ws["id"]).ledger) == 0
     await client.post("/v1/calls", json={"call_id": "c2", **CALL}, headers=sw)
     await client.post("/v1/calls/c2/end", json={"duration_s": 0}, headers=sw)
     assert not await redis.hexists(keys.for_workspace(ws["id"]).ended, "c1")
-    await archive_pass(client)  # the ledger rows move to SQL and leave Redis
-    assert await redis.xlen(keys.for_workspace(ws["id"]).ledger) == 0
     balance = (await wallet_json(client, ws["key"]))["balance_micros"]
     for body in (end, {**end, **CALL}):  # with or without the rating of an unknown call
         again = await client.post("/v1/calls/c1/end", json=body, headers=sw)
@@ -55,6 +56,35 @@ async def test_an_end_replayed_after_redis_forgot_the_call_answers_the_first_res
     assert (await wallet_json(client, ws["key"]))["balance_micros"] == balance
     rows = await all_rows(client, ws["key"], "type=call")
     assert [r["reference"] for r in rows] == ["c2", "c1"]
+
+
+async def test_an_end_replayed_while_the_archiver_lags_past_a_day_is_not_billed_twice(
+    client: Client, clock: ManualClock, redis: Redis
+) -> None:
+    """Issue 21 item 3: Redis kept the ended record only 24 h, the archive did not have the
+    row yet, and the switch's retry was billed again as an unauthorized call."""
+    ws = await new_workspace(client)
+    sw = await switch_key(client, ws)
+    await client.post("/v1/calls", json={"call_id": "c1", **CALL}, headers=sw)
+    clock.advance(95)
+    end = {"duration_s": 95, **CALL}
+    first = await (await client.post("/v1/calls/c1/end", json=end, headers=sw)).json()
+    for n in range(2, 5):  # the archiver is down; other calls end over 3 days
+        clock.advance(25 * 3600)
+        await client.post("/v1/calls", json={"call_id": f"c{n}", **CALL}, headers=sw)
+        await client.post(f"/v1/calls/c{n}/end", json={"duration_s": 0}, headers=sw)
+    assert await redis.hexists(keys.for_workspace(ws["id"]).ended, "c1")
+    balance = (await wallet_json(client, ws["key"]))["balance_micros"]
+    again = await client.post("/v1/calls/c1/end", json=end, headers=sw)
+    assert await again.json() == first
+    assert (await wallet_json(client, ws["key"]))["balance_micros"] == balance
+    rows = await all_rows(client, ws["key"], "type=call")
+    assert [r["reference"] for r in rows].count("c1") == 1
+    await archive_pass(client)  # the archiver is back: the record may go now
+    await client.post("/v1/calls", json={"call_id": "c5", **CALL}, headers=sw)
+    await client.post("/v1/calls/c5/end", json={"duration_s": 0}, headers=sw)
+    assert not await redis.hexists(keys.for_workspace(ws["id"]).ended, "c1")
+    assert await (await client.post("/v1/calls/c1/end", json=end, headers=sw)).json() == first
 
 
 async def test_a_call_never_seen_is_still_billed(client: Client, clock: ManualClock) -> None:

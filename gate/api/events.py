@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from gate.api.http import CTX, FANOUT, STREAMS_REDIS, principal
 from gate.delivery import events
-from gate.errors import NotFound, TooManyStreams, ValidationFailed
+from gate.errors import NotFound, RateLimited, TooManyStreams, ValidationFailed
 from gate.settings import Settings
 from gate.store import keys
 from gate.store.circuit import is_unavailable
@@ -37,6 +37,45 @@ class OpenStreams:
         self.count = 0
         self.by_key: dict[str, int] = {}
         self.by_workspace: dict[str, int] = {}
+        # token buckets (tokens, last refill in loop time): replay rows per workspace, stream
+        # opens per key
+        self._rows: dict[str, tuple[float, float]] = {}
+        self._opens: dict[str, tuple[float, float]] = {}
+
+    @staticmethod
+    def _take(buckets: dict[str, tuple[float, float]], name: str, n: float, rate: float,
+              burst: float) -> float:  # fmt: skip
+        """Take n tokens (going into debt); returns the seconds the debt takes to repay."""
+        now = asyncio.get_running_loop().time()
+        tokens, last = buckets.get(name, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate) - n
+        buckets[name] = (tokens, now)
+        if len(buckets) > 10_000:  # forget the oldest idle ones
+            for old in list(buckets)[:1000]:
+                del buckets[old]
+        return max(-tokens / rate, 0.0)
+
+    async def spend_rows(self, workspace_id: str, rows: int, settings: Settings) -> None:
+        """A workspace's streams together replay at most GATE_SSE_REPLAY_ROWS_PER_S rows a
+        second in this process: past its budget a stream waits, and every batch yields the
+        loop, so one tenant's backlog cannot starve the call routes of others."""
+        rate = settings.sse_replay_rows_per_s
+        wait = self._take(self._rows, workspace_id, rows, rate, rate)
+        await asyncio.sleep(wait)
+
+    def admit_open(self, key_id: str, settings: Settings) -> None:
+        """Reconnect storms: at most GATE_SSE_OPENS_PER_S opens a second per key (a burst
+        of five seconds' worth), then 429 rate_limited with Retry-After."""
+        rate = settings.sse_opens_per_s
+        wait = self._take(self._opens, key_id, 1, rate, rate * 5)
+        if wait > 0:
+            self._take(self._opens, key_id, -1, rate, rate * 5)  # a refusal costs nothing
+            retry = max(1, int(wait + 0.999))
+            raise RateLimited(
+                f"this key opens event streams too often; reconnect after {retry} s with "
+                "Last-Event-ID (an EventSource waits the stream's retry: field)",
+                retry_after_s=retry,
+            )
 
     def admit(self, key_id: str, workspace_id: str, settings: Settings) -> None:
         """Count one more stream, or raise TooManyStreams past GATE_SSE_MAX_PER_*."""
@@ -98,6 +137,7 @@ async def _serve(
     streams: OpenStreams,
     workspace_id: str,
     cursor: str,
+    resync: bytes | None = None,
 ) -> None:
     """Write the workspace's events after `cursor` as they come, until the client goes.
 
@@ -106,22 +146,31 @@ async def _serve(
     streams' pool, never on the call path's, and never holds a connection while it waits.
     """
     streams_redis = request.app[STREAMS_REDIS]
+    settings = request.app[CTX].settings
     k = keys.for_workspace(workspace_id)
     loop = asyncio.get_running_loop()
     subscriber = request.app[FANOUT].subscribe(workspace_id, cursor)
     closing = asyncio.ensure_future(streams.closing.wait())
     try:
         await response.write(b"retry: %d\n\n" % RETRY_MS)
+        if resync is not None:
+            await response.write(resync)
         last_write = loop.time()
         woken_up = True  # read once at the start: catch up from the cursor
+        replaying = True  # a full batch may be waiting: pay for it before reading it
         while True:
             transport = request.transport
             if transport is None or transport.is_closing():
                 break
             got = []
             if woken_up:
+                if replaying:  # paid up front, so the workspace's streams take turns
+                    await streams.spend_rows(workspace_id, BATCH, settings)
                 subscriber.wake.clear()  # before the read: a wake during it means read again
                 got = entries(await streams_redis.xrange(k.events, f"({cursor}", "+", count=BATCH))
+                if not replaying and got:  # live events: paid as they come
+                    await streams.spend_rows(workspace_id, len(got), settings)
+                replaying = len(got) == BATCH
             if got:
                 cursor = text(got[-1][0])
                 await response.write(b"".join(_frame(workspace_id, text(i), f) for i, f in got))
@@ -157,6 +206,40 @@ async def _serve(
         request.app[FANOUT].unsubscribe(subscriber)
 
 
+async def _resync(
+    streams_redis: Any, events_key: str, workspace_id: str, cursor: str
+) -> tuple[bytes | None, str]:
+    """A Last-Event-ID older than the oldest event kept: events were trimmed in between,
+    so a replay cannot be whole. Say so with one `resync` event and go on from the newest
+    event (re-read the state: GET /v1/wallet, /v1/calls, /v1/wallet/transactions) instead
+    of scanning the whole retained stream."""
+    oldest = entries(await streams_redis.xrange(events_key, "-", "+", count=1))
+    if not oldest or _id_key(cursor) >= _id_key(text(oldest[0][0])) or cursor == "0-0":
+        return None, cursor
+    newest = entries(await streams_redis.xrevrange(events_key, "+", "-", count=1))
+    to = text(newest[0][0]) if newest else cursor
+    body = orjson.dumps(
+        {
+            "type": "resync",
+            "workspace_id": workspace_id,
+            "last_event_id": cursor,
+            "oldest_retained_id": events.event_id(workspace_id, text(oldest[0][0])),
+            "message": "events after your Last-Event-ID are no longer kept; re-read the "
+            "wallet, live calls and transactions, then follow this stream",
+        }
+    )
+    frame = b"id: %s\nevent: resync\ndata: %s\n\n" % (
+        events.event_id(workspace_id, to).encode(),
+        body,
+    )
+    return frame, to
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 async def stream(request: web.Request) -> web.StreamResponse:
     """GET /v1/events: new events as they happen; after Last-Event-ID; or all with ?from=0."""
     who = await principal(request, Role.agent)
@@ -169,8 +252,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise NotFound("no such workspace")
     last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     start_from = request.query.get("from")
+    resync = None
     if last:
         cursor = events.parse_event_id(workspace_id, last)
+        resync, cursor = await _resync(streams_redis, k.events, workspace_id, cursor)
     elif start_from is not None:
         if start_from != "0":
             raise ValidationFailed("from must be 0 (replay every retained event)", field="from")
@@ -182,6 +267,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         cursor = text(newest[0][0]) if newest else "0-0"
 
     streams = request.app.get(OPEN_STREAMS) or OpenStreams()
+    streams.admit_open(who.key_id, request.app[CTX].settings)  # 429 for a reconnect storm
     streams.admit(who.key_id, workspace_id, request.app[CTX].settings)  # 429 beyond the caps
     try:
         response = web.StreamResponse(
@@ -192,7 +278,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             }
         )
         await response.prepare(request)
-        await _serve(request, response, streams, workspace_id, cursor)
+        await _serve(request, response, streams, workspace_id, cursor, resync)
     finally:
         streams.leave(who.key_id, workspace_id)
     with contextlib.suppress(ConnectionError):

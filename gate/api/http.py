@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 import orjson
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -22,6 +24,7 @@ from gate.context import Context
 from gate.delivery.fanout import Fanout
 from gate.delivery.outbox import Outbox
 from gate.errors import (
+    ClientGone,
     GateError,
     GateUnavailable,
     InvalidJSON,
@@ -29,6 +32,7 @@ from gate.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RequestTimeout,
     ValidationFailed,
 )
 from gate.store.circuit import Circuit
@@ -75,9 +79,31 @@ def json(body: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     )
 
 
+async def read_body(request: web.Request, timeout_s: float, max_bytes: int | None = None) -> bytes:
+    """The whole body within `timeout_s` (else 408 and the connection closes); a client gone
+    mid-body is counted and logged once at DEBUG, not an ERROR with a traceback."""
+    if max_bytes is not None and (request.content_length or 0) > max_bytes:
+        raise PayloadTooLarge(f"the body may be at most {max_bytes} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        metrics.BODY_TIMEOUTS.inc()
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s; send it at once"
+        ) from None
+    except (ConnectionResetError, ClientConnectionResetError) as err:
+        metrics.CLIENT_DISCONNECTS.inc()
+        log.debug("client %s went away mid-body on %s", request.remote, request.path)
+        raise ClientGone("the client closed the connection before its body arrived") from err
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise PayloadTooLarge(f"the body may be at most {max_bytes} bytes")
+    return raw
+
+
 async def decode(request: web.Request, schema: type[T]) -> T:
     """The request body validated against `schema`; 400 with a clear message otherwise."""
-    raw = await request.read()
+    raw = await read_body(request, request.app[CTX].settings.body_timeout_s)
     if not raw:
         raise InvalidJSON("send a JSON object as the request body")
     try:
@@ -150,6 +176,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except GateError as err:
         retry = {"Retry-After": str(err.retry_after_s)} if isinstance(err, RateLimited) else None
         response = json(err.body(), err.status, retry)
+        if isinstance(err, RequestTimeout | ClientGone):
+            response.force_close()  # the rest of the body is never read
     except web.HTTPException as err:
         if err.status < 400:
             raise

@@ -9,9 +9,13 @@ names each handler really reads, so this table cannot drift from the code.
 from __future__ import annotations
 
 import typing
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiohttp import web
+
 from gate.api.call_schemas import CallId
+from gate.errors import ValidationFailed
 from gate.tenancy.auth import WORKSPACE_ID
 
 
@@ -272,3 +276,27 @@ def unique_operation_ids(paths: dict[str, dict[str, Any]]) -> None:
                 tail = "_".join(p for p in path.split("/") if p and not p.startswith("{"))
                 op["operationId"] = f"{op['operationId']}_{method}_{tail}"
             seen.add(op["operationId"])
+
+
+def strict_query(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The handler, refusing a `workspace_id` query parameter it would not read: a platform
+    or service-wide switch key that names a workspace on a route acting on another (or on
+    every one) must not be answered as if it had been obeyed (issue 21). Routes that read
+    it are returned as they are, so the call path pays nothing."""
+    if any(p["name"] == "workspace_id" for p in QUERY.get(handler.__name__, [])):
+        return handler
+
+    async def refusing(request: web.Request) -> web.StreamResponse:
+        if "workspace_id" in request.query_string and "workspace_id" in request.query:
+            raise ValidationFailed(
+                f"{request.method} {request.path} does not take workspace_id: it acts on the "
+                "workspace of the key (or on the one named in the path or body); drop the "
+                "parameter",
+                field="workspace_id",
+            )
+        return await handler(request)
+
+    refusing.__name__ = handler.__name__
+    return refusing

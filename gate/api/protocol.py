@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -27,6 +28,45 @@ from aiohttp.web_request import BaseRequest
 from gate.settings import Settings
 
 log = logging.getLogger("gate.api.protocol")
+
+# What a request line or header may carry that must never reach a log: aiohttp quotes the
+# raw bytes it could not parse (b'Bearer gk_...'), and key or secret shapes anywhere.
+_RAW_BYTES = re.compile(r"""b(['"]).*?(?:\1|$)""")
+_SECRET_SHAPES = re.compile(
+    r"(?i)(bearer\s+\S+|gk_\w+|whsec_\S+|[sr]k_(?:live|test)_\w+|authorization:\s*\S+)"
+)
+
+
+def redact(text: str) -> str:
+    """`text` without raw request bytes or anything shaped like a key or a secret."""
+    return _SECRET_SHAPES.sub("<redacted>", _RAW_BYTES.sub("<request bytes>", text))
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts aiohttp's own log records (protocol errors quote the request's bytes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            if redact(str(exc)) != str(exc):  # the traceback would quote them again
+                clean += f" ({type(exc).__name__}: {redact(str(exc))})"
+                record.exc_info = None
+                record.exc_text = None
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def redact_aiohttp_logs() -> None:
+    """Install the filter on every logger aiohttp writes to (idempotent)."""
+    for name in ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.internal"):
+        logging.getLogger(name).addFilter(_FILTER)
+
 
 _TIMEOUT_BODY = orjson.dumps(
     {
@@ -50,17 +90,30 @@ class GateProtocol(RequestHandler):
         super().__init__(manager, **kwargs)
         self.header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        self._armed_at = 0  # requests whose headers were in when the timer was armed
+
+    def _arm(self) -> None:
+        if self.header_timeout > 0:
+            self._armed_at = self._request_count
+            self._header_timer = self._loop.call_later(self.header_timeout, self._headers_late)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self.header_timeout > 0:
-            self._header_timer = self._loop.call_later(self.header_timeout, self._headers_late)
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._header_timer is not None and self._request_count > 0:
-            self._header_timer.cancel()  # the first request's headers are in
+        if self._header_timer is not None and self._request_count > self._armed_at:
+            self._header_timer.cancel()  # the request's headers are in
             self._header_timer = None
+        elif self._header_timer is None and data and self._idle():
+            # the first bytes of a next request on a kept-alive connection: its headers have
+            # the same deadline as the first request's, not the idle keep-alive timeout
+            self._arm()
+
+    def _idle(self) -> bool:
+        """No request is being handled or waits to be (the next bytes start a new one)."""
+        return self._current_request is None and not self._messages and not self._force_close
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._header_timer is not None:
@@ -71,7 +124,7 @@ class GateProtocol(RequestHandler):
     def _headers_late(self) -> None:
         self._header_timer = None
         transport = self.transport
-        if transport is not None and self._request_count == 0:
+        if transport is not None and self._request_count == self._armed_at and self._idle():
             log.info("closed a connection whose request headers took over %gs", self.header_timeout)
             transport.write(_TIMEOUT_RESPONSE)
             self.force_close()
@@ -85,7 +138,7 @@ class GateProtocol(RequestHandler):
     ) -> web.StreamResponse:
         if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
-        reason = (message or exc.message or type(exc).__name__).splitlines()[0][:200]
+        reason = redact((message or exc.message or type(exc).__name__).splitlines()[0])[:200]
         log.info("malformed request from %s: %s", request.remote, reason)
         body = {
             "error": {
@@ -117,6 +170,7 @@ class GateRunner(web.AppRunner):
 
 def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     """The runner `gate serve` uses: the settings' timeouts, no access log."""
+    redact_aiohttp_logs()
     return GateRunner(
         app,
         access_log=None,

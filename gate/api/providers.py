@@ -19,7 +19,7 @@ import orjson
 import stripe
 from aiohttp import web
 
-from gate.api.http import CTX, METHODS, json
+from gate.api.http import CTX, METHODS, json, read_body
 from gate.context import Context
 from gate.errors import NotFound, ValidationFailed
 from gate.metrics import PROVIDER_EVENTS_IGNORED
@@ -40,11 +40,21 @@ async def stripe_webhook(request: web.Request) -> web.StreamResponse:
     secret = ctx.settings.stripe_webhook_secret
     if ctx.settings.payments != "stripe" or not secret:
         raise NotFound("Stripe is not this Gate's payment provider (GATE_PAYMENTS=stripe)")
-    payload = await request.read()
-    header = request.headers.get("Stripe-Signature", "")
+    # Unauthenticated: the cheap checks first, then a small body with a short deadline.
+    signature = request.headers.get("Stripe-Signature", "")
+    if not signature.startswith("t="):
+        raise ValidationFailed(
+            "a Stripe webhook needs its Stripe-Signature header (t=...,v1=...); nothing was "
+            "changed",
+            field="Stripe-Signature",
+        )
+    s = ctx.settings
+    payload = await read_body(
+        request, s.unauthenticated_body_timeout_s, s.unauthenticated_body_max_bytes
+    )
     try:
-        _refuse_future(header)
-        event = stripe.Webhook.construct_event(payload.decode(), header, secret, TOLERANCE_S)
+        _refuse_future(signature)
+        event = stripe.Webhook.construct_event(payload.decode(), signature, secret, TOLERANCE_S)
     except (ValueError, stripe.SignatureVerificationError) as err:
         raise ValidationFailed(
             "the Stripe-Signature header does not verify this body with "

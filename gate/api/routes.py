@@ -58,6 +58,9 @@ ROUTES = [
     Route("PUT", "/v1/workspaces/{workspace_id}/plan", api_workspaces.set_plan,
           "Assign a plan of the rate card and its cycle anchor day", "platform",
           schemas.SetPlan),
+    Route("PUT", "/v1/workspaces/{workspace_id}/limits", api_workspaces.set_limits,
+          "Set the workspace's negative limit (money at risk below zero)", "platform",
+          schemas.SetLimits),
     Route("GET", "/v1/wallet/buckets", api_wallet.buckets,
           "Plan allowances, commitments and universal credits: committed, spent, available",
           "agent"),
@@ -166,7 +169,12 @@ def _aiohttp_path(path: str) -> str:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_routes([web.route(r.method, _aiohttp_path(r.path), r.handler) for r in ROUTES])
+    app.router.add_routes(
+        [
+            web.route(r.method, _aiohttp_path(r.path), openapi.strict_query(r.handler))
+            for r in ROUTES
+        ]
+    )
 
 
 @cache

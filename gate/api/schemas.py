@@ -108,6 +108,13 @@ class WorkspacePatch(Body):
     max_concurrent_calls: Annotated[int, Meta(ge=1, le=1000000)] | UnsetType | None = UNSET
 
 
+class SetLimits(Body):
+    """PUT /v1/workspaces/{id}/limits: the platform's per-workspace override of
+    GATE_NEGATIVE_LIMIT_USD (money at risk below zero); null = the service default."""
+
+    negative_limit_usd: Usd | None
+
+
 class CreateOrganization(Body):
     name: Name
 

@@ -23,7 +23,7 @@ from gate.api.http import (
     query_int,
 )
 from gate.api.schemas import Topup, WalletSettings
-from gate.errors import NotFound, ValidationFailed
+from gate.errors import NotFound, Unavailable, ValidationFailed
 from gate.history import details, ledger, query
 from gate.history.summary import monthly
 from gate.history.summary import to_csv as summary_csv
@@ -202,16 +202,25 @@ async def transaction(request: web.Request) -> web.StreamResponse:
     return json(details.of(row))
 
 
+# The last line of an export that broke after its headers were sent (docs/reliability-exposure.md)
+EXPORT_BROKEN = "# export incomplete:"
+
+
 async def export(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.admin)
     query.check_params(request.query, query.FILTER_PARAMS)
     workspace_id = who.workspace(request.query.get("workspace_id"))
     await request.app[WORKSPACES].get(workspace_id)
     filters = query.filters(request.query)
-    response = await csv_download(request, "usage-history")
     ctx = request.app[CTX]
-    async for chunk in ledger.csv_chunks(ctx.client, workspace_id, filters, ctx.archive):
-        await response.write(chunk.encode())
+    if ctx.archive is not None:
+        await ctx.archive.cursor(workspace_id)  # 503 archive_unavailable before any header
+    response = await csv_download(request, "usage-history")
+    try:
+        async for chunk in ledger.csv_chunks(ctx.client, workspace_id, filters, ctx.archive):
+            await response.write(chunk.encode())
+    except Unavailable as err:  # too late for a status: say so in the file's last line
+        await response.write(f"{EXPORT_BROKEN} {err.code}: {err.message}\n".encode())
     await response.write_eof()
     return response
 

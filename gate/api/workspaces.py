@@ -19,10 +19,17 @@ from gate.api.http import (
     json,
     principal,
 )
-from gate.api.schemas import Adjustment, CreateKey, CreateWorkspace, SetPlan, WorkspacePatch
+from gate.api.schemas import (
+    Adjustment,
+    CreateKey,
+    CreateWorkspace,
+    SetLimits,
+    SetPlan,
+    WorkspacePatch,
+)
 from gate.delivery.destinations import check_url
 from gate.errors import Forbidden, NotFound, ValidationFailed
-from gate.money import parse_usd
+from gate.money import parse_usd, usd
 from gate.tenancy.apikeys import KeyRecord
 from gate.tenancy.auth import Role
 from gate.tenancy.organizations import Organizations
@@ -191,3 +198,25 @@ async def set_plan(request: web.Request) -> web.StreamResponse:
     plans = request.app[PLANS]
     await plans.assign(workspace_id, body.plan, body.cycle_anchor, actor(request, who))
     return json(await plans.buckets(workspace_id))
+
+
+async def set_limits(request: web.Request) -> web.StreamResponse:
+    """PUT /v1/workspaces/{id}/limits: the platform sets how much money a workspace may have
+    at risk below zero (debt plus its live inbound calls' grace); call_start enforces it."""
+    who = await principal(request, Role.agent)
+    workspace_id = who.workspace(request.match_info["workspace_id"])  # 404 for other tenants
+    who.require(Role.platform)  # a workspace never raises its own credit line
+    body = await decode(request, SetLimits)
+    limit = None
+    if body.negative_limit_usd is not None:
+        limit = parse_usd(body.negative_limit_usd, "negative_limit_usd")
+    await request.app[WORKSPACES].update(workspace_id, {"negative_limit_micros": limit})
+    effective = request.app[CTX].settings.negative_limit_micros if limit is None else limit
+    return json(
+        {
+            "workspace_id": workspace_id,
+            "negative_limit_usd": usd(effective),
+            "negative_limit_micros": effective,
+            "default": limit is None,
+        }
+    )

@@ -143,6 +143,7 @@ class Ended(msgspec.Struct, frozen=True):
     allowance_s: int = msgspec.field(default=0, name="al")  # this cycle's allowance used
     prior_allowance_s: int = msgspec.field(default=0, name="alp")  # earlier cycles'
     commitment_micros: int = msgspec.field(default=0, name="cm")
+    raised: int = msgspec.field(default=0, name="rz")  # 1: billed the heartbeats' time
 
     def components(self) -> dict[str, int]:
         """The cost by the rate's components, micros (empty for a one-part rate)."""
@@ -330,6 +331,7 @@ class Calls:
                 _components(rate),
                 0 if p.heartbeat_s is None else 1,
                 p.node or "",
+                s.negative_limit_micros,
             ],
         )
         try:
@@ -381,7 +383,8 @@ class Calls:
             balance, reserved = int(reply[1]), int(reply[2])
             raise WorkspaceSuspended(
                 "the workspace is suspended: its balance stayed at or below zero past the "
-                "grace period; top up to resume calls",
+                "grace period, or nothing is available and its live calls' grace already "
+                "reaches its negative limit; top up to resume calls",
                 balance_usd=usd(balance),
                 available_usd=usd(balance - reserved),
             )
@@ -642,6 +645,7 @@ class Calls:
             "stale": ended.flag == "stale",
             "lost_end": ended.flag == "lost_end",
             "duration_clamped": bool(ended.clamped),
+            "duration_raised": bool(ended.raised),
             "flag": ended.flag or None,
             "components": {
                 name: {"cost_usd": usd(micros), "cost_micros": micros}

@@ -83,8 +83,11 @@ class Ticker:
         next_due: int | None = None
         while True:
             now = self.ctx.clock.now_ms()
+            # A Redis outage refused the switch's evidence: forgiven for both windows alike.
+            forgive_s = self._stale_after_s - self.ctx.settings.stale_after_s
+            evidence_s = self.ctx.settings.evidence_max_s + forgive_s
             reply = await self.ctx.scripts.call(
-                "call_tick", k.call_keys, [now, BATCH, self._stale_after_s]
+                "call_tick", k.call_keys, [now, BATCH, self._stale_after_s, evidence_s]
             )
             count, next_ms, events = int(reply[1]), int(reply[2]), int(reply[4])
             for lag in reply[5:]:

@@ -7,9 +7,14 @@ tenant make Gate call into that network. It is checked twice:
 
 - when the URL is set (`check_url`): an address literal or a `localhost` name is refused
   with a 400 at once (names are not resolved here: DNS may answer differently later);
-- at every delivery (`PublicResolver`, and `check_literal` for address literals, which
-  aiohttp does not resolve): every address the name resolves to must be public, checked on
-  the very addresses the connection then uses, so DNS rebinding cannot slip through.
+- at every delivery (`PublicConnector`): every address the connector is about to connect
+  to, whether resolved from a name or an address literal (which aiohttp does not resolve),
+  must be public, checked on the very addresses the connection then uses, so DNS rebinding
+  and host spellings the client normalises differently (IDNA/NFKC digits, decimal, octal
+  and hex IPv4 forms) cannot slip through.
+
+The host is normalised exactly as the HTTP client will (`normal_host`: yarl's IDNA
+encoding, then inet_aton's reading of IPv4 shorthands) before it is checked.
 
 The operator's own GATE_SWITCH_WEBHOOK_URL is trusted and not checked.
 """
@@ -18,10 +23,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from collections.abc import Sequence
+from typing import Any
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from aiohttp import TCPConnector
+from aiohttp.abc import ResolveResult
+from yarl import URL
 
 from gate.errors import ValidationFailed
 
@@ -55,8 +62,24 @@ def non_public(address: str) -> str | None:
     return None
 
 
+def normal_host(url: str) -> str:
+    """The host the HTTP client will connect to: yarl's IDNA/NFKC-normalised form (①②⑦ is
+    127), and an IPv4 shorthand (2130706433, 0x7f.1, 0177.0.0.1) as the address the C
+    resolver reads it as."""
+    try:
+        host = (URL(url).raw_host or "").lower().rstrip(".")
+    except (ValueError, UnicodeError):
+        return ""
+    if host and all(ch in "0123456789abcdefx." for ch in host) and any(c.isdigit() for c in host):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            pass
+    return host
+
+
 def _host(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
+    return normal_host(url)
 
 
 def check_url(url: str, field: str = "switch_webhook_url") -> None:
@@ -65,6 +88,8 @@ def check_url(url: str, field: str = "switch_webhook_url") -> None:
     reason = non_public(host)
     if reason is None and (host == "localhost" or host.endswith(".localhost")):
         reason = f"{host} is this machine"
+    if not host:
+        reason = "the URL names no host"
     if reason is not None:
         raise ValidationFailed(
             f"webhook URLs must reach a public address: {reason}; use your switch's public "
@@ -80,23 +105,18 @@ def check_literal(url: str) -> None:
         raise RefusedDestination(f"refused to deliver: {reason}; set a public webhook URL")
 
 
-class PublicResolver(AbstractResolver):
-    """aiohttp's resolver, refusing a name when any of its addresses is not public."""
+class PublicConnector(TCPConnector):
+    """A connector that connects to public addresses only: every address it is about to
+    use, from a name or from an address literal, is checked at connect time."""
 
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    async def _resolve_host(
+        self, host: str, port: int, traces: Sequence[Any] | None = None
     ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+        results = await super()._resolve_host(host, port, traces)
         for result in results:
             reason = non_public(result["host"])
             if reason is not None:
                 raise RefusedDestination(
-                    f"refused to deliver: {host} resolves to {reason}; set a public webhook URL"
+                    f"refused to deliver: {host} is {reason}; set a public webhook URL"
                 )
         return results
-
-    async def close(self) -> None:
-        await self._inner.close()

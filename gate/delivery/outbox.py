@@ -39,7 +39,7 @@ from standardwebhooks.webhooks import Webhook
 from gate import __version__, metrics
 from gate.context import Context
 from gate.delivery import events
-from gate.delivery.destinations import PublicResolver, check_literal
+from gate.delivery.destinations import PublicConnector, check_literal
 from gate.store import keys
 from gate.store.circuit import is_unavailable
 from gate.store.due import DueIndex
@@ -179,8 +179,8 @@ class Outbox:
         # Tenants' URLs may reach public addresses only (gate/delivery/destinations.py); the
         # operator's GATE_SWITCH_WEBHOOK_URL is trusted and goes through a session of its own.
         guard = not self.ctx.settings.webhook_allow_private
-        self._session = self._new_session(PublicResolver() if guard else None)
-        self._operator_session = self._new_session(None) if guard else self._session
+        self._session = self._new_session(public_only=guard)
+        self._operator_session = self._new_session() if guard else self._session
         self._tasks = [
             asyncio.create_task(self._loop(), name="gate-outbox"),
             asyncio.create_task(self._rescan_loop(), name="gate-outbox-rescan"),
@@ -222,12 +222,12 @@ class Outbox:
             await self._session.close()
             self._session = None
 
-    def _new_session(self, resolver: PublicResolver | None) -> aiohttp.ClientSession:
+    def _new_session(self, public_only: bool = False) -> aiohttp.ClientSession:
+        # PublicConnector checks every address it connects to, resolved or literal
+        connector = PublicConnector if public_only else aiohttp.TCPConnector
         return aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            connector=aiohttp.TCPConnector(
-                limit=self.max_workspaces * self.in_flight, resolver=resolver
-            ),
+            connector=connector(limit=self.max_workspaces * self.in_flight),
             headers={"User-Agent": f"gate/{__version__}"},
         )
 
@@ -506,7 +506,7 @@ class Outbox:
         assert session is not None
         try:
             if tenants and not self.ctx.settings.webhook_allow_private:
-                check_literal(url)  # names are checked by the session's resolver
+                check_literal(url)  # and every address again by the session's connector
             async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
             error = f"HTTP {status}"

@@ -10,7 +10,9 @@ and `gate check` read here for rows that have left Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,11 @@ from sqlalchemy import Connection, and_, event, func, or_, select, tuple_
 from sqlalchemy import Row as SqlRow
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 
+from gate.errors import ArchiveUnavailable
 from gate.history.ledger import Filters, Row
 from gate.history.schema import archive_cursor, audit_entries, ledger_rows
 
@@ -201,6 +205,28 @@ class Archive:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.down_since: float | None = None  # monotonic time of an outage's first failure
+
+    @contextlib.asynccontextmanager
+    async def _connect(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection (a transaction when `write`); a database that fails answers
+        ArchiveUnavailable (503 archive_unavailable), with one log line per outage."""
+        try:
+            async with self.engine.begin() if write else self.engine.connect() as conn:
+                yield conn
+        except (SQLAlchemyError, OSError, TimeoutError) as err:
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                log.warning("ledger archive unavailable (%s): history, summary and replays "
+                            "answer 503 archive_unavailable until it is back",
+                            type(err).__name__)  # fmt: skip
+            raise ArchiveUnavailable(
+                "the ledger archive (GATE_DATABASE_URL) does not answer; retry in a minute "
+                "(nothing was billed or changed)"
+            ) from err
+        if self.down_since is not None:
+            log.info("ledger archive back after %.1f s", time.monotonic() - self.down_since)
+            self.down_since = None
 
     @classmethod
     async def open(cls, url: str) -> Archive:
@@ -248,14 +274,14 @@ class Archive:
         return (postgresql if self.dialect == "postgresql" else sqlite).insert
 
     async def cursors(self) -> dict[str, Cursor]:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             result = await conn.execute(select(archive_cursor))
             return {
                 r.workspace_id: Cursor(f"{r.at_ms}-{r.seq}", r.balance_after_micros) for r in result
             }
 
     async def cursor(self, workspace_id: str) -> Cursor | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             r = (
                 await conn.execute(
                     select(archive_cursor).where(archive_cursor.c.workspace_id == workspace_id)
@@ -274,7 +300,7 @@ class Archive:
         insert = self._insert()
         last = rows[-1]
         at_ms, seq = split_id(last.id)
-        async with self.engine.begin() as conn:
+        async with self._connect(write=True) as conn:
             before = await self._count(conn, workspace_id, rows[0].id, last.id)
             await conn.execute(
                 insert(ledger_rows).on_conflict_do_nothing(),
@@ -326,7 +352,7 @@ class Archive:
             .order_by(_C.at_ms.desc(), _C.seq.desc())
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             return [from_record(r) for r in await conn.execute(q)]
 
     async def rows_after(
@@ -340,7 +366,7 @@ class Archive:
             at_ms, seq = split_id(until)
             conds.append(and_(_C.at_ms <= at_ms, or_(_C.at_ms < at_ms, _C.seq <= seq)))
         q = select(ledger_rows).where(and_(*conds)).order_by(_C.at_ms, _C.seq).limit(limit)
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             return [from_record(r) for r in await conn.execute(q)]
 
     async def scan_oldest_first(
@@ -360,7 +386,7 @@ class Archive:
         q = select(ledger_rows).where(
             _C.workspace_id == workspace_id, _C.at_ms == at_ms, _C.seq == seq
         )
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             r = (await conn.execute(q)).first()
         return None if r is None else from_record(r)
 
@@ -415,6 +441,6 @@ class Archive:
             .order_by(_C.at_ms, _C.seq)
             .limit(1)
         )
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             r = (await conn.execute(q)).first()
         return None if r is None else from_record(r)

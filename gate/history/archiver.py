@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from gate import metrics
 from gate.context import Context
+from gate.errors import ArchiveUnavailable
 from gate.history import alerts, audit
 from gate.history.archive import Archive, Cursor
 from gate.history.ledger import Row
@@ -87,8 +88,12 @@ class Archiver:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # the database or Redis is away: retry next pass
-                self.status.error = f"{type(err).__name__}: {err}"
-                log.warning("archive pass failed, retrying: %s", self.status.error)
+                error = f"{type(err).__name__}: {err}"
+                # one line per outage: the archive logs its own (ArchiveUnavailable), and
+                # another failure is logged when it starts or changes, not every pass
+                if not isinstance(err, ArchiveUnavailable) and error != self.status.error:
+                    log.warning("archive pass failed, retrying: %s", error)
+                self.status.error = error
 
     async def _lease(self, lease_ms: int) -> bool:
         client = self.ctx.client

@@ -41,6 +41,7 @@ async def call_end(ctx: Context, workspace_id: str, call_id: str) -> dict[str, A
         "leak": int(x.get("leak_s", "0")),
         "flag": x.get("flag", ""),
         "clamped": 1 if x.get("duration_clamped") == "true" else 0,
+        "raised": 1 if x.get("duration_raised") == "true" else 0,
         "parts": parts,
     }
 
