@@ -85,4 +85,20 @@ MEANING: dict[str, str] = {
     "to the card (`POST /v1/wallet/topups/{id}/refund`); the platform key may at any time.",
     "GATE_CRASH_AT": "Tests only: `payment_created` kills the process right after the provider "
     "created a payment, to prove recovery charges once. Never set it in production.",
+    "GATE_NEGATIVE_LIMIT_USD": "Money at risk below zero a workspace may reach: any debt plus "
+    "every live call's inbound grace beyond its hold. `call_start` gives a call only the grace "
+    "that fits; the platform overrides it per workspace (`PUT /v1/workspaces/{id}/limits`).",
+    "GATE_EVIDENCE_MAX_S": "A call with no evidence (answer, heartbeat, sync listing) for this "
+    "long is cut and ended `lost_end`, billed to its last evidence plus one tick.",
+    "GATE_BODY_TIMEOUT_S": "Seconds a request body may take to arrive (then `408` and the "
+    "connection is closed).",
+    "GATE_UNAUTHENTICATED_BODY_TIMEOUT_S": "The same for routes without a key (provider "
+    "webhooks), which check their signature header before reading.",
+    "GATE_UNAUTHENTICATED_BODY_MAX_BYTES": "The largest body a route without a key reads.",
+    "GATE_LISTEN_BACKLOG": "The listen socket's backlog: connections the kernel queues in a "
+    "reconnect storm before Gate accepts them.",
+    "GATE_SSE_REPLAY_ROWS_PER_S": "Event-stream replay budget per workspace: rows a second, so "
+    "one tenant's backlog cannot hold the loop other tenants' calls need.",
+    "GATE_SSE_OPENS_PER_S": "Event-stream opens per key and second (then `429` with "
+    "`Retry-After`).",
 }
