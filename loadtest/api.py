@@ -13,7 +13,7 @@ import orjson
 from loadtest.stats import Recorder
 from loadtest.wire import Client, WireError
 
-# The refusals the API promises (DESIGN §3): timed like answers, counted apart from errors.
+# The refusals the API promises (docs/design.md §3): timed like answers, counted apart from errors.
 REFUSALS = frozenset({"insufficient_balance", "workspace_suspended", "concurrency_limit"})
 
 

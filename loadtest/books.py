@@ -65,7 +65,7 @@ class LostEnds:
     def add(self, e: CallEntry, tick_s: int, sync_s: float) -> None:
         """Check one lost end: a sync bills the last evidence plus one tick (issue 21), never
         more, and at least the last evidence, so true - billed <= sync interval + 1 s; a stale
-        sweep bills the last evidence plus one tick (DESIGN §4), never more."""
+        sweep bills the last evidence plus one tick (docs/design.md §4), never more."""
         self.count += 1
         how = e.ended_by or "unresolved"
         self.by[how] = self.by.get(how, 0) + 1
@@ -176,7 +176,7 @@ class WsBooks:
 
 @dataclass
 class Exposure:
-    """How far past its money a call went, and why that is allowed (DESIGN §11.4)."""
+    """How far past its money a call went, and why that is allowed (docs/design.md §11.4)."""
 
     leak_s: int = 0
     leak_micros: int = 0
@@ -273,7 +273,7 @@ class WsCheck:
 
 class _Draws:
     """What the usage rows drew from the plan buckets, each row checked against the books'
-    own price for what it says the allowance covered (DESIGN §8)."""
+    own price for what it says the allowance covered (docs/design.md §8)."""
 
     def __init__(self) -> None:
         self.allowance: dict[str, int] = {}

@@ -1,4 +1,5 @@
-"""The harness's own reading of the rate card and of DESIGN §2's price formula, apart from gate."""
+"""The harness's own reading of the rate card and of docs/design.md §2's price formula,
+apart from gate."""
 
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ class Price:
 
 
 class Card:
-    """The `[[rates]]` of a rate card file and the most-specific-rate rule of DESIGN §2."""
+    """The `[[rates]]` of a rate card file and the most-specific-rate rule of docs/design.md §2."""
 
     def __init__(self, prices: list[Price], source: str, sms_segment: int = 0) -> None:
         self.prices = prices

@@ -1,4 +1,4 @@
--- Include: a workspace's plan and its credit buckets (DESIGN §8), drawn in this order: the
+-- Include: a workspace's plan and its credit buckets (docs/design.md §8), drawn in this order: the
 -- service's plan allowance (units per cycle) -> the matching commitment (micros per cycle,
 -- scoped to services) -> universal credits (the wallet balance, never expires).
 -- Needs _post.lua and _rating.lua before it, and the locals `rcall`, `wallet`, `ledger`,

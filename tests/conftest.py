@@ -83,7 +83,7 @@ async def make_client(
     redis: Redis,
 ) -> AsyncIterator[MakeClient]:
     """A factory of test clients whose app runs with some settings changed (and, given, its
-    own payment provider); after the test, DESIGN §11 for every workspace it created."""
+    own payment provider); after the test, docs/design.md §11 for every workspace it created."""
 
     before = await redis.smembers(keys.WORKSPACES)
 
@@ -96,7 +96,7 @@ async def make_client(
 
 
 async def assert_invariants(redis: Redis, before: set[bytes]) -> None:
-    """DESIGN §11 holds for every workspace this test created (`gate check` logic)."""
+    """docs/design.md §11 holds for every workspace this test created (`gate check` logic)."""
     created = [m.decode() for m in await redis.smembers(keys.WORKSPACES) - before]
     problems, _ = await check_all(redis, created)
     assert not problems, problems

@@ -1,6 +1,6 @@
 """The pure-Python reference model of one workspace's calls and money, for tests/test_model.py.
 
-It follows DESIGN §3 and §4 step by step, in integer micros and unix milliseconds, with no
+It follows docs/design.md §3 and §4 step by step, in integer micros and unix milliseconds, with no
 Redis and no Gate code except the rating formula (gate/calls/rating.py, tested on its own):
 what a start holds and grants, when a call is limited and cut, what a tick, a heartbeat, an
 answer, a sync and an end do, who gets money first when it runs short (the ticker handles
@@ -20,7 +20,7 @@ from gate.calls.rating import Rate
 class Config:
     buffer_s: int
     tick_s: int
-    grace_s: int  # the workspace's inbound grace (DESIGN §3), within the platform's ceiling
+    grace_s: int  # the workspace's inbound grace (docs/design.md §3), within the platform's ceiling
     max_call_s: int
     ring_s: int
     stale_after_s: int
@@ -61,7 +61,7 @@ class Ended:
     flag: str | None
     clamped: bool = False
     # A call the gate ended itself (stale, lost_end): the switch's later, longer end bills
-    # the rest once (DESIGN §4: time kept up is billed at end, never dropped).
+    # the rest once (docs/design.md §4: time kept up is billed at end, never dropped).
     swept: Call | None = None
 
 
@@ -74,11 +74,11 @@ class Books:
     suspended: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
     ended: dict[str, Ended] = field(default_factory=dict)
-    # The switch's signals (DESIGN §5) not yet compared: (type, call id, reason or
+    # The switch's signals (docs/design.md §5) not yet compared: (type, call id, reason or
     # max_duration_s), in the order Gate must write them.
     signals: list[tuple[str, str, str]] = field(default_factory=list)
     # A call ended past what its money paid for (inbound grace, or time kept past a cut):
-    # the only ways the balance may go below zero (DESIGN §11.4).
+    # the only ways the balance may go below zero (docs/design.md §11.4).
     unpaid_time: bool = False
 
     @property
@@ -89,7 +89,7 @@ class Books:
     def available(self) -> int:
         return self.balance - self.reserved
 
-    # -- DESIGN §3: the call protocol -----------------------------------------------------
+    # -- docs/design.md §3: the call protocol -----------------------------------------------------
 
     def start(
         self, call_id: str, direction: str, service: str, rate: Rate, now: int, *,
@@ -202,7 +202,7 @@ class Books:
     def may_debit(self, micros: int) -> bool:
         return self.available - micros >= 0
 
-    # -- DESIGN §4: the ticker ------------------------------------------------------------
+    # -- docs/design.md §4: the ticker ------------------------------------------------------------
 
     def tick(self, now: int) -> list[str]:
         """Every call due by now, in due order (ties by id); returns the calls that ended."""
@@ -261,7 +261,7 @@ class Books:
         return (self._evidence_ms(c) - c.ans) // 1000 if c.ans else 0
 
     def _stale_duration(self, c: Call, e: int) -> int:
-        """To the last evidence plus one tick, never past what was granted (DESIGN §4); a
+        """To the last evidence plus one tick, never past what was granted (docs/design.md §4); a
         switch that reports nothing has its answer as its only evidence (issue 21)."""
         base = self._evidence_s(c)
         return max(min(base + self.cfg.tick_s, e, self._granted(c), self.cfg.max_call_s), 0)

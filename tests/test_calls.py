@@ -396,7 +396,7 @@ async def test_max_call_length_is_swept(make_client: MakeClient, clock: ManualCl
     assert (await client.post("/v1/calls", json=call("c1"), headers=sw)).status == 201
     await tick(client, clock, 130)
     state = await (await client.get("/v1/calls/c1", headers=sw)).json()
-    # DESIGN §4: the last evidence (its answer: no heartbeats) plus one tick; the switch's
+    # docs/design.md §4: the last evidence (its answer: no heartbeats) plus one tick; the switch's
     # own end bills the rest
     assert (state["state"], state["duration_s"], state["cost_micros"]) == ("ended", 10, 200_000)
     end = await client.post("/v1/calls/c1/end", json={"duration_s": 120}, headers=sw)

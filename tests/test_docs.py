@@ -87,3 +87,6 @@ def test_every_design_section_the_code_names_exists() -> None:
     design = (ROOT / "docs" / "design.md").read_text()
     missing = sorted(n for n in named if f"{{#s{n}}}" not in design)
     assert missing == [], "a comment names a section docs/design.md does not have"
+    outside = [str(p.relative_to(ROOT)) for p in sources if "DESIGN" in p.read_text()
+               and p.name != "test_docs.py"]  # fmt: skip
+    assert outside == [], "point them at docs/design.md: the contract lives in the repository"

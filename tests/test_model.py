@@ -6,10 +6,10 @@ rate), answers them, sends heartbeats (with elapsed_s behind, on and beyond the 
 and repeated seqs), ends them (with durations beyond the gate's clock too), syncs the switch's
 list of live calls, repeats starts and ends, tops up (and replays top-ups), adjusts, and moves
 the clock (ticks, limits, cuts, ring timeouts, stale sweeps) against a Gate on a real Redis.
-A pure-Python model (tests/model_books.py) follows DESIGN §3 and §4 on its own. After every
+A pure-Python model (tests/model_books.py) follows docs/design.md §3 and §4 on its own. After every
 step the gate's balance and reserved money must equal the model's to the micro, every live
 call's billed seconds, horizon, hold, hangup time and cut must match, every finished call must
-be billed exactly what the model says, and DESIGN §11's invariants must hold (`gate check`).
+be billed exactly what the model says, and docs/design.md §11's invariants must hold (`gate check`).
 
 Gate's background ticker is stopped: the machine runs its rounds itself right after each step
 that can make calls due (a clock move, a credit, a released hold), as the background ticker
@@ -560,7 +560,8 @@ def test_gate_matches_the_model(served: tuple[Loop, ManualClock, Settings]) -> N
 async def test_time_kept_past_an_ignored_cut_is_billed_at_a_late_end(
     client: Client, clock: ManualClock
 ) -> None:
-    """DESIGN §4: time a switch keeps a call up past its cut is billed at end, never dropped."""
+    """docs/design.md §4: time a switch keeps a call up past its cut is billed at end, never
+    dropped."""
     ws = await new_workspace(client)
     sw = await switch_key(client, ws)
     await set_balance(client, ws, 500_000)  # $0.50: 150 s at $0.20/min

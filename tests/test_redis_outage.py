@@ -161,7 +161,7 @@ def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
 
 
 async def books_balance(server: RedisServer) -> None:
-    """DESIGN §11 holds for every workspace of the private Redis after the outage."""
+    """docs/design.md §11 holds for every workspace of the private Redis after the outage."""
     redis = Redis.from_url(server.url)
     try:
         created = [m.decode() for m in await redis.smembers(keys.WORKSPACES)]

@@ -139,7 +139,7 @@ async def test_cluster_spreads_hash_tags_over_all_masters(
             assert owner is not None
             owners.add(owner.port)
         assert owners == set(redis_cluster.ports)
-        # One script over several keys of one workspace runs on one node (DESIGN §10).
+        # One script over several keys of one workspace runs on one node (docs/design.md §10).
         script = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCRBY', KEYS[2], 2)"
         assert await client.eval(script, 2, b"{ws7}:a", b"{ws7}:b", b"x") == 2
         assert await client.get(b"{ws7}:a") == b"x"

@@ -19,7 +19,7 @@ CALL = {"direction": "outbound", "from": "+15550001", "to": "+15551234", "servic
 
 
 async def switch_key(client: Client, ws: dict[str, Any]) -> dict[str, str]:
-    """A switch key, minted by the platform (DESIGN §3: only the platform issues them)."""
+    """A switch key, minted by the platform (docs/design.md §3: only the platform issues them)."""
     resp = await client.post(
         f"/v1/workspaces/{ws['id']}/keys", json={"role": "switch"}, headers=PLATFORM
     )

@@ -1,4 +1,4 @@
-"""Request bodies of the switch's call webhooks (DESIGN §3), validated by msgspec."""
+"""Request bodies of the switch's call webhooks (docs/design.md §3), validated by msgspec."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Independent check of DESIGN §11's invariants, read straight from Redis (`gate check`)."""
+"""Independent check of docs/design.md §11's invariants, read straight from Redis (`gate check`)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ _BUCKET_SERVICE = {"call": "voice", "ai_agent": "ai_agent", "sms": "sms", "mms":
 
 
 class _Buckets:
-    """What the rows of the current plan cycle drew from each bucket (DESIGN §8)."""
+    """What the rows of the current plan cycle drew from each bucket (docs/design.md §8)."""
 
     def __init__(self) -> None:
         self.allowance: dict[str, int] = {}

@@ -146,7 +146,7 @@ def filters(q: Query) -> Filters:
 
 
 def _source(q: Query) -> str | None:
-    """`wallet_source` (DESIGN §7's name) or `source` (the older one): the credit bucket."""
+    """`wallet_source` (docs/design.md §7's name) or `source` (the older one): the credit bucket."""
     if q.get("source") and q.get("wallet_source"):
         raise ValidationFailed("send wallet_source or source, not both", field="wallet_source")
     return q.get("wallet_source") or q.get("source") or None

@@ -1,4 +1,4 @@
-"""Plans and credit buckets (DESIGN §8): assigning a plan, rolling cycles, the buckets' view.
+"""Plans and credit buckets: assigning a plan, rolling cycles, their view (docs/design.md §8).
 
 The buckets live in the wallet hash (fields documented in lua/_plan.lua) and every script
 that bills usage draws from them in one step: the service's allowance, then the commitment

@@ -272,7 +272,7 @@ class Wallet:
         self, workspace: Workspace, balance: int, stored: str, zero_since: bytes | None
     ) -> str:
         """`suspended` as soon as the balance has stayed at or below zero past the grace, as
-        call_start will find it, not only once a call start has noticed (DESIGN §3)."""
+        call_start will find it, not only once a call start has noticed (docs/design.md §3)."""
         if stored == "suspended" or balance > 0 or zero_since is None:
             return stored
         grace = min(workspace.inbound_grace_s, self.ctx.settings.inbound_grace_max_s)
