@@ -32,6 +32,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -251,6 +252,9 @@ class Chaos:
         self.phase_started_ms = 0.0
         self.reported: set[str] = set()
         self.traffic: asyncio.Task[None] | None = None
+        # A second Gate started before a phase's traffic (a spawned Gate takes seconds to
+        # boot on a loaded machine: started at the fault, it missed every call of the phase).
+        self.spare: GateServer | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -321,11 +325,18 @@ class Chaos:
     # -- one phase --------------------------------------------------------------------
 
     async def phase(
-        self, n: int, fault: str, checked: str, inject: Callable[[Outcome], Awaitable[None]]
+        self,
+        n: int,
+        fault: str,
+        checked: str,
+        inject: Callable[[Outcome], Awaitable[None]],
+        before: Callable[[], Awaitable[None]] | None = None,
     ) -> Outcome:
         assert self.api is not None
         out = Outcome(fault, checked)
         t0 = time.monotonic()
+        if before is not None:
+            await before()  # set up what the fault needs before the phase's calls begin
         arrivals = self.opts.chaos_phase_s
         self.say(f"[bold][{n}/{len(PHASES)}] {fault}[/bold]: {arrivals:g} s of calls")
         opts = dataclasses.replace(
@@ -517,9 +528,13 @@ class Chaos:
         if late:
             out.figures["cuts_delivered_after_up_max_ms"] = round(max(late))
 
+    async def start_spare(self, skew_ms: int) -> None:
+        self.spare = await self.start_gate(skew_ms, workers=1)
+
     async def skewed(self, out: Outcome, skew_ms: int) -> None:
         assert self.client is not None
-        second = await self.start_gate(skew_ms, workers=1)
+        second = self.spare or await self.start_gate(skew_ms, workers=1)
+        self.spare = None
         other = Client("127.0.0.1", second.port, limit=self.opts.connections)
         self.say(f"    a second Gate with GATE_CLOCK_SKEW_MS={skew_ms:+d} shares the traffic")
         self.client.other = other
@@ -637,8 +652,12 @@ class Chaos:
                 async def run_fault(out: Outcome, inject: Inject = inject) -> None:
                     await inject(self, out)
 
-                self.outcomes.append(await self.phase(n, fault, checked, run_fault))
+                prepare = PREPARE.get(n)
+                before = None if prepare is None else functools.partial(prepare, self)
+                self.outcomes.append(await self.phase(n, fault, checked, run_fault, before))
         finally:
+            if self.spare is not None:
+                self.spare.stop()
             await self.receiver.stop()
             await self.client.close()
             self.gate.stop()
@@ -692,6 +711,14 @@ PHASES: list[tuple[str, str, Inject]] = [
      "call start p99 while it lasts at most 2x idle; slow heads closed at the deadline",
      isolation.slowloris),
 ]  # fmt: skip
+
+# What a phase needs ready before its traffic starts, by phase number: the skewed Gates.
+PREPARE: dict[int, Callable[[Chaos], Awaitable[None]]] = {
+    n: functools.partial(Chaos.start_spare, skew_ms=skew)
+    for n, (fault, _, _) in enumerate(PHASES, 1)
+    for skew in (SKEW_MS, -SKEW_MS)
+    if fault.startswith(f"clock {'+' if skew > 0 else '-'}{SKEW_MS // 1000} s")
+}
 
 
 def _figures(figures: Mapping[str, Any]) -> str:
