@@ -437,6 +437,40 @@ def test_a_vanished_phone_stops_costing(stack: Stack) -> None:
     )
 
 
+def test_two_registered_phones_call_each_other(tmp_path: Path) -> None:
+    """Finding 7: the printed config with --registrar is a working switch for two
+    softphones (docs/kamailio.md's walkthrough): both REGISTER with it, one calls the other
+    at user@proxy, Gate allows and bills the call; a call to a user not registered is a 404
+    that never reaches Gate. (Without a registrar the REGISTER looped to the proxy, 483.)"""
+    s = Stack(tmp_path, registrar=True)
+    try:
+        s.start()
+        callee = Lines(s.callee(register=True))
+        s.set_balance(10_000_000)
+        proxy = f"127.0.0.1:{s.sip_port}"
+        plan = [{"to": f"sip:14155550123@{proxy}", "at_ms": 0, "hold_ms": 2_300},
+                {"to": f"sip:14155550199@{proxy}", "at_ms": 3_000, "hold_ms": 1_000}]  # fmt: skip
+        events = events_of(s.caller(plan, register=True), timeout=60)
+        assert [e["status"] for e in events if e["event"] == "registered"] == [200], events
+        calls = calls_of(events)
+        talked, unknown = calls[0], calls[1]
+        assert talked.get("confirmed") and talked["by"] == "local", talked
+        assert any(e["event"] == "incoming" and e["call_id"] == talked["call_id"]
+                   for e in callee.items), "the registered callee never rang"  # fmt: skip
+        assert unknown["status"] == 404 and "confirmed" not in unknown, unknown
+        assert s.api("GET", f"/v1/calls/{unknown['call_id']}")["status"] == 404
+        rows = rows_of(s, {talked["call_id"]})
+        assert -rows[talked["call_id"]]["amount_micros"] == heard_s(talked) * RATE_MICROS_PER_S
+        assert rows[talked["call_id"]].get("flag") is None, rows
+        assert s.redis is not None
+        check = subprocess.run([sys.executable, "-m", "gate", "check"], capture_output=True,
+                               text=True, timeout=60,
+                               env=os.environ | {"GATE_REDIS_URL": s.redis.url})  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        s.stop()
+
+
 def _timer_late_cut_ignored(cfg: str) -> str:
     """Its timer 2 s late and call.cut ignored; no heartbeats (their `hangup` action would
     cut within a sync interval and hide the rest)."""

@@ -27,7 +27,8 @@ def test_the_cli_prints_the_config_with_the_values_filled_in() -> None:
         [sys.executable, "-m", "gate", "switch-config", "kamailio",
          "--gate-url", "http://gate.internal:8080/", "--key", "sw-key-123", "--secret", SECRET,
          "--workspace", "ws_0123456789abcdef", "--inbound-fail", "closed", "--sync-s", "3",
-         "--node", "kam-a"],
+         "--node", "kam-a", "--carrier", "203.0.113.10:5060,198.51.100.0",
+         "--carrier", "192.0.2.7:5080", "--registrar"],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     cfg = out.stdout
@@ -39,6 +40,8 @@ def test_the_cli_prints_the_config_with_the_values_filled_in() -> None:
     assert "#!trydef INBOUND_FAIL_OPEN 0" in cfg
     assert "name=gsync;interval=3;" in cfg
     assert '#!trydef GATE_NODE "kam-a"' in cfg
+    assert '#!trydef CARRIER_ADDR "203.0.113.10:5060,198.51.100.0,192.0.2.7:5080"' in cfg
+    assert "#!trydef GATE_REGISTRAR 1" in cfg
     assert len(cfg.splitlines()) == len(template().splitlines())
 
 
@@ -51,6 +54,9 @@ def test_the_cli_prints_the_config_with_the_values_filled_in() -> None:
         ({"timeout_ms": 1500}, "--timeout-ms"),
         ({"sip_listen": "127.0.0.1"}, "--sip-listen"),
         ({"node": "kam a"}, "--node"),
+        ({"carrier": "pbx.example:5060"}, "--carrier"),
+        ({"carrier": "203.0.113.10:70000"}, "--carrier"),
+        ({"carrier": " , "}, "--carrier"),
     ],
 )
 def test_values_kamailio_cannot_take_are_refused(flags: dict[str, object], message: str) -> None:
@@ -67,7 +73,8 @@ def test_kamailio_accepts_the_printed_config(tmp_path: Path, fail: str) -> None:
         [sys.executable, "-m", "gate", "switch-config", "kamailio",
          "--gate-url", "http://127.0.0.1:18080", "--key", "sw-key", "--secret", SECRET,
          "--sip-listen", "udp:127.0.0.1:15060", "--http-listen", "tcp:127.0.0.1:15071",
-         "--inbound-fail", fail],
+         "--inbound-fail", fail, "--carrier", "203.0.113.10:5060,198.51.100.9",
+         *(["--registrar"] if fail == "open" else [])],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     cfg.write_text(out.stdout)

@@ -8,6 +8,7 @@ rewrites those lines, and the sync interval in its rtimer line.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 import sys
 from importlib import resources
@@ -25,6 +26,27 @@ def _quoted(name: str, value: str) -> str:
     return f'"{value}"'
 
 
+def carriers(values: str | list[str]) -> str:
+    """The inbound source list for CARRIER_ADDR: each an IP address (any port) or an IPv4
+    address:port, given comma-separated or as a list."""
+    items = [values] if isinstance(values, str) else values
+    found = [one.strip() for item in items for one in item.split(",") if one.strip()]
+    if not found:
+        raise ValueError("--carrier needs at least one address, e.g. 203.0.113.10:5060")
+    for one in found:
+        host, _, port = one.rpartition(":") if one.count(":") == 1 else ("", "", "")
+        try:
+            ipaddress.ip_address(host or one)
+        except ValueError:
+            raise ValueError(
+                f"--carrier {one!r} is not an IP address or IPv4 address:port "
+                "(Kamailio compares the INVITE's source address, not a name)"
+            ) from None
+        if host and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"--carrier {one!r}: the port must be 1 to 65535")
+    return ",".join(found)
+
+
 def render(
     *,
     gate_url: str,
@@ -33,13 +55,14 @@ def render(
     workspace: str = "",
     sip_listen: str = "udp:127.0.0.1:5060",
     http_listen: str = "tcp:127.0.0.1:5071",
-    carrier: str = "203.0.113.10:5060",
+    carrier: str | list[str] = "203.0.113.10:5060",
     timeout_ms: int = 800,
     inbound_fail_open: bool = True,
     max_call_s: int = 14400,
     sync_s: int = 5,
     node: str = "",
     keepalive_s: int = 10,
+    registrar: bool = False,
 ) -> str:
     """The config with these values; ValueError names a value Kamailio could not take."""
     if not gate_url.startswith(("http://", "https://")):
@@ -62,12 +85,13 @@ def render(
         "GATE_WORKSPACE": _quoted("--workspace", workspace),
         "SIP_LISTEN": sip_listen,
         "HTTP_LISTEN": http_listen,
-        "CARRIER_ADDR": _quoted("--carrier", carrier),
+        "CARRIER_ADDR": _quoted("--carrier", carriers(carrier)),
         "GATE_TIMEOUT_MS": str(timeout_ms),
         "INBOUND_FAIL_OPEN": "1" if inbound_fail_open else "0",
         "GATE_MAX_CALL_S": str(max_call_s),
         "GATE_NODE": _quoted("--node", node),
         "GATE_KA_S": str(keepalive_s),
+        "GATE_REGISTRAR": "1" if registrar else "0",
     }
     text = template()
     for name, value in values.items():
@@ -100,8 +124,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sip-listen", default="udp:127.0.0.1:5060")
     parser.add_argument("--http-listen", default="tcp:127.0.0.1:5071",
                         help="where Gate's webhooks arrive (path /gate/events)")  # fmt: skip
-    parser.add_argument("--carrier", default="203.0.113.10:5060",
-                        help="ip:port whose INVITEs are inbound calls")  # fmt: skip
+    parser.add_argument("--carrier", action="append",
+                        help="where inbound calls come from: an IP address (any port) or "
+                        "address:port, comma-separated or repeated (default "
+                        "203.0.113.10:5060)")  # fmt: skip
+    parser.add_argument("--registrar", action="store_true",
+                        help="phones REGISTER with this proxy (in memory, no authentication) "
+                        "and calls to user@proxy go where that user registered")  # fmt: skip
     parser.add_argument("--timeout-ms", type=int, default=800)
     parser.add_argument("--inbound-fail", choices=["open", "closed"], default="open")
     parser.add_argument("--max-call-s", type=int, default=14400)
@@ -123,13 +152,14 @@ def main(argv: list[str]) -> int:
             workspace=args.workspace,
             sip_listen=args.sip_listen,
             http_listen=args.http_listen,
-            carrier=args.carrier,
+            carrier=args.carrier or "203.0.113.10:5060",
             timeout_ms=args.timeout_ms,
             inbound_fail_open=args.inbound_fail == "open",
             max_call_s=args.max_call_s,
             sync_s=args.sync_s,
             node=args.node,
             keepalive_s=args.keepalive_s,
+            registrar=args.registrar,
         )
     except ValueError as err:
         sys.stderr.write(f"gate switch-config: {err}\n")
