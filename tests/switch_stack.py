@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gate.store.redis_proc import RedisServer
-from gate.switch.config import render
+from gate.switch.config import init_state_db, render
 
 PLATFORM_KEY = "e2e-platform-key-0123456789abcdef"
 SWITCH_KEY = "e2e-switch-key-0123456789abcdef"
@@ -97,6 +97,7 @@ class Stack:
     agents: list[subprocess.Popen[str]] = field(default_factory=list)
     sync_s: int = 2
     registrar: bool = False  # --registrar: phones register and call each other through it
+    state_db: bool = True  # --state-db: calls survive a restart of Kamailio
     # a deliberately broken config for the tests of the test: the printed text, changed
     mutate: Callable[[str], str] = lambda cfg: cfg
 
@@ -149,6 +150,9 @@ class Stack:
     def start_kamailio(self) -> None:
         binary = kamailio_binary()
         assert binary is not None
+        state_db = str(self.base / "gate-state.sqlite") if self.state_db else ""
+        if state_db:
+            init_state_db(state_db)
         cfg = render(
             gate_url=f"http://127.0.0.1:{self.gate_port}",
             key=SWITCH_KEY,
@@ -162,6 +166,7 @@ class Stack:
             node="kam-a",
             keepalive_s=2,
             registrar=self.registrar,
+            state_db=state_db,
         )
         path = self.base / "kamailio.cfg"
         path.write_text(self.mutate(cfg))

@@ -8,10 +8,13 @@ rewrites those lines, and the sync interval in its rtimer line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import re
+import sqlite3
 import sys
 from importlib import resources
+from pathlib import Path
 
 _VALUE = re.compile(r'^[^"\\\r\n]*$')
 
@@ -47,6 +50,39 @@ def carriers(values: str | list[str]) -> str:
     return ",".join(found)
 
 
+# The dialog module's tables (Kamailio 5.6, db_sqlite's dialog-create.sql, versions 7 and 1).
+_STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS version (id INTEGER PRIMARY KEY NOT NULL,
+    table_name VARCHAR(32) NOT NULL, table_version INTEGER DEFAULT 0 NOT NULL,
+    CONSTRAINT version_table_name_idx UNIQUE (table_name));
+CREATE TABLE IF NOT EXISTS dialog (id INTEGER PRIMARY KEY NOT NULL,
+    hash_entry INTEGER NOT NULL, hash_id INTEGER NOT NULL, callid VARCHAR(255) NOT NULL,
+    from_uri VARCHAR(255) NOT NULL, from_tag VARCHAR(128) NOT NULL,
+    to_uri VARCHAR(255) NOT NULL, to_tag VARCHAR(128) NOT NULL,
+    caller_cseq VARCHAR(20) NOT NULL, callee_cseq VARCHAR(20) NOT NULL,
+    caller_route_set VARCHAR(512), callee_route_set VARCHAR(512),
+    caller_contact VARCHAR(255) NOT NULL, callee_contact VARCHAR(255) NOT NULL,
+    caller_sock VARCHAR(64) NOT NULL, callee_sock VARCHAR(64) NOT NULL,
+    state INTEGER NOT NULL, start_time INTEGER NOT NULL, timeout INTEGER DEFAULT 0 NOT NULL,
+    sflags INTEGER DEFAULT 0 NOT NULL, iflags INTEGER DEFAULT 0 NOT NULL,
+    toroute_name VARCHAR(32), req_uri VARCHAR(255) NOT NULL, xdata VARCHAR(512));
+CREATE INDEX IF NOT EXISTS dialog_hash_idx ON dialog (hash_entry, hash_id);
+CREATE TABLE IF NOT EXISTS dialog_vars (id INTEGER PRIMARY KEY NOT NULL,
+    hash_entry INTEGER NOT NULL, hash_id INTEGER NOT NULL,
+    dialog_key VARCHAR(128) NOT NULL, dialog_value VARCHAR(512) NOT NULL);
+CREATE INDEX IF NOT EXISTS dialog_vars_hash_idx ON dialog_vars (hash_entry, hash_id);
+INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dialog', 7);
+INSERT OR IGNORE INTO version (table_name, table_version) VALUES ('dialog_vars', 1);
+"""
+
+
+def init_state_db(path: str) -> None:
+    """Create the SQLite file with the dialog module's tables, if they are not there yet."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(_STATE_SCHEMA)
+
+
 def render(
     *,
     gate_url: str,
@@ -63,6 +99,7 @@ def render(
     node: str = "",
     keepalive_s: int = 10,
     registrar: bool = False,
+    state_db: str = "",
 ) -> str:
     """The config with these values; ValueError names a value Kamailio could not take."""
     if not gate_url.startswith(("http://", "https://")):
@@ -78,6 +115,9 @@ def render(
     for name, listen in (("--sip-listen", sip_listen), ("--http-listen", http_listen)):
         if not re.match(r"^(udp|tcp|tls):[^\s\"]+:\d+$", listen):
             raise ValueError(f"{name} must look like proto:address:port")
+    if state_db and not (state_db.startswith("/") and _VALUE.match(state_db)):
+        raise ValueError("--state-db must be an absolute file path, e.g. "
+                         "/var/lib/kamailio/gate-state.sqlite")  # fmt: skip
     values = {
         "GATE_URL": _quoted("--gate-url", gate_url.rstrip("/")),
         "GATE_KEY": _quoted("--key", key),
@@ -93,6 +133,9 @@ def render(
         "GATE_KA_S": str(keepalive_s),
         "GATE_REGISTRAR": "1" if registrar else "0",
     }
+    if state_db:
+        values["GATE_STATE_DB"] = f'"sqlite://{state_db}"'
+        values["GATE_STATE_SQLCON"] = f'"gdb=>sqlite://{state_db}"'
     text = template()
     for name, value in values.items():
         line = f"#!trydef {name} {value}"
@@ -106,6 +149,10 @@ def render(
         assert count == 1, f"{name} is missing from the shipped kamailio.cfg"
     text, count = re.subn(r"name=gsync;interval=\d+;", f"name=gsync;interval={sync_s};", text)
     assert count == 1, "the sync timer is missing from the shipped kamailio.cfg"
+    if state_db:
+        text, count = re.subn(r"^##!define GATE_PERSIST$", "#!define GATE_PERSIST", text,
+                              flags=re.MULTILINE)  # fmt: skip
+        assert count == 1, "GATE_PERSIST is missing from the shipped kamailio.cfg"
     return text
 
 
@@ -143,6 +190,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keepalive-s", type=int, default=10,
                         help="OPTIONS to both legs of each call this often: a vanished phone's "
                         "call ends within this + 5 s")  # fmt: skip
+    parser.add_argument("--state-db", default="", metavar="PATH",
+                        help="keep calls across a restart of Kamailio in this SQLite file "
+                        "(created with its tables if missing; needs kamailio-sqlite-modules "
+                        "and write access for Kamailio's user)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         text = render(
@@ -160,8 +211,11 @@ def main(argv: list[str]) -> int:
             node=args.node,
             keepalive_s=args.keepalive_s,
             registrar=args.registrar,
+            state_db=args.state_db,
         )
-    except ValueError as err:
+        if args.state_db:
+            init_state_db(args.state_db)
+    except (ValueError, sqlite3.Error, OSError) as err:
         sys.stderr.write(f"gate switch-config: {err}\n")
         return 2
     sys.stdout.write(text)
