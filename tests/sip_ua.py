@@ -1,6 +1,7 @@
 """A SIP user agent for the end-to-end test (pjsua2, null audio), run as its own process.
 
-    python -m tests.sip_ua uas PORT [PROXY]         answer every call (ring RING_MS), never hang up
+    python -m tests.sip_ua uas PORT [PROXY [PLAN]]  answer every call (ring RING_MS), never hang up
+                                                    (and make the calls of PLAN, if given)
     python -m tests.sip_ua uac PORT PROXY PLAN [register]
                                                     make the calls of PLAN (JSON list of
                                                     {"to": uri, "at_ms": start, "hold_ms": n})
@@ -8,7 +9,8 @@
 With PROXY (uas) or `register` (uac) the agent first REGISTERs with the proxy as a phone
 would (sip:USER@PROXY, registrar sip:PROXY): its "ready" line (uas) or its first call
 (uac) waits for the 200, and a registration that fails ends the agent with a
-"registered" line whose status is not 200.
+"registered" line whose status is not 200. Incoming calls are numbered from 1000 (idx),
+so they never share a number with the agent's own calls.
 
 Each call event is one JSON line on stdout: {"ua", "idx", "call_id", "event", "t_ms",
 "status", "by"}; event is "incoming" (uas only), "confirmed" or "disconnected", t_ms
@@ -78,7 +80,7 @@ class Account(pj.Account):  # type: ignore[misc]
             emit(ua=self.ua, event="registered", t_ms=now_ms(), status=self.reg_status)
 
     def onIncomingCall(self, prm: Any) -> None:
-        call = Call(self, self.ua, len(self.calls), prm.callId)
+        call = Call(self, self.ua, 1000 + len(self.calls), prm.callId)
         self.calls.append(call)
         emit(ua=self.ua, idx=call.idx, call_id=call.getInfo().callIdString, event="incoming",
              t_ms=now_ms(), status=0, by="")  # fmt: skip
@@ -130,7 +132,7 @@ def main(argv: list[str]) -> int:
         ep.libDestroy()
         return 1
     emit(ua=mode, event="ready", t_ms=now_ms())
-    plan: list[dict[str, Any]] = json.loads(argv[3]) if mode == "uac" else []
+    plan: list[dict[str, Any]] = json.loads(argv[3]) if len(argv) > 3 else []
     t0 = now_ms()
     started: set[int] = set()
     hangups: list[tuple[int, Call]] = []

@@ -246,9 +246,14 @@ class Stack:
         if self.redis is not None:
             self.redis.stop()
 
-    def callee(self, register: bool = False) -> subprocess.Popen[str]:
-        """The callee's phone (user 14155550123); `register`: registered with the proxy."""
+    def callee(
+        self, register: bool = False, plan: list[dict[str, Any]] | None = None
+    ) -> subprocess.Popen[str]:
+        """The callee's phone (user 14155550123); `register`: registered with the proxy,
+        and then it may also make the calls of `plan`."""
         proxy = [f"127.0.0.1:{self.sip_port}"] if register else []
+        if proxy and plan:
+            proxy.append(json.dumps(plan))
         agent = subprocess.Popen(
             [sys.executable, "-m", "tests.sip_ua", "uas", str(self.callee_port), *proxy],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

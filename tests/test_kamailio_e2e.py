@@ -494,29 +494,39 @@ def test_a_vanished_phone_stops_costing(stack: Stack) -> None:
 
 def test_two_registered_phones_call_each_other(tmp_path: Path) -> None:
     """Finding 7: the printed config with --registrar is a working switch for two
-    softphones (docs/kamailio.md's walkthrough): both REGISTER with it, one calls the other
-    at user@proxy, Gate allows and bills the call; a call to a user not registered is a 404
-    that never reaches Gate. (Without a registrar the REGISTER looped to the proxy, 483.)"""
+    softphones (docs/kamailio.md's walkthrough): both REGISTER with it and call each other
+    at user@proxy (A calls B, then B calls A), Gate allows and bills each call; a call to a
+    user not registered is a 404 that never reaches Gate. (Without a registrar the
+    REGISTER looped to the proxy, 483.)"""
     s = Stack(tmp_path, registrar=True)
     try:
         s.start()
-        callee = Lines(s.callee(register=True))
         s.set_balance(10_000_000)
         proxy = f"127.0.0.1:{s.sip_port}"
+        # B calls A once A is surely registered (A registers right after B) and before A
+        # leaves (after its last call, at 8 s)
+        b = Lines(s.callee(register=True, plan=[
+            {"to": f"sip:14155550100@{proxy}", "at_ms": 4_500, "hold_ms": 1_300}]))  # fmt: skip
         plan = [{"to": f"sip:14155550123@{proxy}", "at_ms": 0, "hold_ms": 2_300},
-                {"to": f"sip:14155550199@{proxy}", "at_ms": 3_000, "hold_ms": 1_000}]  # fmt: skip
+                {"to": f"sip:14155550199@{proxy}", "at_ms": 8_000, "hold_ms": 1_000}]  # fmt: skip
         events = events_of(s.caller(plan, register=True), timeout=60)
         assert [e["status"] for e in events if e["event"] == "registered"] == [200], events
         calls = calls_of(events)
-        talked, unknown = calls[0], calls[1]
-        assert talked.get("confirmed") and talked["by"] == "local", talked
-        assert any(e["event"] == "incoming" and e["call_id"] == talked["call_id"]
-                   for e in callee.items), "the registered callee never rang"  # fmt: skip
+        a_to_b, unknown = calls[0], calls[1]
+        b_to_a = calls_of([e for e in b.items if e.get("idx") == 0])[0]
+        for talked in (a_to_b, b_to_a):
+            assert talked.get("confirmed") and talked["by"] == "local", (talked, events)
+        assert any(e["event"] == "incoming" and e["call_id"] == a_to_b["call_id"]
+                   for e in b.items), "the registered callee never rang"  # fmt: skip
+        assert any(e["event"] == "incoming" and e["call_id"] == b_to_a["call_id"]
+                   for e in events), "A never rang for B's call"  # fmt: skip
         assert unknown["status"] == 404 and "confirmed" not in unknown, unknown
         assert s.api("GET", f"/v1/calls/{unknown['call_id']}")["status"] == 404
-        rows = rows_of(s, {talked["call_id"]})
-        assert -rows[talked["call_id"]]["amount_micros"] == heard_s(talked) * RATE_MICROS_PER_S
-        assert rows[talked["call_id"]].get("flag") is None, rows
+        rows = rows_of(s, {a_to_b["call_id"], b_to_a["call_id"]})
+        for talked in (a_to_b, b_to_a):
+            row = rows[talked["call_id"]]
+            assert -row["amount_micros"] == heard_s(talked) * RATE_MICROS_PER_S, (row, talked)
+            assert row.get("flag") is None, rows
         assert s.redis is not None
         check = subprocess.run([sys.executable, "-m", "gate", "check"], capture_output=True,
                                text=True, timeout=60,
