@@ -11,7 +11,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # The suite's system packages; --no-install-recommends keeps a container engine (and 300 MB of
 # other Recommends) out. Checked by dpkg, installed only when one is missing.
 TEST_PKGS := redis-server kamailio kamailio-extra-modules kamailio-utils-modules \
-	kamailio-json-modules kamailio-tls-modules chromium wrk
+	kamailio-json-modules kamailio-tls-modules kamailio-sqlite-modules chromium wrk
 APT_INSTALL := apt-get install -y -qq --no-install-recommends
 
 .PHONY: run test checks lint lock lock-check runtime test-env system-packages loadtest bench \

@@ -1,8 +1,16 @@
 """A SIP user agent for the end-to-end test (pjsua2, null audio), run as its own process.
 
-    python -m tests.sip_ua uas PORT                 answer every call (ring RING_MS), never hang up
-    python -m tests.sip_ua uac PORT PROXY PLAN      make the calls of PLAN (JSON list of
+    python -m tests.sip_ua uas PORT [PROXY [PLAN]]  answer every call (ring RING_MS), never hang up
+                                                    (and make the calls of PLAN, if given)
+    python -m tests.sip_ua uac PORT PROXY PLAN [register]
+                                                    make the calls of PLAN (JSON list of
                                                     {"to": uri, "at_ms": start, "hold_ms": n})
+
+With PROXY (uas) or `register` (uac) the agent first REGISTERs with the proxy as a phone
+would (sip:USER@PROXY, registrar sip:PROXY): its "ready" line (uas) or its first call
+(uac) waits for the 200, and a registration that fails ends the agent with a
+"registered" line whose status is not 200. Incoming calls are numbered from 1000 (idx),
+so they never share a number with the agent's own calls.
 
 Each call event is one JSON line on stdout: {"ua", "idx", "call_id", "event", "t_ms",
 "status", "by"}; event is "incoming" (uas only), "confirmed" or "disconnected", t_ms
@@ -62,11 +70,17 @@ class Account(pj.Account):  # type: ignore[misc]
     def __init__(self, ua: str) -> None:
         super().__init__()
         self.ua = ua
+        self.reg_status = 0
         self.calls: list[Call] = []
         self.answer_at: list[tuple[int, Call]] = []
 
+    def onRegState(self, prm: Any) -> None:
+        if not self.reg_status:
+            self.reg_status = int(prm.code)
+            emit(ua=self.ua, event="registered", t_ms=now_ms(), status=self.reg_status)
+
     def onIncomingCall(self, prm: Any) -> None:
-        call = Call(self, self.ua, len(self.calls), prm.callId)
+        call = Call(self, self.ua, 1000 + len(self.calls), prm.callId)
         self.calls.append(call)
         emit(ua=self.ua, idx=call.idx, call_id=call.getInfo().callIdString, event="incoming",
              t_ms=now_ms(), status=0, by="")  # fmt: skip
@@ -95,14 +109,30 @@ def main(argv: list[str]) -> int:
     ep.libStart()
     acfg = pj.AccountConfig()
     user = "14155550100" if mode == "uac" else "14155550123"
-    acfg.idUri = f"sip:{user}@127.0.0.1:{port}"
+    registrar = argv[2] if mode == "uas" and len(argv) > 2 else ""
+    if mode == "uac" and argv[4:] == ["register"]:
+        registrar = argv[2]
+    acfg.idUri = f"sip:{user}@{registrar or f'127.0.0.1:{port}'}"
     acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-    if mode == "uac":
+    if registrar:
+        acfg.regConfig.registrarUri = f"sip:{registrar}"
+        acfg.regConfig.timeoutSec = 300
+    if mode == "uac" and not registrar:
         acfg.sipConfig.proxies.append(f"sip:{argv[2]};lr")
     acc = Account(mode)
     acc.create(acfg)
+    deadline = now_ms() + 10_000
+    while registrar and not acc.reg_status and now_ms() < deadline:
+        ep.libHandleEvents(5)
+    if registrar and acc.reg_status != 200:
+        if not acc.reg_status:
+            emit(ua=mode, event="registered", t_ms=now_ms(), status=408)
+        acc.shutdown()
+        del acc
+        ep.libDestroy()
+        return 1
     emit(ua=mode, event="ready", t_ms=now_ms())
-    plan: list[dict[str, Any]] = json.loads(argv[3]) if mode == "uac" else []
+    plan: list[dict[str, Any]] = json.loads(argv[3]) if len(argv) > 3 else []
     t0 = now_ms()
     started: set[int] = set()
     hangups: list[tuple[int, Call]] = []

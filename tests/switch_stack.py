@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gate.store.redis_proc import RedisServer
-from gate.switch.config import render
+from gate.switch.config import init_state_db, render
 
 PLATFORM_KEY = "e2e-platform-key-0123456789abcdef"
 SWITCH_KEY = "e2e-switch-key-0123456789abcdef"
@@ -96,6 +96,8 @@ class Stack:
     workspace: dict[str, Any] = field(default_factory=dict)
     agents: list[subprocess.Popen[str]] = field(default_factory=list)
     sync_s: int = 2
+    registrar: bool = False  # --registrar: phones register and call each other through it
+    state_db: bool = True  # --state-db: calls survive a restart of Kamailio
     # a deliberately broken config for the tests of the test: the printed text, changed
     mutate: Callable[[str], str] = lambda cfg: cfg
 
@@ -148,6 +150,9 @@ class Stack:
     def start_kamailio(self) -> None:
         binary = kamailio_binary()
         assert binary is not None
+        state_db = str(self.base / "gate-state.sqlite") if self.state_db else ""
+        if state_db:
+            init_state_db(state_db)
         cfg = render(
             gate_url=f"http://127.0.0.1:{self.gate_port}",
             key=SWITCH_KEY,
@@ -155,10 +160,13 @@ class Stack:
             workspace=self.workspace["id"],
             sip_listen=f"udp:127.0.0.1:{self.sip_port}",
             http_listen=f"tcp:127.0.0.1:{self.http_port}",
-            carrier=f"127.0.0.1:{self.carrier_port}",
+            # a source list: the second entry is never used here
+            carrier=[f"127.0.0.1:{self.carrier_port}", "203.0.113.10"],
             sync_s=self.sync_s,
             node="kam-a",
             keepalive_s=2,
+            registrar=self.registrar,
+            state_db=state_db,
         )
         path = self.base / "kamailio.cfg"
         path.write_text(self.mutate(cfg))
@@ -238,24 +246,35 @@ class Stack:
         if self.redis is not None:
             self.redis.stop()
 
-    def callee(self) -> subprocess.Popen[str]:
+    def callee(
+        self, register: bool = False, plan: list[dict[str, Any]] | None = None
+    ) -> subprocess.Popen[str]:
+        """The callee's phone (user 14155550123); `register`: registered with the proxy,
+        and then it may also make the calls of `plan`."""
+        proxy = [f"127.0.0.1:{self.sip_port}"] if register else []
+        if proxy and plan:
+            proxy.append(json.dumps(plan))
         agent = subprocess.Popen(
-            [sys.executable, "-m", "tests.sip_ua", "uas", str(self.callee_port)],
+            [sys.executable, "-m", "tests.sip_ua", "uas", str(self.callee_port), *proxy],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.agents.append(agent)
         assert agent.stdout is not None
-        while '"ready"' not in agent.stdout.readline():  # pjsua2 may print a banner first
-            assert agent.poll() is None, "the callee user agent died"
+        while '"ready"' not in (line := agent.stdout.readline()):  # pjsua2 may print a banner
+            assert agent.poll() is None and line, "the callee user agent died (or its REGISTER)"
         return agent
 
-    def caller(self, plan: list[dict[str, Any]], carrier: bool = False) -> subprocess.Popen[str]:
+    def caller(
+        self, plan: list[dict[str, Any]], carrier: bool = False, register: bool = False
+    ) -> subprocess.Popen[str]:
+        """The caller's phone (user 14155550100) making the calls of `plan`; `register`:
+        registered with the proxy (which is then its domain, not an outbound proxy)."""
         port = self.carrier_port if carrier else free_udp_tcp_port()
         for item in plan:
             item.setdefault("to", f"sip:14155550123@127.0.0.1:{self.callee_port}")
         agent = subprocess.Popen(
             [sys.executable, "-m", "tests.sip_ua", "uac", str(port),
-             f"127.0.0.1:{self.sip_port}", json.dumps(plan)],
+             f"127.0.0.1:{self.sip_port}", json.dumps(plan), *(["register"] * register)],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.agents.append(agent)

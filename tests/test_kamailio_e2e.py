@@ -173,10 +173,10 @@ def check_stall(stack: Stack, callee: Lines, calls: list[dict[str, Any]]) -> Non
     assert stack.api("GET", "/v1/wallet")["reserved_micros"] == 0
 
 
-def restart(stack: Stack) -> dict[str, Any]:
-    """Kamailio is killed (SIGKILL) 3 s into two calls and started again at once."""
-    stack.set_balance(10_000_000)
-    caller = stack.caller([{"at_ms": 0, "hold_ms": 8_000}, {"at_ms": 150, "hold_ms": 8_000}])
+def kill_mid_call(stack: Stack, hold_ms: int) -> tuple[subprocess.Popen[str], Lines, float]:
+    """Two calls placed; Kamailio killed (SIGKILL) 3 s after both connect and started again
+    at once. The caller, its lines and when Kamailio was killed (wall ms)."""
+    caller = stack.caller([{"at_ms": 0, "hold_ms": hold_ms}, {"at_ms": 150, "hold_ms": hold_ms}])
     lines = Lines(caller)
     stack.wait(lambda: sum(e["event"] == "confirmed" for e in lines.items) == 2, 10,
                "the calls did not connect")  # fmt: skip
@@ -184,6 +184,46 @@ def restart(stack: Stack) -> dict[str, Any]:
     killed_at = time.time() * 1000
     stack.kill_kamailio()
     stack.start_kamailio()
+    return caller, lines, killed_at
+
+
+def restart(stack: Stack) -> dict[str, Any]:
+    """Kamailio is killed 3 s into two calls that share 14 s of money, and started again at
+    once: the calls talk on (media flows between the phones) and must still be cut when the
+    money runs out, each billed to its true length."""
+    funded_s = 14
+    stack.set_balance(funded_s * RATE_MICROS_PER_S)
+    caller, lines, killed_at = kill_mid_call(stack, 20_000)
+    caller.wait(40)
+    time.sleep(0.2)  # the reader's last lines
+    calls = list(calls_of(lines.items).values())
+    rows = rows_of(stack, {c["call_id"] for c in calls})
+    return {"calls": calls, "rows": rows, "funded_s": funded_s,
+            "up_s": {c["call_id"]: (killed_at - c["confirmed"]) / 1000 for c in calls}}  # fmt: skip
+
+
+def check_restart(stack: Stack, result: dict[str, Any]) -> None:
+    """Every call up when the proxy restarted is still cut on time by the restarted proxy
+    (on a whole second of the caller's, as any cut) and billed to what its caller heard,
+    not closed as a lost end."""
+    calls, rows = result["calls"], result["rows"]
+    assert len(calls) == 2 and set(rows) == {c["call_id"] for c in calls}, (calls, rows)
+    billed = {cid: -r["amount_micros"] // RATE_MICROS_PER_S for cid, r in rows.items()}
+    seen = [(c["heard_ms"], c["by"], billed[c["call_id"]], rows[c["call_id"]].get("flag"))
+            for c in calls]  # fmt: skip
+    for call in calls:
+        assert call["by"] == "remote", f"the restarted proxy never cut the call: {seen}"
+        late = call["heard_ms"] - round(call["heard_ms"] / 1000) * 1000
+        assert abs(late) <= CUT_BOUND_MS, f"cut {late} ms off the caller's second: {seen}"
+        assert heard_s(call) - 1 <= billed[call["call_id"]] <= heard_s(call), seen
+        assert rows[call["call_id"]].get("flag") is None, f"closed as a lost end: {seen}"
+    assert sum(billed.values()) <= result["funded_s"], seen
+
+
+def forgotten(stack: Stack) -> dict[str, Any]:
+    """Without a state database: Kamailio killed 3 s into two calls, started again at once."""
+    stack.set_balance(10_000_000)
+    caller, lines, killed_at = kill_mid_call(stack, 8_000)
     ids = {e["call_id"] for e in lines.items if e["event"] == "confirmed"}
     ended: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + stack.sync_s + 6  # a sync, then GATE_SYNC_MIN_AGE_S
@@ -199,10 +239,10 @@ def restart(stack: Stack) -> dict[str, Any]:
                                                   for c, t in confirmed.items()}}  # fmt: skip
 
 
-def check_restart(stack: Stack, result: dict[str, Any]) -> None:
-    """The calls the restarted proxy no longer has are closed by its first sync, billed to
-    the last evidence (a sync or heartbeat every sync_s) and never past the time they were
-    seen up."""
+def check_forgotten(stack: Stack, result: dict[str, Any]) -> None:
+    """A proxy without a state database forgets its calls when it restarts: its first sync
+    closes them, billed to the last evidence (a sync or heartbeat every sync_s) and never
+    past the time they were seen up."""
     assert set(result["ended"]) == result["ids"], "Gate still has calls the proxy forgot"
     for cid, view in result["ended"].items():
         up = result["up_s"][cid]
@@ -333,17 +373,32 @@ def test_a_gate_stall_connects_nothing(stack: Stack) -> None:
 
 
 def test_a_kamailio_restart_mid_call(stack: Stack) -> None:
-    """Finding 2/3: the restarted proxy's first sync closes the calls it forgot, billed to
-    the last evidence, which a sync (and heartbeat) every sync_s keeps close."""
+    """Finding 2: a proxy killed mid-call and restarted takes its calls back from its state
+    database (--state-db): it still cuts them when the money runs out and bills each to its
+    caller's time. (Without it, the calls talked on past the money and were closed as lost
+    ends; test_a_broken_config_fails_the_checks runs that config.)"""
     Lines(stack.callee())
-    short: list[float] = []
+    late: list[float] = []
     for _ in range(ROUNDS):
         result = restart(stack)
         check_restart(stack, result)
-        short += [result["up_s"][c] - v["duration_s"] for c, v in result["ended"].items()]
-    print(f"\nrestart: {len(short)} calls forgotten by a killed proxy, closed by its first "
-          f"sync, billed short of their time up by p50 {statistics.median(short):.2f} s, "
-          f"max {max(short):.2f} s")  # fmt: skip
+        late += [c["heard_ms"] - round(c["heard_ms"] / 1000) * 1000 for c in result["calls"]]
+    print(f"\nrestart: {len(late)} calls up while the proxy was killed and restarted, cut "
+          f"by it off the caller's second by p50 {statistics.median(late):.1f} ms, max "
+          f"{max(late, key=abs):.1f} ms")  # fmt: skip
+
+
+def test_a_proxy_without_state_forgets_but_its_sync_closes(tmp_path: Path) -> None:
+    """Finding 2/3, without --state-db: the restarted proxy's first sync closes the calls it
+    forgot, billed to the last evidence, which a sync (and heartbeat) every sync_s keeps
+    close."""
+    s = Stack(tmp_path, state_db=False)
+    try:
+        s.start()
+        Lines(s.callee())
+        check_forgotten(s, forgotten(s))
+    finally:
+        s.stop()
 
 
 def test_no_cut_call_bills_above_what_the_caller_heard(stack: Stack) -> None:
@@ -437,6 +492,50 @@ def test_a_vanished_phone_stops_costing(stack: Stack) -> None:
     )
 
 
+def test_two_registered_phones_call_each_other(tmp_path: Path) -> None:
+    """Finding 7: the printed config with --registrar is a working switch for two
+    softphones (docs/kamailio.md's walkthrough): both REGISTER with it and call each other
+    at user@proxy (A calls B, then B calls A), Gate allows and bills each call; a call to a
+    user not registered is a 404 that never reaches Gate. (Without a registrar the
+    REGISTER looped to the proxy, 483.)"""
+    s = Stack(tmp_path, registrar=True)
+    try:
+        s.start()
+        s.set_balance(10_000_000)
+        proxy = f"127.0.0.1:{s.sip_port}"
+        # B calls A once A is surely registered (A registers right after B) and before A
+        # leaves (after its last call, at 8 s)
+        b = Lines(s.callee(register=True, plan=[
+            {"to": f"sip:14155550100@{proxy}", "at_ms": 4_500, "hold_ms": 1_300}]))  # fmt: skip
+        plan = [{"to": f"sip:14155550123@{proxy}", "at_ms": 0, "hold_ms": 2_300},
+                {"to": f"sip:14155550199@{proxy}", "at_ms": 8_000, "hold_ms": 1_000}]  # fmt: skip
+        events = events_of(s.caller(plan, register=True), timeout=60)
+        assert [e["status"] for e in events if e["event"] == "registered"] == [200], events
+        calls = calls_of(events)
+        a_to_b, unknown = calls[0], calls[1]
+        b_to_a = calls_of([e for e in b.items if e.get("idx") == 0])[0]
+        for talked in (a_to_b, b_to_a):
+            assert talked.get("confirmed") and talked["by"] == "local", (talked, events)
+        assert any(e["event"] == "incoming" and e["call_id"] == a_to_b["call_id"]
+                   for e in b.items), "the registered callee never rang"  # fmt: skip
+        assert any(e["event"] == "incoming" and e["call_id"] == b_to_a["call_id"]
+                   for e in events), "A never rang for B's call"  # fmt: skip
+        assert unknown["status"] == 404 and "confirmed" not in unknown, unknown
+        assert s.api("GET", f"/v1/calls/{unknown['call_id']}")["status"] == 404
+        rows = rows_of(s, {a_to_b["call_id"], b_to_a["call_id"]})
+        for talked in (a_to_b, b_to_a):
+            row = rows[talked["call_id"]]
+            assert -row["amount_micros"] == heard_s(talked) * RATE_MICROS_PER_S, (row, talked)
+            assert row.get("flag") is None, rows
+        assert s.redis is not None
+        check = subprocess.run([sys.executable, "-m", "gate", "check"], capture_output=True,
+                               text=True, timeout=60,
+                               env=os.environ | {"GATE_REDIS_URL": s.redis.url})  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        s.stop()
+
+
 def _timer_late_cut_ignored(cfg: str) -> str:
     """Its timer 2 s late and call.cut ignored; no heartbeats (their `hangup` action would
     cut within a sync interval and hide the rest)."""
@@ -446,7 +545,15 @@ def _timer_late_cut_ignored(cfg: str) -> str:
     return cfg.replace('$var(type) == "call.cut" &&', '$var(type) == "call.cut.ignored" &&')
 
 
+def _no_state(cfg: str) -> str:
+    """The config before --state-db: dialogs and call state in memory only."""
+    return cfg.replace("\n#!define GATE_PERSIST\n", "\n##!define GATE_PERSIST\n")
+
+
 def _no_sync(cfg: str) -> str:
+    """Call sync removed (and no state database: its restart forgets calls only a sync
+    closes)."""
+    cfg = _no_state(cfg)
     return cfg.replace('modparam("rtimer", "exec", "timer=gsync;route=GATE_SYNC")', "")
 
 
@@ -454,7 +561,8 @@ def _stateless_invite(cfg: str) -> str:
     """The INVITE handling this config had: Gate asked before any transaction, stateless
     replies, four workers, no zero end after a failed start."""
     start = cfg.index("\t\tif (!t_newtran()) {")
-    end = cfg.index("route(GATE_INVITE);", start)
+    trying = 't_reply("100", "Trying");\n'
+    end = cfg.index(trying, start) + len(trying)
     cfg = cfg[:start] + cfg[end:]
     invite = cfg.index("route[GATE_INVITE] {")
     done = cfg.index("\n}\n", invite)
@@ -466,6 +574,7 @@ def _stateless_invite(cfg: str) -> str:
 MUTANTS = {
     "timer 2 s late, call.cut ignored, no heartbeats": _timer_late_cut_ignored,
     "call sync removed": _no_sync,
+    "no state database": _no_state,
     "stateless INVITE": _stateless_invite,
 }
 
@@ -480,6 +589,8 @@ def test_a_broken_config_fails_the_checks(tmp_path: Path, name: str) -> None:
         callee = Lines(s.callee())
         with pytest.raises(AssertionError) as failed:
             if name == "call sync removed":
+                check_forgotten(s, forgotten(s))
+            elif name == "no state database":
                 check_restart(s, restart(s))
             elif name == "stateless INVITE":
                 check_stall(s, callee, stall(s, callee))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +23,13 @@ needs_kamailio = pytest.mark.skipif(
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-def test_the_cli_prints_the_config_with_the_values_filled_in() -> None:
+def test_the_cli_prints_the_config_with_the_values_filled_in(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "gate", "switch-config", "kamailio",
          "--gate-url", "http://gate.internal:8080/", "--key", "sw-key-123", "--secret", SECRET,
          "--workspace", "ws_0123456789abcdef", "--inbound-fail", "closed", "--sync-s", "3",
-         "--node", "kam-a"],
+         "--node", "kam-a", "--carrier", "203.0.113.10:5060,198.51.100.0",
+         "--carrier", "192.0.2.7:5080", "--registrar", "--state-db", str(tmp_path / "s.sqlite")],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     cfg = out.stdout
@@ -39,6 +41,13 @@ def test_the_cli_prints_the_config_with_the_values_filled_in() -> None:
     assert "#!trydef INBOUND_FAIL_OPEN 0" in cfg
     assert "name=gsync;interval=3;" in cfg
     assert '#!trydef GATE_NODE "kam-a"' in cfg
+    assert '#!trydef CARRIER_ADDR "203.0.113.10:5060,198.51.100.0,192.0.2.7:5080"' in cfg
+    assert "#!trydef GATE_REGISTRAR 1" in cfg
+    assert f'#!trydef GATE_STATE_DB "sqlite://{tmp_path}/s.sqlite"' in cfg
+    assert "\n#!define GATE_PERSIST\n" in cfg
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:  # the dialog module's tables, made
+        versions = dict(db.execute("select table_name, table_version from version"))
+    assert versions == {"dialog": 7, "dialog_vars": 1}
     assert len(cfg.splitlines()) == len(template().splitlines())
 
 
@@ -51,6 +60,10 @@ def test_the_cli_prints_the_config_with_the_values_filled_in() -> None:
         ({"timeout_ms": 1500}, "--timeout-ms"),
         ({"sip_listen": "127.0.0.1"}, "--sip-listen"),
         ({"node": "kam a"}, "--node"),
+        ({"carrier": "pbx.example:5060"}, "--carrier"),
+        ({"carrier": "203.0.113.10:70000"}, "--carrier"),
+        ({"carrier": " , "}, "--carrier"),
+        ({"state_db": "gate-state.sqlite"}, "--state-db"),
     ],
 )
 def test_values_kamailio_cannot_take_are_refused(flags: dict[str, object], message: str) -> None:
@@ -67,7 +80,8 @@ def test_kamailio_accepts_the_printed_config(tmp_path: Path, fail: str) -> None:
         [sys.executable, "-m", "gate", "switch-config", "kamailio",
          "--gate-url", "http://127.0.0.1:18080", "--key", "sw-key", "--secret", SECRET,
          "--sip-listen", "udp:127.0.0.1:15060", "--http-listen", "tcp:127.0.0.1:15071",
-         "--inbound-fail", fail],
+         "--inbound-fail", fail, "--carrier", "203.0.113.10:5060,198.51.100.9",
+         *(["--registrar", "--state-db", str(tmp_path / "s.sqlite")] if fail == "open" else [])],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     cfg.write_text(out.stdout)
