@@ -122,5 +122,5 @@ def test_the_default_config_gives_gate_evidence_every_5_s() -> None:
     cfg = render(gate_url="http://g", key="k", secret=SECRET)
     assert "name=gsync;interval=5;" in cfg
     assert "#!trydef GATE_HEARTBEATS 1" in cfg
-    assert "#!trydef GATE_KA_S 10" in cfg
+    assert "#!trydef GATE_KA_S 5" in cfg
     assert '#!trydef GATE_NODE ""' in cfg

@@ -97,7 +97,7 @@ def render(
     max_call_s: int = 14400,
     sync_s: int = 5,
     node: str = "",
-    keepalive_s: int = 10,
+    keepalive_s: int = 5,
     registrar: bool = False,
     state_db: str = "",
 ) -> str:
@@ -187,7 +187,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--node", default="",
                         help="this proxy's name, when several share one switch key: its "
                         "syncs end only the calls it started")  # fmt: skip
-    parser.add_argument("--keepalive-s", type=int, default=10,
+    parser.add_argument("--keepalive-s", type=int, default=5,
                         help="OPTIONS to both legs of each call this often: a vanished phone's "
                         "call ends within this + 5 s")  # fmt: skip
     parser.add_argument("--state-db", default="", metavar="PATH",
