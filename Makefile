@@ -30,7 +30,7 @@ checks:
 	$(BIN)/lint-imports --no-logo --no-cache  # the import rules: [tool.importlinter] in pyproject.toml
 	$(BIN)/python .ci/pip_audit.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # a broken link or anchor fails; not -q
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15  # both cores; a file stays on one
 	$(BIN)/python -m loadtest.guard
 
 # uv itself, pinned, in a small venv of its own (no system pip install, no curl | sh).
