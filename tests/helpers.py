@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -76,3 +77,23 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def listening(settings: Settings) -> AsyncIterator[int]:
+    """A Gate (controllable clock) on a real port, served by Gate's own runner: the port."""
+    from aiohttp import web
+
+    from gate.api.protocol import make_runner
+    from gate.app import create_app
+    from gate.clock import ManualClock
+    from gate.store.redis_proc import free_port
+
+    runner = make_runner(create_app(settings, clock=ManualClock()), settings)
+    await runner.setup()
+    chosen = free_port()
+    await web.TCPSite(runner, "127.0.0.1", chosen).start()
+    try:
+        yield chosen
+    finally:
+        await runner.cleanup()

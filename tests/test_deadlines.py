@@ -12,15 +12,11 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
-from aiohttp import web
 
 from gate import metrics
-from gate.api.protocol import make_runner
-from gate.app import create_app
-from gate.clock import ManualClock
 from gate.settings import Settings
-from gate.store.redis_proc import free_port
 from tests.conftest import PLATFORM_KEY
+from tests.helpers import listening
 
 
 @pytest.fixture
@@ -35,12 +31,8 @@ async def port(settings: Settings) -> AsyncIterator[int]:
         stripe_api_key="sk_test_x",
         stripe_webhook_secret="whsec_dGVzdA==",
     )
-    runner = make_runner(create_app(quick, clock=ManualClock()), quick)
-    await runner.setup()
-    chosen = free_port()
-    await web.TCPSite(runner, "127.0.0.1", chosen).start()
-    yield chosen
-    await runner.cleanup()
+    async with listening(quick) as chosen:
+        yield chosen
 
 
 async def held_for(port: int, first: bytes, then: bytes = b"") -> tuple[float, bytes]:

@@ -14,26 +14,17 @@ from dataclasses import replace
 
 import orjson
 import pytest
-from aiohttp import web
 
 from gate import __version__
-from gate.api.protocol import make_runner
-from gate.app import create_app
-from gate.clock import ManualClock
 from gate.settings import Settings
-from gate.store.redis_proc import free_port
-from tests.helpers import close_writer
+from tests.helpers import close_writer, listening
 
 
 @pytest.fixture
 async def port(settings: Settings) -> AsyncIterator[int]:
     quick = replace(settings, header_timeout_s=1, keepalive_timeout_s=2)
-    runner = make_runner(create_app(quick, clock=ManualClock()), quick)
-    await runner.setup()
-    chosen = free_port()
-    await web.TCPSite(runner, "127.0.0.1", chosen).start()
-    yield chosen
-    await runner.cleanup()
+    async with listening(quick) as chosen:
+        yield chosen
 
 
 async def exchange(port: int, raw: bytes) -> tuple[int, bytes]:
