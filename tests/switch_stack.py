@@ -139,7 +139,7 @@ class Stack:
             self.gate = subprocess.Popen(
                 [sys.executable, "-m", "gate", "serve"], env=env, stdout=log, stderr=log
             )
-        self.wait(lambda: self.http_ok("/readyz"), 20, "gate serve did not become ready")
+        self.wait(lambda: self.http_ok("/readyz"), 60, "gate serve did not become ready")
 
     def stop_gate(self) -> None:
         if self.gate is not None and self.gate.poll() is None:
@@ -193,7 +193,7 @@ class Stack:
                 stderr=log,
                 start_new_session=True,  # its own process group: kill_kamailio gets them all
             )
-        self.wait(lambda: self.http_ok("/gate/x", port=self.http_port, want=404), 20,
+        self.wait(lambda: self.http_ok("/gate/x", port=self.http_port, want=404), 60,
                   "kamailio did not start: see kamailio.log")  # fmt: skip
 
     def kill_kamailio(self) -> None:

@@ -74,7 +74,7 @@ async def receiver(aiohttp_server: Serve) -> Receiver:
     return rec
 
 
-async def until(check: Callable[[], Any], within: float = 5.0) -> None:
+async def until(check: Callable[[], Any], within: float = 15.0) -> None:
     """Wait until check() (sync or async) is true."""
     deadline = time.monotonic() + within
     while True:
