@@ -22,13 +22,21 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from packaging.version import InvalidVersion, Version
 
 HERE = Path(__file__).resolve().parent
 REVIEWED = HERE / "pip-audit-unaudited.txt"
 PYPI = "https://pypi.org/pypi/{name}/json"
 TIMEOUT_S = 30
+# A lock is refreshed on purpose (`make lock`), not every day: a locked release that PyPI has
+# superseded cannot be audited here (PyPI serves no per-version record on this network), and
+# fails the audit only once its successor is older than this. The build never breaks by the
+# calendar on the day of an upstream release, and an unaudited pin never stays for long.
+REFRESH_DAYS = 30
 
 
 class Unreachable(RuntimeError):
@@ -60,6 +68,30 @@ def project_record(name: str) -> dict[str, Any]:
     except (urllib.error.URLError, TimeoutError, OSError) as err:
         raise Unreachable(f"{PYPI.format(name=name)}: {err}") from err
     return record
+
+
+def superseded_days(record: dict[str, Any], version: str) -> int:
+    """Days since PyPI first had a release after `version` (its oldest successor's upload)."""
+    releases: dict[str, list[dict[str, Any]]] = record.get("releases") or {}
+    mine = Version(version)
+    uploads = [
+        datetime.fromisoformat(f["upload_time_iso_8601"].replace("Z", "+00:00"))
+        for v, files in releases.items()
+        if _newer(v, mine)
+        for f in files
+        if f.get("upload_time_iso_8601")
+    ]
+    if not uploads:
+        return 0
+    return (datetime.now(UTC) - min(uploads)).days
+
+
+def _newer(text: str, mine: Version) -> bool:
+    try:
+        v = Version(text)
+    except InvalidVersion:
+        return False
+    return v > mine and not v.is_prerelease
 
 
 def reviewed() -> set[str]:
@@ -104,14 +136,27 @@ def main() -> int:
         )
     ok = reviewed()
     unlisted = [u for u in unaudited if f"{u[0]}=={u[1]}".lower() not in ok]
+    overdue = []
     for name, version, latest in unaudited:
-        note = "reviewed" if (name, version, latest) not in unlisted else "NOT reviewed"
+        if (name, version, latest) not in unlisted:
+            note = "reviewed"
+        else:  # the lock holds a release PyPI has since superseded: how long ago?
+            days = superseded_days(records[(name, version)], version)
+            note = f"superseded {days} days ago; NOT reviewed"
+            if days > REFRESH_DAYS:
+                overdue.append(name)
         print(f"  unaudited: {name} {version} (PyPI's latest {latest}; {note})")
-    if unlisted:
+    if overdue:
         return fail(
-            "PyPI has no vulnerability record for these installed versions: upgrade them to "
-            "PyPI's latest, or check them by hand (https://osv.dev) and list them as "
-            f"name==version in {REVIEWED.relative_to(HERE.parent)} with the reason."
+            f"the lock holds versions superseded more than {REFRESH_DAYS} days ago, which PyPI "
+            f"keeps no vulnerability record for ({', '.join(overdue)}): run `make lock`, then "
+            "`make test`, and commit uv.lock; or check them by hand (https://osv.dev) and list "
+            f"them as name==version in {REVIEWED.relative_to(HERE.parent)} with the reason."
+        )
+    if unlisted:
+        print(
+            f"pip-audit: {len(unlisted)} locked versions were superseded lately; refresh the "
+            f"lock (`make lock`) within {REFRESH_DAYS} days of their successor's release"
         )
     print(
         f"pip-audit: clean: {audited} dependencies audited, 0 known vulnerabilities; "
